@@ -1,0 +1,9 @@
+//! `oomdoc plan`.
+use crate::report::Ctx;
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct Args {}
+
+pub fn run(_args: &Args, _ctx: &Ctx) -> anyhow::Result<u8> {
+    anyhow::bail!("'plan' is not implemented yet")
+}

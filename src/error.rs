@@ -1,0 +1,31 @@
+//! Errors that reach the user. Every error leaving a command is "bad input" (exit 2)
+//! unless it is an `Exit` carrying another code chosen by the command.
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+pub enum Error {
+    /// The input (file, flag, field) is wrong; the message names where.
+    #[error("{0}")]
+    Input(String),
+    /// An I/O problem with a named path.
+    #[error("{path}: {source}")]
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl Error {
+    pub fn input(msg: impl Into<String>) -> Self {
+        Error::Input(msg.into())
+    }
+    pub fn io(path: impl AsRef<std::path::Path>, source: std::io::Error) -> Self {
+        Error::Io {
+            path: path.as_ref().display().to_string(),
+            source,
+        }
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

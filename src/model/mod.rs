@@ -1,0 +1,1 @@
+//! Knowing the model: presets, Hugging Face configs, safetensors headers, TOML workloads, traces.

@@ -1,0 +1,1 @@
+//! Out-of-memory events in logs: parsing every family of message (see DESIGN.md, `diagnose`).

@@ -1,0 +1,1 @@
+//! `plan`: searching the knobs and ranking what fits by predicted throughput.
