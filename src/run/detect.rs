@@ -63,11 +63,23 @@ pub fn line_is_oom(line: &str) -> bool {
     MARKERS.iter().any(|m| lower.contains(m))
 }
 
-/// The first line of `text` that reports an out-of-memory failure, trimmed.
+/// True for a Python traceback's frame line (`  File "x.py", line 3, in f`): the line after it
+/// is source code (e.g. `raise OutOfMemoryError(...)`), not a message.
+pub fn is_frame_line(line: &str) -> bool {
+    line.trim_start().starts_with("File \"")
+}
+
+/// The first line of `text` that reports an out-of-memory failure, trimmed. Source lines
+/// quoted in a traceback are skipped.
 pub fn find_oom(text: &str) -> Option<String> {
-    text.lines()
-        .find(|l| line_is_oom(l))
-        .map(|l| l.trim().to_string())
+    let mut after_frame = false;
+    for l in text.lines() {
+        if !after_frame && line_is_oom(l) {
+            return Some(l.trim().to_string());
+        }
+        after_frame = is_frame_line(l);
+    }
+    None
 }
 
 /// True when a child's end suggests the kernel's OOM killer: killed by SIGKILL, or exit code
@@ -120,6 +132,11 @@ mod tests {
             Some("torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB.")
         );
         assert_eq!(find_oom("all good\n"), None);
+        let tb = "  File \"t.py\", line 3, in f\n    raise OutOfMemoryError(\"CUDA out of memory.\")\ntorch.OutOfMemoryError: CUDA out of memory.";
+        assert_eq!(
+            find_oom(tb).as_deref(),
+            Some("torch.OutOfMemoryError: CUDA out of memory.")
+        );
     }
 
     #[test]

@@ -232,9 +232,11 @@ struct Shared {
 }
 
 impl Shared {
-    fn line(&self, raw: &[u8]) {
+    /// Takes one line; `after_frame`: the previous line of this stream was a traceback frame.
+    fn line(&self, raw: &[u8], after_frame: bool) -> bool {
         let text = String::from_utf8_lossy(raw).into_owned();
-        let is_oom = detect::line_is_oom(&text);
+        let is_frame = detect::is_frame_line(&text);
+        let is_oom = !after_frame && detect::line_is_oom(&text);
         let mut tail = self.tail.lock().unwrap_or_else(|e| e.into_inner());
         let mut oom = self.oom.lock().unwrap_or_else(|e| e.into_inner());
         if oom.line.is_some() && oom.after_left > 0 {
@@ -255,6 +257,7 @@ impl Shared {
                 None => break,
             }
         }
+        is_frame
     }
 }
 
@@ -278,6 +281,7 @@ fn pump(mut src: impl Read, echo: Echo, is_err: bool, shared: Arc<Shared>) {
     let mut buf = vec![0u8; 16 * 1024];
     let mut line: Vec<u8> = Vec::new();
     let mut echo_ok = true;
+    let mut after_frame = false;
     loop {
         let n = match src.read(&mut buf) {
             Ok(0) => break,
@@ -296,12 +300,12 @@ fn pump(mut src: impl Read, echo: Echo, is_err: bool, shared: Arc<Shared>) {
         for &b in chunk {
             if b == b'\n' || b == b'\r' {
                 if !line.is_empty() {
-                    shared.line(&line);
+                    after_frame = shared.line(&line, after_frame);
                     line.clear();
                 }
             } else {
                 if line.len() >= MAX_LINE {
-                    shared.line(&line);
+                    after_frame = shared.line(&line, after_frame);
                     line.clear();
                 }
                 line.push(b);
@@ -309,7 +313,7 @@ fn pump(mut src: impl Read, echo: Echo, is_err: bool, shared: Arc<Shared>) {
         }
     }
     if !line.is_empty() {
-        shared.line(&line);
+        shared.line(&line, after_frame);
     }
     shared.done.fetch_add(1, Ordering::SeqCst);
 }
