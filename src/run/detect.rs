@@ -7,6 +7,10 @@
 //! exit code -9). `run` and `fit` call only [`find_oom`], [`line_is_oom`] and [`exit_suggests_oom`],
 //! so a fuller log parser can take their place behind the same signatures.
 
+use std::sync::OnceLock;
+
+use aho_corasick::{AhoCorasick, AhoCorasickKind};
+
 /// Fragments that mark an out-of-memory line, compared in lower case. Sources: the message
 /// texts quoted in `reference/oom-formats.md` sections 2-5.
 const MARKERS: &[&str] = &[
@@ -48,6 +52,20 @@ const MARKERS: &[&str] = &[
     "signal 9 (sigkill) received",
 ];
 
+/// All markers in one automaton, ASCII case-insensitive: one pass over a line whatever their
+/// number (the output of a training run goes through this line by line).
+fn matcher() -> &'static AhoCorasick {
+    static M: OnceLock<AhoCorasick> = OnceLock::new();
+    M.get_or_init(|| {
+        AhoCorasick::builder()
+            .ascii_case_insensitive(true)
+            // A full DFA: the fastest search, and small for these few short patterns.
+            .kind(Some(AhoCorasickKind::DFA))
+            .build(MARKERS)
+            .expect("the markers are plain literals")
+    })
+}
+
 /// True when one line of output reports an out-of-memory failure (or a host-side kill that is
 /// almost always one).
 pub fn line_is_oom(line: &str) -> bool {
@@ -59,8 +77,7 @@ pub fn line_is_oom(line: &str) -> bool {
     if t == "Killed" || t.contains(" Killed ") && t.contains("line ") {
         return true;
     }
-    let lower = t.to_ascii_lowercase();
-    MARKERS.iter().any(|m| lower.contains(m))
+    matcher().is_match(t)
 }
 
 /// True for a Python traceback's frame line (`  File "x.py", line 3, in f`): the line after it
