@@ -325,3 +325,50 @@ fn bad_input_is_exit_2() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("{accum}"));
 }
+
+#[test]
+fn ctrl_c_stops_the_search_and_reports() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("runs");
+    let child = Command::new(env!("CARGO_BIN_EXE_oomdoc"))
+        .env("LANG", "C")
+        .env("FAKE_STEP_SECONDS", "30")
+        .env("FAKE_LOG", &log)
+        .args([
+            "fit",
+            "--format",
+            "json",
+            "--grace",
+            "2",
+            "--",
+            "python3",
+            "-S",
+            &trainer(),
+        ])
+        .args(&TEMPLATE[..6])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Let the first trial start, then interrupt oomdoc as Ctrl-C would.
+    std::thread::sleep(std::time::Duration::from_millis(800));
+    // SAFETY: sending SIGINT to the oomdoc process this test started.
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGINT);
+    }
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(130),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["stop"], "interrupted");
+    assert_eq!(v["trials"][0]["result"], "interrupted");
+    assert!(v["best"].is_null());
+    assert!(
+        runs(&log).is_empty(),
+        "the interrupted trial never completed"
+    );
+}

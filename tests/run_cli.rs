@@ -291,3 +291,23 @@ fn snapshot_hook_writes_a_snapshot() {
     assert_eq!(out.status.code(), Some(0));
     assert_eq!(String::from_utf8_lossy(&out.stdout), "plain\n");
 }
+
+#[test]
+fn command_dies_with_oomdoc() {
+    // oomdoc killed outright (SIGKILL, no chance to clean up): its command does not run on.
+    let dir = tempfile::tempdir().unwrap();
+    let pids = dir.path().join("pids");
+    let script = format!("echo $$ > {}; exec sleep 300", pids.display());
+    let mut child = oomdoc()
+        .args(["run", "--", "sh", "-c", &script])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let ps = read_pids(&pids);
+    child.kill().unwrap();
+    child.wait().unwrap();
+    for pid in ps {
+        assert!(gone(pid), "process {pid} survived its oomdoc");
+    }
+}

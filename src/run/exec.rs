@@ -404,11 +404,28 @@ pub fn execute(spec: &Spec, gpu: Result<&Sampler, &str>) -> crate::error::Result
         .stdin(Stdio::inherit())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
+    let parent = std::process::id() as libc::pid_t;
     // SAFETY: the closure runs in the forked child before exec and calls only async-signal-safe
-    // functions (setpgid, signal, tcsetpgrp, getpid).
+    // functions (setpgid, prctl, getppid, signal, tcsetpgrp, getpid).
     unsafe {
         cmd.pre_exec(move || {
             libc::setpgid(0, 0);
+            // Should oomdoc itself be killed, the command goes too rather than running on unwatched.
+            #[cfg(target_os = "linux")]
+            {
+                libc::prctl(
+                    libc::PR_SET_PDEATHSIG,
+                    libc::SIGKILL as libc::c_ulong,
+                    0,
+                    0,
+                    0,
+                );
+                if libc::getppid() != parent {
+                    return Err(std::io::Error::other(
+                        "oomdoc exited before the command started",
+                    ));
+                }
+            }
             if tty {
                 let prev = libc::signal(libc::SIGTTOU, libc::SIG_IGN);
                 libc::tcsetpgrp(0, libc::getpid());
