@@ -372,3 +372,46 @@ fn ctrl_c_stops_the_search_and_reports() {
         "the interrupted trial never completed"
     );
 }
+
+#[test]
+fn multiples_only() {
+    // Multiples of 4 between 4 and 64: 16 fits, 20 does not.
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("runs");
+    let (out, v) = fit(
+        &[
+            "--multiple-of",
+            "4",
+            "--start-batch",
+            "16",
+            "--max-batch",
+            "64",
+        ],
+        &[],
+        Some(&log),
+    );
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(v["best"]["batch"], 16);
+    assert_eq!(v["smallest_failing"], 20);
+    for (b, _, _, _) in runs(&log) {
+        assert_eq!(b % 4, 0, "tried {b}");
+    }
+    let bin = env!("CARGO_BIN_EXE_oomdoc");
+    let out = Command::new(bin)
+        .args([
+            "fit",
+            "--multiple-of",
+            "8",
+            "--max-batch",
+            "7",
+            "--",
+            "python3",
+            "t.py",
+            "--bs",
+            "{batch}",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no multiple of 8"));
+}

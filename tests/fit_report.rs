@@ -37,6 +37,7 @@ fn sample() -> FitReport {
             min_batch: 1,
             max_batch: 40,
             start_batch: Some(8),
+            multiple_of: 1,
             effective_batch: Some(40),
             steps: 5,
             max_trials: 16,

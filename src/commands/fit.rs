@@ -31,6 +31,9 @@ pub struct Args {
     /// First micro-batch to try (e.g. from `oomdoc estimate`); default --min-batch.
     #[arg(long, value_name = "N")]
     pub start_batch: Option<u64>,
+    /// Try only multiples of this size (e.g. 8 for tensor-core friendly shapes).
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    pub multiple_of: u64,
     /// Keep this effective batch (micro-batch x accumulation); needs {accum} in the command.
     #[arg(long, value_name = "N")]
     pub effective_batch: Option<u64>,
@@ -72,6 +75,9 @@ pub fn config(args: &Args) -> anyhow::Result<FitConfig> {
     if args.max_trials == 0 {
         anyhow::bail!("--max-trials 0: at least one trial is needed");
     }
+    if args.multiple_of == 0 {
+        anyhow::bail!("--multiple-of 0: expected a size >= 1");
+    }
     if args.effective_batch == Some(0) {
         anyhow::bail!("--effective-batch 0: expected a batch size >= 1");
     }
@@ -82,6 +88,7 @@ pub fn config(args: &Args) -> anyhow::Result<FitConfig> {
             .or(args.effective_batch)
             .unwrap_or(DEFAULT_MAX_BATCH),
         start_batch: args.start_batch,
+        multiple_of: args.multiple_of,
         effective_batch: args.effective_batch,
         steps: args.steps,
         max_trials: args.max_trials,

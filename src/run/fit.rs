@@ -67,6 +67,8 @@ pub struct FitConfig {
     pub max_batch: u64,
     /// First size tried (e.g. from the estimate); default `min_batch`.
     pub start_batch: Option<u64>,
+    /// Only sizes that are multiples of this are tried (1: any size; 8 suits tensor cores).
+    pub multiple_of: u64,
     pub effective_batch: Option<u64>,
     pub steps: u64,
     pub max_trials: usize,
@@ -320,22 +322,35 @@ pub fn fit(template: &Template, cfg: &FitConfig, runner: Runner<'_>) -> Result<F
         }
     };
 
-    let start = cfg.start_batch.unwrap_or(cfg.min_batch);
+    // The search runs over units of `multiple_of`.
+    let m = cfg.multiple_of.max(1);
+    let (min_k, max_k) = (cfg.min_batch.div_ceil(m), cfg.max_batch / m);
+    if max_k == 0 || max_k < min_k {
+        return Err(Error::input(format!(
+            "no multiple of {m} lies between --min-batch {} and --max-batch {}",
+            cfg.min_batch, cfg.max_batch
+        )));
+    }
+    let start_k = match cfg.start_batch {
+        Some(s) => ((s + m / 2) / m).max(1),
+        None => min_k,
+    };
     let (lo, hi, mut stop) = {
         let cell = std::cell::RefCell::new(&mut trials);
-        search(
-            cfg.min_batch,
-            cfg.max_batch,
-            start,
+        let (lo, hi, stop) = search(
+            min_k,
+            max_k,
+            start_k,
             || limits(cell.borrow().len()),
-            |b| match run_trial(b, &mut cell.borrow_mut()) {
+            |k| match run_trial(k * m, &mut cell.borrow_mut()) {
                 Ok(v) => v,
                 Err(e) => {
                     spawn_error = Some(e);
                     Verdict::Stop(Stop::CommandFailed)
                 }
             },
-        )
+        );
+        (lo.map(|k| k * m), hi.map(|k| k * m), stop)
     };
     if let Some(e) = spawn_error.take() {
         return Err(e);
@@ -346,8 +361,8 @@ pub fn fit(template: &Template, cfg: &FitConfig, runner: Runner<'_>) -> Result<F
     let mut best = lo.map(|b| choice(b, cfg.effective_batch));
     let mut alternative = None;
     if let (Some(l), Some(e)) = (lo, cfg.effective_batch) {
-        if e % l != 0 {
-            let d = (1..=l.min(e)).rev().find(|d| e % d == 0).unwrap_or(1);
+        let divisor = (1..=l.min(e)).rev().find(|d| e % d == 0 && d % m == 0);
+        if let (true, Some(d)) = (e % l != 0, divisor) {
             let done = trials
                 .iter()
                 .any(|t| t.batch == d && t.result == TrialResult::Fits);
