@@ -68,6 +68,9 @@ pub struct Args {
 /// fits a single GPU for real models, and reached in 12 doublings from 1.
 const DEFAULT_MAX_BATCH: u64 = 4096;
 
+/// Upper bound for --effective-batch (2^32 samples per optimizer step).
+const MAX_EFFECTIVE: u64 = 1 << 32;
+
 pub fn config(args: &Args) -> anyhow::Result<FitConfig> {
     if args.steps == 0 {
         anyhow::bail!("--steps 0: each trial must run at least one step");
@@ -78,8 +81,13 @@ pub fn config(args: &Args) -> anyhow::Result<FitConfig> {
     if args.multiple_of == 0 {
         anyhow::bail!("--multiple-of 0: expected a size >= 1");
     }
-    if args.effective_batch == Some(0) {
-        anyhow::bail!("--effective-batch 0: expected a batch size >= 1");
+    match args.effective_batch {
+        Some(0) => anyhow::bail!("--effective-batch 0: expected a batch size >= 1"),
+        // Far beyond any real batch; keeps the divisor search instant.
+        Some(e) if e > MAX_EFFECTIVE => {
+            anyhow::bail!("--effective-batch {e}: too large (at most {MAX_EFFECTIVE})")
+        }
+        _ => {}
     }
     Ok(FitConfig {
         min_batch: args.min_batch,

@@ -361,7 +361,7 @@ pub fn fit(template: &Template, cfg: &FitConfig, runner: Runner<'_>) -> Result<F
     let mut best = lo.map(|b| choice(b, cfg.effective_batch));
     let mut alternative = None;
     if let (Some(l), Some(e)) = (lo, cfg.effective_batch) {
-        let divisor = (1..=l.min(e)).rev().find(|d| e % d == 0 && d % m == 0);
+        let divisor = largest_divisor(e, l, m);
         if let (true, Some(d)) = (e % l != 0, divisor) {
             let done = trials
                 .iter()
@@ -422,8 +422,28 @@ fn choice(batch: u64, effective: Option<u64>) -> Choice {
     Choice {
         batch,
         accum,
-        effective_batch: batch * accum,
+        effective_batch: batch.saturating_mul(accum),
     }
+}
+
+/// The largest divisor of `e` that is at most `limit` and a multiple of `m`, found through the
+/// divisor pairs up to the square root of `e` (at most 65536 steps for the largest `e` allowed).
+pub fn largest_divisor(e: u64, limit: u64, m: u64) -> Option<u64> {
+    let mut best: Option<u64> = None;
+    let mut consider = |d: u64| {
+        if d <= limit && d % m.max(1) == 0 && best.map_or(true, |b| d > b) {
+            best = Some(d);
+        }
+    };
+    let mut i = 1u64;
+    while i.saturating_mul(i) <= e {
+        if e % i == 0 {
+            consider(i);
+            consider(e / i);
+        }
+        i += 1;
+    }
+    best
 }
 
 fn last_lines(text: &str, n: usize) -> String {
@@ -512,6 +532,17 @@ mod tests {
         assert_eq!(s, Stop::TrialLimit);
         assert_eq!(tried.len(), 4);
         assert_eq!(lo, Some(8));
+    }
+
+    #[test]
+    fn divisors() {
+        assert_eq!(largest_divisor(40, 16, 1), Some(10));
+        assert_eq!(largest_divisor(48, 16, 1), Some(16));
+        assert_eq!(largest_divisor(17, 16, 1), Some(1));
+        assert_eq!(largest_divisor(48, 16, 8), Some(16));
+        assert_eq!(largest_divisor(40, 16, 8), Some(8));
+        assert_eq!(largest_divisor(40, 7, 8), None);
+        assert_eq!(largest_divisor(1 << 32, 1000, 1), Some(512));
     }
 
     #[test]

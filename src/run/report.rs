@@ -329,7 +329,7 @@ pub fn fit_doc(r: &FitReport, lang: Lang) -> Document {
                 (i + 1).to_string(),
                 t.batch.to_string(),
                 t.accum.to_string(),
-                (t.batch * t.accum).to_string(),
+                t.batch.saturating_mul(t.accum).to_string(),
                 trial_result(t.result, t.exit_code, lang),
                 secs(t.duration_s),
                 t.peak_gpu_bytes.map(gib).unwrap_or_else(|| "-".into()),
