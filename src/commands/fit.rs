@@ -31,6 +31,9 @@ pub struct Args {
     /// First micro-batch to try (e.g. from `oomdoc estimate`); default --min-batch.
     #[arg(long, value_name = "N")]
     pub start_batch: Option<u64>,
+    /// Try only multiples of this size (e.g. 8 for tensor-core friendly shapes).
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    pub multiple_of: u64,
     /// Keep this effective batch (micro-batch x accumulation); needs {accum} in the command.
     #[arg(long, value_name = "N")]
     pub effective_batch: Option<u64>,
@@ -65,6 +68,9 @@ pub struct Args {
 /// fits a single GPU for real models, and reached in 12 doublings from 1.
 const DEFAULT_MAX_BATCH: u64 = 4096;
 
+/// Upper bound for --effective-batch (2^32 samples per optimizer step).
+const MAX_EFFECTIVE: u64 = 1 << 32;
+
 pub fn config(args: &Args) -> anyhow::Result<FitConfig> {
     if args.steps == 0 {
         anyhow::bail!("--steps 0: each trial must run at least one step");
@@ -72,8 +78,16 @@ pub fn config(args: &Args) -> anyhow::Result<FitConfig> {
     if args.max_trials == 0 {
         anyhow::bail!("--max-trials 0: at least one trial is needed");
     }
-    if args.effective_batch == Some(0) {
-        anyhow::bail!("--effective-batch 0: expected a batch size >= 1");
+    if args.multiple_of == 0 {
+        anyhow::bail!("--multiple-of 0: expected a size >= 1");
+    }
+    match args.effective_batch {
+        Some(0) => anyhow::bail!("--effective-batch 0: expected a batch size >= 1"),
+        // Far beyond any real batch; keeps the divisor search instant.
+        Some(e) if e > MAX_EFFECTIVE => {
+            anyhow::bail!("--effective-batch {e}: too large (at most {MAX_EFFECTIVE})")
+        }
+        _ => {}
     }
     Ok(FitConfig {
         min_batch: args.min_batch,
@@ -82,6 +96,7 @@ pub fn config(args: &Args) -> anyhow::Result<FitConfig> {
             .or(args.effective_batch)
             .unwrap_or(DEFAULT_MAX_BATCH),
         start_batch: args.start_batch,
+        multiple_of: args.multiple_of,
         effective_batch: args.effective_batch,
         steps: args.steps,
         max_trials: args.max_trials,

@@ -37,11 +37,14 @@ const fn gib_x100(hundredths: u64) -> u64 {
     hundredths * GIB / 100
 }
 
-/// The catalogue. Memory sources: "log" = the total capacity printed in public OOM messages of that
-/// card; "meas" = measured (`total_memory`); "nominal" = vendor MiB as nvidia-smi shows, which
-/// PyTorch reports unchanged (total_memory = nvidia-smi total).
+/// The catalogue. Memory is the "total capacity" that PyTorch prints in OOM messages of that card
+/// (public issue logs, cited per entry) or a measurement (`total_memory`). It is NOT the nvidia-smi
+/// total: the CUDA driver keeps a few hundred MiB back (e.g. RTX 4090: 24564 MiB = 23.99 GiB in
+/// nvidia-smi, 23.65 GiB in PyTorch; L40S: 46068 MiB = 44.99 GiB vs 44.53 GiB). The figure also moves
+/// by up to ~0.15 GiB with the driver version; where logs disagree the comment gives the range.
 pub static CATALOGUE: &[GpuSpec] = &[
-    // T4: 15360 MiB nominal, PyTorch prints "14.75 GiB total capacity" (Colab logs). NVIDIA T4 datasheet:
+    // T4: 15360 MiB nominal, PyTorch prints "14.75 GiB total capacity" (Colab logs, e.g.
+    // googlecolab/colabtools#3439, hpcaitech/Open-Sora#697; 14.74-14.76 also seen). NVIDIA T4 datasheet:
     // 65 TFLOP/s fp16 tensor, 8.1 fp32, 320 GB/s. No bf16 tensor cores.
     GpuSpec {
         id: "t4",
@@ -57,7 +60,8 @@ pub static CATALOGUE: &[GpuSpec] = &[
         bandwidth_gbs: 320.0,
         aliases: &["tesla t4"],
     },
-    // V100 16 GB: logs print "15.78 GiB total capacity" (SXM2) / 15.77 (PCIe). Datasheet SXM2: 125 fp16 tensor, 15.7 fp32, 900 GB/s.
+    // V100 16 GB: logs print "15.78 GiB total capacity" (Colab V100, googlecolab/colabtools#2001).
+    // Datasheet SXM2: 125 fp16 tensor, 15.7 fp32, 900 GB/s.
     GpuSpec {
         id: "v100-16",
         name: "NVIDIA V100 16GB",
@@ -70,9 +74,17 @@ pub static CATALOGUE: &[GpuSpec] = &[
         tf32_tflops: 0.0,
         fp32_tflops: 15.7,
         bandwidth_gbs: 900.0,
-        aliases: &["v100", "v10016gb", "tesla v100"],
+        aliases: &[
+            "v100",
+            "v10016gb",
+            "tesla v100",
+            // NVML / nvidia-smi names
+            "Tesla V100-SXM2-16GB",
+            "Tesla V100-PCIE-16GB",
+        ],
     },
-    // V100 32 GB: logs print "31.75 GiB total capacity". Same rates as above.
+    // V100 32 GB: logs print "31.75 GiB total capacity" (many; 31.74 in liucongg/ChatGLM-Finetuning#73).
+    // Same rates as above.
     GpuSpec {
         id: "v100-32",
         name: "NVIDIA V100 32GB",
@@ -85,13 +97,15 @@ pub static CATALOGUE: &[GpuSpec] = &[
         tf32_tflops: 0.0,
         fp32_tflops: 15.7,
         bandwidth_gbs: 900.0,
-        aliases: &["v10032gb"],
+        aliases: &["v10032gb", "Tesla V100-SXM2-32GB", "Tesla V100-PCIE-32GB"],
     },
-    // A10 24 GB: logs print "22.20 GiB total capacity" (A10G). Datasheet A10: 125 bf16/fp16 dense, 62.5 tf32, 31.2 fp32, 600 GB/s.
+    // A10 / A10G 24 GB: an AWS g5 (A10G) training log prints "total capacity of 22.06 GiB" (was 22.20
+    // here; 22.20 also appears in logs attributed to the A10). Datasheet A10: 125 bf16/fp16 dense,
+    // 62.5 tf32, 31.2 fp32, 600 GB/s.
     GpuSpec {
         id: "a10",
         name: "NVIDIA A10",
-        memory_bytes: gib_x100(2220),
+        memory_bytes: gib_x100(2206),
         compute_capability: (8, 6),
         vendor: "nvidia",
         bf16: true,
@@ -102,11 +116,12 @@ pub static CATALOGUE: &[GpuSpec] = &[
         bandwidth_gbs: 600.0,
         aliases: &["a10g"],
     },
-    // A100 40 GB: logs print "39.39 GiB total capacity" (SXM4). Datasheet: 312 bf16/fp16, 156 tf32, 19.5 fp32, 1555 GB/s.
+    // A100 40 GB: "39.59 GiB total capacity" in Colab A100-40GB (SXM4) logs (was 39.39 here; 39.39 and
+    // 39.50 also appear, TianheWu/CoSeR#10). Datasheet: 312 bf16/fp16, 156 tf32, 19.5 fp32, 1555 GB/s.
     GpuSpec {
         id: "a100-40",
         name: "NVIDIA A100 40GB",
-        memory_bytes: gib_x100(3939),
+        memory_bytes: gib_x100(3959),
         compute_capability: (8, 0),
         vendor: "nvidia",
         bf16: true,
@@ -115,9 +130,10 @@ pub static CATALOGUE: &[GpuSpec] = &[
         tf32_tflops: 156.0,
         fp32_tflops: 19.5,
         bandwidth_gbs: 1555.0,
-        aliases: &["a100", "a10040gb"],
+        aliases: &["a100", "a10040gb", "A100-SXM4-40GB", "A100-PCIE-40GB"],
     },
-    // A100 80 GB: logs print "79.15 GiB total capacity" (SXM4). Datasheet: 312 bf16, 156 tf32, 19.5 fp32, 2039 GB/s.
+    // A100 80 GB: logs print "79.15 GiB total capacity" (79.14 in lianqi1008/Control-GIC#6, 79.25 in
+    // levihsu/OOTDiffusion#235). Datasheet SXM4: 312 bf16, 156 tf32, 19.5 fp32, 2039 GB/s.
     GpuSpec {
         id: "a100-80",
         name: "NVIDIA A100 80GB",
@@ -130,9 +146,10 @@ pub static CATALOGUE: &[GpuSpec] = &[
         tf32_tflops: 156.0,
         fp32_tflops: 19.5,
         bandwidth_gbs: 2039.0,
-        aliases: &["a10080gb"],
+        aliases: &["a10080gb", "A100-SXM4-80GB", "A100 80GB PCIe"],
     },
-    // L4: logs print "22.03 GiB total capacity". Datasheet: 121 bf16/fp16 dense, 60 tf32, 30.3 fp32, 300 GB/s.
+    // L4: logs print "total capacity of 22.03 GiB" (several L4 runs; nvidia-smi 23034 MiB). Datasheet:
+    // 121 bf16/fp16 dense (242 sparse), 60 tf32, 30.3 fp32, 300 GB/s.
     GpuSpec {
         id: "l4",
         name: "NVIDIA L4",
@@ -147,11 +164,12 @@ pub static CATALOGUE: &[GpuSpec] = &[
         bandwidth_gbs: 300.0,
         aliases: &[],
     },
-    // L40S: 46068 MiB nominal = 44.99 GiB. Datasheet: 362 bf16/fp16 dense, 183 tf32, 91.6 fp32, 864 GB/s.
+    // L40S: "total capacity of 44.53 GiB" (Wan-Video/Wan2.1#205, an L40S 48GB; was 46068 MiB = 44.99,
+    // the nvidia-smi figure). Datasheet: 362 bf16/fp16 dense, 183 tf32, 91.6 fp32, 864 GB/s.
     GpuSpec {
         id: "l40s",
         name: "NVIDIA L40S",
-        memory_bytes: 46068 * 1024 * 1024,
+        memory_bytes: gib_x100(4453),
         compute_capability: (8, 9),
         vendor: "nvidia",
         bf16: true,
@@ -162,7 +180,9 @@ pub static CATALOGUE: &[GpuSpec] = &[
         bandwidth_gbs: 864.0,
         aliases: &[],
     },
-    // RTX 3090 / A5000 24 GB: 23.55 GiB total capacity (the seed's log; public logs of both cards).
+    // RTX 3090 / A5000 24 GB: 23.55 GiB (the seed's log; an RTX A5000 measurement in a public report,
+    // "A5000 24GB (usable 23.55 GiB)"; recent RTX 3090 logs print the same). Older drivers print
+    // 23.69-23.70 GiB for the RTX 3090 (GaoLii/DSP#10, JiaweiLian/AP-PA#3): a 0.15 GiB spread.
     // GA102 whitepaper: 35.6 TFLOP/s fp16/bf16 with fp32 accumulate (GeForce rate), 17.8 tf32, 35.6 fp32, 936 GB/s.
     GpuSpec {
         id: "rtx3090",
@@ -176,9 +196,17 @@ pub static CATALOGUE: &[GpuSpec] = &[
         tf32_tflops: 17.8,
         fp32_tflops: 35.6,
         bandwidth_gbs: 936.0,
-        aliases: &["3090", "geforce rtx 3090", "rtx a5000", "a5000"],
+        aliases: &[
+            "3090",
+            "geforce rtx 3090",
+            "rtx a5000",
+            "a5000",
+            "NVIDIA RTX A5000",
+        ],
     },
-    // RTX 4090: 23.65 GiB total capacity (public logs). Ada whitepaper: 165.2 fp16/bf16 w/ fp32 acc, 82.6 tf32, 82.6 fp32, 1008 GB/s.
+    // RTX 4090: 23.65 GiB total capacity (TRI-ML/packnet-sfm#250, MotrixLab/AiOS#29; 23.61-23.68 also
+    // seen with other drivers). Ada whitepaper: 165.2 fp16/bf16 w/ fp32 acc, 82.6 tf32, 82.6 fp32,
+    // 1008 GB/s.
     GpuSpec {
         id: "rtx4090",
         name: "NVIDIA GeForce RTX 4090",
@@ -193,11 +221,14 @@ pub static CATALOGUE: &[GpuSpec] = &[
         bandwidth_gbs: 1008.0,
         aliases: &["4090", "geforce rtx 4090"],
     },
-    // RTX 5090: 32607 MiB nominal. Blackwell GeForce: 209.5 fp16/bf16 dense w/ fp32 acc, 104.8 tf32, 104.8 fp32, 1792 GB/s.
+    // RTX 5090: "total capacity of 31.37 GiB" (Wan-Video/Wan2.1#465, Ksuriuri/index-tts-vllm#91; 31.36
+    // in TrajectoryCrafter#20; was 32607 MiB = 31.84, the nvidia-smi figure). Blackwell GeForce: 838.4
+    // fp16 tensor sparse with fp16 acc = 419.2 dense, half that (209.5) with fp32 accumulate as on
+    // every GeForce; 104.8 tf32, 104.8 fp32, 1792 GB/s.
     GpuSpec {
         id: "rtx5090",
         name: "NVIDIA GeForce RTX 5090",
-        memory_bytes: 32607 * 1024 * 1024,
+        memory_bytes: gib_x100(3137),
         compute_capability: (12, 0),
         vendor: "nvidia",
         bf16: true,
@@ -208,7 +239,8 @@ pub static CATALOGUE: &[GpuSpec] = &[
         bandwidth_gbs: 1792.0,
         aliases: &["5090", "geforce rtx 5090"],
     },
-    // RTX A6000: logs print "47.54 GiB total capacity". Datasheet: 154.8 bf16/fp16 dense, 77.4 tf32, 38.7 fp32, 768 GB/s.
+    // RTX A6000: logs print "47.54 GiB total capacity" (several, e.g. replicate model errors).
+    // Datasheet: 309.7 tensor TFLOP/s sparse = 154.8 bf16/fp16 dense, 77.4 tf32, 38.7 fp32, 768 GB/s.
     GpuSpec {
         id: "rtx-a6000",
         name: "NVIDIA RTX A6000",
@@ -223,11 +255,13 @@ pub static CATALOGUE: &[GpuSpec] = &[
         bandwidth_gbs: 768.0,
         aliases: &["a6000"],
     },
-    // H100 PCIe: 81559 MiB nominal. Datasheet: 756 bf16/fp16 dense, 378 tf32, 51.2 fp32, 2000 GB/s.
+    // H100 PCIe: nvidia-smi shows the same 81559 MiB as the SXM, whose PyTorch total is measured below
+    // (79.18 GiB); no public PCIe OOM log was found, so the SXM figure is assumed (was 81559 MiB =
+    // 79.65 GiB, the nvidia-smi figure). Datasheet: 756 bf16/fp16 dense, 378 tf32, 51.2 fp32, 2000 GB/s.
     GpuSpec {
         id: "h100-pcie",
         name: "NVIDIA H100 PCIe",
-        memory_bytes: 81559 * 1024 * 1024,
+        memory_bytes: 85_017_493_504,
         compute_capability: (9, 0),
         vendor: "nvidia",
         bf16: true,
@@ -254,11 +288,12 @@ pub static CATALOGUE: &[GpuSpec] = &[
         bandwidth_gbs: 3350.0,
         aliases: &["h100", "h10080gb", "h100 80gb hbm3"],
     },
-    // H200: 143771 MiB nominal. Datasheet: 989 bf16 dense, 494 tf32, 67 fp32, 4800 GB/s.
+    // H200: "total capacity of 139.80 GiB" (several 8xH200 logs; 139.81 also seen; was 143771 MiB =
+    // 140.40 GiB, the nvidia-smi figure). Datasheet: 989 bf16 dense, 494 tf32, 67 fp32, 4800 GB/s.
     GpuSpec {
         id: "h200",
         name: "NVIDIA H200",
-        memory_bytes: 143771 * 1024 * 1024,
+        memory_bytes: gib_x100(13980),
         compute_capability: (9, 0),
         vendor: "nvidia",
         bf16: true,
@@ -269,11 +304,13 @@ pub static CATALOGUE: &[GpuSpec] = &[
         bandwidth_gbs: 4800.0,
         aliases: &[],
     },
-    // B200: 183359 MiB nominal. Datasheet (HGX B200, per GPU): 2250 bf16 dense, 1100 tf32, 75 fp32, 8000 GB/s.
+    // B200: "total capacity of 178.35 GiB" (several 8xB200 logs; 178.36 also seen; was 183359 MiB =
+    // 179.06 GiB). Datasheet HGX B200, per GPU: 4.5 PF bf16 sparse = 2250 dense, 2.2 PF tf32 sparse =
+    // 1100 dense, 75 fp32, 180 GB at 7.7 TB/s (was 8000: that is the GB200's figure).
     GpuSpec {
         id: "b200",
         name: "NVIDIA B200",
-        memory_bytes: 183359 * 1024 * 1024,
+        memory_bytes: gib_x100(17835),
         compute_capability: (10, 0),
         vendor: "nvidia",
         bf16: true,
@@ -281,15 +318,16 @@ pub static CATALOGUE: &[GpuSpec] = &[
         fp16_tflops: 2250.0,
         tf32_tflops: 1100.0,
         fp32_tflops: 75.0,
-        bandwidth_gbs: 8000.0,
+        bandwidth_gbs: 7700.0,
         aliases: &[],
     },
-    // MI250X: PyTorch sees each of its two GCDs as a device of 64 GiB. Datasheet (whole card): 383 bf16/fp16,
-    // 47.9 fp32 (vector), 3277 GB/s; per GCD half of that.
+    // MI250X: PyTorch sees each of its two GCDs as a device of 64 GiB and prints "HIP out of memory ...
+    // total capacity of 63.98 GiB" (ROCm logs). Datasheet (whole card): 383 bf16/fp16, 47.9 fp32
+    // (vector), 3277 GB/s; per GCD half of that.
     GpuSpec {
         id: "mi250x",
         name: "AMD Instinct MI250X (one GCD)",
-        memory_bytes: 64 * GIB,
+        memory_bytes: gib_x100(6398),
         compute_capability: (9, 0),
         vendor: "amd",
         bf16: true,
@@ -300,11 +338,12 @@ pub static CATALOGUE: &[GpuSpec] = &[
         bandwidth_gbs: 1638.5,
         aliases: &[],
     },
-    // MI300X: 192 GiB HBM3. Datasheet: 1307 bf16/fp16 dense, 653.7 tf32, 163.4 fp32, 5300 GB/s.
+    // MI300X: 192 GB HBM3; ROCm logs print "total capacity of 191.98 GiB" (191.69 with some ROCm
+    // releases). Datasheet: 1307 bf16/fp16 dense, 653.7 tf32, 163.4 fp32 (matrix), 5300 GB/s.
     GpuSpec {
         id: "mi300x",
         name: "AMD Instinct MI300X",
-        memory_bytes: 192 * GIB,
+        memory_bytes: gib_x100(19198),
         compute_capability: (9, 4),
         vendor: "amd",
         bf16: true,
@@ -402,6 +441,11 @@ mod tests {
         assert_eq!(lookup("NVIDIA GeForce RTX 4090").unwrap().id, "rtx4090");
         assert_eq!(lookup("A100 80GB").unwrap().id, "a100-80");
         assert_eq!(lookup("h100").unwrap().id, "h100-sxm");
+        // Names as NVML reports them, for `oomdoc gpu`.
+        assert_eq!(lookup("NVIDIA A100-SXM4-80GB").unwrap().id, "a100-80");
+        assert_eq!(lookup("Tesla V100-SXM2-16GB").unwrap().id, "v100-16");
+        assert_eq!(lookup("NVIDIA A10G").unwrap().id, "a10");
+        assert_eq!(lookup("NVIDIA H200").unwrap().id, "h200");
     }
 
     #[test]

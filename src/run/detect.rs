@@ -7,6 +7,10 @@
 //! exit code -9). `run` and `fit` call only [`find_oom`], [`line_is_oom`] and [`exit_suggests_oom`],
 //! so a fuller log parser can take their place behind the same signatures.
 
+use std::sync::OnceLock;
+
+use aho_corasick::{AhoCorasick, AhoCorasickKind};
+
 /// Fragments that mark an out-of-memory line, compared in lower case. Sources: the message
 /// texts quoted in `reference/oom-formats.md` sections 2-5.
 const MARKERS: &[&str] = &[
@@ -48,6 +52,20 @@ const MARKERS: &[&str] = &[
     "signal 9 (sigkill) received",
 ];
 
+/// All markers in one automaton, ASCII case-insensitive: one pass over a line whatever their
+/// number (the output of a training run goes through this line by line).
+fn matcher() -> &'static AhoCorasick {
+    static M: OnceLock<AhoCorasick> = OnceLock::new();
+    M.get_or_init(|| {
+        AhoCorasick::builder()
+            .ascii_case_insensitive(true)
+            // A full DFA: the fastest search, and small for these few short patterns.
+            .kind(Some(AhoCorasickKind::DFA))
+            .build(MARKERS)
+            .expect("the markers are plain literals")
+    })
+}
+
 /// True when one line of output reports an out-of-memory failure (or a host-side kill that is
 /// almost always one).
 pub fn line_is_oom(line: &str) -> bool {
@@ -59,15 +77,26 @@ pub fn line_is_oom(line: &str) -> bool {
     if t == "Killed" || t.contains(" Killed ") && t.contains("line ") {
         return true;
     }
-    let lower = t.to_ascii_lowercase();
-    MARKERS.iter().any(|m| lower.contains(m))
+    matcher().is_match(t)
 }
 
-/// The first line of `text` that reports an out-of-memory failure, trimmed.
+/// True for a Python traceback's frame line (`  File "x.py", line 3, in f`): the line after it
+/// is source code (e.g. `raise OutOfMemoryError(...)`), not a message.
+pub fn is_frame_line(line: &str) -> bool {
+    line.trim_start().starts_with("File \"")
+}
+
+/// The first line of `text` that reports an out-of-memory failure, trimmed. Source lines
+/// quoted in a traceback are skipped.
 pub fn find_oom(text: &str) -> Option<String> {
-    text.lines()
-        .find(|l| line_is_oom(l))
-        .map(|l| l.trim().to_string())
+    let mut after_frame = false;
+    for l in text.lines() {
+        if !after_frame && line_is_oom(l) {
+            return Some(l.trim().to_string());
+        }
+        after_frame = is_frame_line(l);
+    }
+    None
 }
 
 /// True when a child's end suggests the kernel's OOM killer: killed by SIGKILL, or exit code
@@ -120,6 +149,11 @@ mod tests {
             Some("torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB.")
         );
         assert_eq!(find_oom("all good\n"), None);
+        let tb = "  File \"t.py\", line 3, in f\n    raise OutOfMemoryError(\"CUDA out of memory.\")\ntorch.OutOfMemoryError: CUDA out of memory.";
+        assert_eq!(
+            find_oom(tb).as_deref(),
+            Some("torch.OutOfMemoryError: CUDA out of memory.")
+        );
     }
 
     #[test]

@@ -26,8 +26,11 @@ const MAX_LINE: usize = 64 * 1024;
 /// Lines kept before and after the first OOM line (a traceback's last frames; the summary after).
 const EXCERPT_BEFORE: usize = 20;
 const EXCERPT_AFTER: usize = 40;
-/// How often the main loop checks the child, signals and the clock.
-const POLL: Duration = Duration::from_millis(20);
+/// How often the main loop checks the child, signals and the clock (100 wake-ups a second cost
+/// nothing measurable; the latency adds to every `fit` trial).
+const POLL: Duration = Duration::from_millis(10);
+/// How often to look whether the output readers have finished, once the command is gone.
+const DRAIN_POLL: Duration = Duration::from_millis(1);
 /// How long to wait for the output pipes to close once every process is gone.
 const DRAIN_WAIT: Duration = Duration::from_secs(3);
 
@@ -211,10 +214,36 @@ fn killpg(pgid: i32, sig: i32) {
 
 // ---------------------------------------------------------------- output
 
+/// The last `TAIL_BYTES` of output as raw bytes, lines separated by `\n`: no allocation per line,
+/// the output of a chatty run passes through at full speed.
 #[derive(Default)]
 struct Tail {
-    lines: VecDeque<String>,
-    bytes: usize,
+    bytes: VecDeque<u8>,
+}
+
+impl Tail {
+    fn push(&mut self, line: &[u8]) {
+        self.bytes.extend(line);
+        self.bytes.push_back(b'\n');
+        if self.bytes.len() > TAIL_BYTES {
+            let extra = self.bytes.len() - TAIL_BYTES;
+            self.bytes.drain(..extra);
+        }
+    }
+
+    /// The last `n` lines (the first may be cut short by the byte budget).
+    fn last_lines(&self, n: usize) -> Vec<String> {
+        let (a, b) = self.bytes.as_slices();
+        let mut all = Vec::with_capacity(a.len() + b.len());
+        all.extend_from_slice(a);
+        all.extend_from_slice(b);
+        let text = String::from_utf8_lossy(&all);
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(n)..]
+            .iter()
+            .map(|l| l.to_string())
+            .collect()
+    }
 }
 
 #[derive(Default)]
@@ -224,37 +253,41 @@ struct OomCapture {
     after_left: usize,
 }
 
+#[derive(Default)]
+struct Seen {
+    tail: Tail,
+    oom: OomCapture,
+}
+
 struct Shared {
-    tail: Mutex<Tail>,
-    oom: Mutex<OomCapture>,
+    seen: Mutex<Seen>,
     log: Option<Mutex<File>>,
     done: AtomicUsize,
 }
 
 impl Shared {
-    fn line(&self, raw: &[u8]) {
-        let text = String::from_utf8_lossy(raw).into_owned();
-        let is_oom = detect::line_is_oom(&text);
-        let mut tail = self.tail.lock().unwrap_or_else(|e| e.into_inner());
-        let mut oom = self.oom.lock().unwrap_or_else(|e| e.into_inner());
+    /// Takes one line; `after_frame`: the previous line of this stream was a traceback frame.
+    fn line(&self, raw: &[u8], after_frame: bool) -> bool {
+        // Borrowed when the line is valid UTF-8 (almost always): no copy.
+        let text = match std::str::from_utf8(raw) {
+            Ok(t) => std::borrow::Cow::Borrowed(t),
+            Err(_) => String::from_utf8_lossy(raw),
+        };
+        let is_frame = detect::is_frame_line(&text);
+        let is_oom = !after_frame && detect::line_is_oom(&text);
+        let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        let Seen { tail, oom } = &mut *seen;
         if oom.line.is_some() && oom.after_left > 0 {
-            oom.excerpt.push(text.clone());
+            oom.excerpt.push(text.to_string());
             oom.after_left -= 1;
         } else if oom.line.is_none() && is_oom {
-            let start = tail.lines.len().saturating_sub(EXCERPT_BEFORE);
-            oom.excerpt = tail.lines.iter().skip(start).cloned().collect();
-            oom.excerpt.push(text.clone());
+            oom.excerpt = tail.last_lines(EXCERPT_BEFORE);
+            oom.excerpt.push(text.to_string());
             oom.line = Some(text.trim().to_string());
             oom.after_left = EXCERPT_AFTER;
         }
-        tail.bytes += text.len();
-        tail.lines.push_back(text);
-        while tail.lines.len() > TAIL_LINES || tail.bytes > TAIL_BYTES {
-            match tail.lines.pop_front() {
-                Some(l) => tail.bytes -= l.len(),
-                None => break,
-            }
-        }
+        tail.push(raw);
+        is_frame
     }
 }
 
@@ -274,10 +307,23 @@ fn echo_chunk(echo: Echo, is_err: bool, chunk: &[u8]) -> std::io::Result<()> {
     }
 }
 
+/// Appends to the current line; a line longer than `MAX_LINE` is handed on in pieces.
+fn push_capped(line: &mut Vec<u8>, mut bytes: &[u8], shared: &Shared, after_frame: &mut bool) {
+    while line.len() + bytes.len() > MAX_LINE {
+        let take = MAX_LINE - line.len();
+        line.extend_from_slice(&bytes[..take]);
+        *after_frame = shared.line(line, *after_frame);
+        line.clear();
+        bytes = &bytes[take..];
+    }
+    line.extend_from_slice(bytes);
+}
+
 fn pump(mut src: impl Read, echo: Echo, is_err: bool, shared: Arc<Shared>) {
-    let mut buf = vec![0u8; 16 * 1024];
+    let mut buf = vec![0u8; 64 * 1024];
     let mut line: Vec<u8> = Vec::new();
     let mut echo_ok = true;
+    let mut after_frame = false;
     loop {
         let n = match src.read(&mut buf) {
             Ok(0) => break,
@@ -293,23 +339,26 @@ fn pump(mut src: impl Read, echo: Echo, is_err: bool, shared: Arc<Shared>) {
         if let Some(f) = &shared.log {
             let _ = f.lock().unwrap_or_else(|e| e.into_inner()).write_all(chunk);
         }
-        for &b in chunk {
-            if b == b'\n' || b == b'\r' {
-                if !line.is_empty() {
-                    shared.line(&line);
-                    line.clear();
+        let mut rest = chunk;
+        while !rest.is_empty() {
+            match memchr::memchr2(b'\n', b'\r', rest) {
+                Some(i) => {
+                    push_capped(&mut line, &rest[..i], &shared, &mut after_frame);
+                    if !line.is_empty() {
+                        after_frame = shared.line(&line, after_frame);
+                        line.clear();
+                    }
+                    rest = &rest[i + 1..];
                 }
-            } else {
-                if line.len() >= MAX_LINE {
-                    shared.line(&line);
-                    line.clear();
+                None => {
+                    push_capped(&mut line, rest, &shared, &mut after_frame);
+                    rest = &[];
                 }
-                line.push(b);
             }
         }
     }
     if !line.is_empty() {
-        shared.line(&line);
+        shared.line(&line, after_frame);
     }
     shared.done.fetch_add(1, Ordering::SeqCst);
 }
@@ -355,11 +404,28 @@ pub fn execute(spec: &Spec, gpu: Result<&Sampler, &str>) -> crate::error::Result
         .stdin(Stdio::inherit())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
+    let parent = std::process::id() as libc::pid_t;
     // SAFETY: the closure runs in the forked child before exec and calls only async-signal-safe
-    // functions (setpgid, signal, tcsetpgrp, getpid).
+    // functions (setpgid, prctl, getppid, signal, tcsetpgrp, getpid).
     unsafe {
         cmd.pre_exec(move || {
             libc::setpgid(0, 0);
+            // Should oomdoc itself be killed, the command goes too rather than running on unwatched.
+            #[cfg(target_os = "linux")]
+            {
+                libc::prctl(
+                    libc::PR_SET_PDEATHSIG,
+                    libc::SIGKILL as libc::c_ulong,
+                    0,
+                    0,
+                    0,
+                );
+                if libc::getppid() != parent {
+                    return Err(std::io::Error::other(
+                        "oomdoc exited before the command started",
+                    ));
+                }
+            }
             if tty {
                 let prev = libc::signal(libc::SIGTTOU, libc::SIG_IGN);
                 libc::tcsetpgrp(0, libc::getpid());
@@ -400,8 +466,7 @@ pub fn execute(spec: &Spec, gpu: Result<&Sampler, &str>) -> crate::error::Result
     }
 
     let shared = Arc::new(Shared {
-        tail: Mutex::new(Tail::default()),
-        oom: Mutex::new(OomCapture::default()),
+        seen: Mutex::new(Seen::default()),
         log,
         done: AtomicUsize::new(0),
     });
@@ -515,7 +580,7 @@ pub fn execute(spec: &Spec, gpu: Result<&Sampler, &str>) -> crate::error::Result
 
     let drain_deadline = Instant::now() + DRAIN_WAIT;
     while shared.done.load(Ordering::SeqCst) < readers.len() && Instant::now() < drain_deadline {
-        std::thread::sleep(POLL);
+        std::thread::sleep(DRAIN_POLL);
     }
     if shared.done.load(Ordering::SeqCst) >= readers.len() {
         for r in readers {
@@ -527,13 +592,11 @@ pub fn execute(spec: &Spec, gpu: Result<&Sampler, &str>) -> crate::error::Result
         Some(st) => (st.code(), st.signal()),
         None => (None, None),
     };
-    let tail = {
-        let t = shared.tail.lock().unwrap_or_else(|e| e.into_inner());
-        t.lines.iter().cloned().collect::<Vec<_>>().join("\n")
-    };
-    let (oom_line, oom_excerpt) = {
-        let o = shared.oom.lock().unwrap_or_else(|e| e.into_inner());
+    let (tail, oom_line, oom_excerpt) = {
+        let seen = shared.seen.lock().unwrap_or_else(|e| e.into_inner());
+        let o = &seen.oom;
         (
+            seen.tail.last_lines(TAIL_LINES).join("\n"),
             o.line.clone(),
             o.line.as_ref().map(|_| o.excerpt.join("\n")),
         )
@@ -573,6 +636,44 @@ mod tests {
         s.echo = Echo::Quiet;
         s.sweep_orphans = false;
         s
+    }
+
+    fn shared() -> Arc<Shared> {
+        Arc::new(Shared {
+            seen: Mutex::new(Seen::default()),
+            log: None,
+            done: AtomicUsize::new(0),
+        })
+    }
+
+    #[test]
+    fn lines_split_on_lf_and_cr_and_long_lines_are_cut() {
+        let sh = shared();
+        let mut input = b"a\r\nprogress 1%\rprogress 2%\rdone\n".to_vec();
+        input.extend(std::iter::repeat(b'x').take(MAX_LINE + 10));
+        input.extend_from_slice(b"\nlast");
+        pump(std::io::Cursor::new(input), Echo::Quiet, false, sh.clone());
+        let seen = sh.seen.lock().unwrap();
+        let lines = seen.tail.last_lines(100);
+        assert_eq!(&lines[..4], &["a", "progress 1%", "progress 2%", "done"]);
+        assert_eq!(lines[4].len(), MAX_LINE);
+        assert_eq!(lines[5], "x".repeat(10));
+        assert_eq!(lines[6], "last");
+        assert_eq!(sh.done.load(Ordering::SeqCst), 1);
+    }
+
+    #[test]
+    fn tail_keeps_the_last_bytes() {
+        let mut t = Tail::default();
+        for i in 0..100_000 {
+            t.push(format!("line {i}").as_bytes());
+        }
+        assert!(t.bytes.len() <= TAIL_BYTES);
+        let last = t.last_lines(2);
+        assert_eq!(
+            last,
+            vec!["line 99998".to_string(), "line 99999".to_string()]
+        );
     }
 
     #[test]

@@ -67,6 +67,8 @@ pub struct FitConfig {
     pub max_batch: u64,
     /// First size tried (e.g. from the estimate); default `min_batch`.
     pub start_batch: Option<u64>,
+    /// Only sizes that are multiples of this are tried (1: any size; 8 suits tensor cores).
+    pub multiple_of: u64,
     pub effective_batch: Option<u64>,
     pub steps: u64,
     pub max_trials: usize,
@@ -320,22 +322,35 @@ pub fn fit(template: &Template, cfg: &FitConfig, runner: Runner<'_>) -> Result<F
         }
     };
 
-    let start = cfg.start_batch.unwrap_or(cfg.min_batch);
+    // The search runs over units of `multiple_of`.
+    let m = cfg.multiple_of.max(1);
+    let (min_k, max_k) = (cfg.min_batch.div_ceil(m), cfg.max_batch / m);
+    if max_k == 0 || max_k < min_k {
+        return Err(Error::input(format!(
+            "no multiple of {m} lies between --min-batch {} and --max-batch {}",
+            cfg.min_batch, cfg.max_batch
+        )));
+    }
+    let start_k = match cfg.start_batch {
+        Some(s) => ((s + m / 2) / m).max(1),
+        None => min_k,
+    };
     let (lo, hi, mut stop) = {
         let cell = std::cell::RefCell::new(&mut trials);
-        search(
-            cfg.min_batch,
-            cfg.max_batch,
-            start,
+        let (lo, hi, stop) = search(
+            min_k,
+            max_k,
+            start_k,
             || limits(cell.borrow().len()),
-            |b| match run_trial(b, &mut cell.borrow_mut()) {
+            |k| match run_trial(k * m, &mut cell.borrow_mut()) {
                 Ok(v) => v,
                 Err(e) => {
                     spawn_error = Some(e);
                     Verdict::Stop(Stop::CommandFailed)
                 }
             },
-        )
+        );
+        (lo.map(|k| k * m), hi.map(|k| k * m), stop)
     };
     if let Some(e) = spawn_error.take() {
         return Err(e);
@@ -346,8 +361,8 @@ pub fn fit(template: &Template, cfg: &FitConfig, runner: Runner<'_>) -> Result<F
     let mut best = lo.map(|b| choice(b, cfg.effective_batch));
     let mut alternative = None;
     if let (Some(l), Some(e)) = (lo, cfg.effective_batch) {
-        if e % l != 0 {
-            let d = (1..=l.min(e)).rev().find(|d| e % d == 0).unwrap_or(1);
+        let divisor = largest_divisor(e, l, m);
+        if let (true, Some(d)) = (e % l != 0, divisor) {
             let done = trials
                 .iter()
                 .any(|t| t.batch == d && t.result == TrialResult::Fits);
@@ -407,8 +422,28 @@ fn choice(batch: u64, effective: Option<u64>) -> Choice {
     Choice {
         batch,
         accum,
-        effective_batch: batch * accum,
+        effective_batch: batch.saturating_mul(accum),
     }
+}
+
+/// The largest divisor of `e` that is at most `limit` and a multiple of `m`, found through the
+/// divisor pairs up to the square root of `e` (at most 65536 steps for the largest `e` allowed).
+pub fn largest_divisor(e: u64, limit: u64, m: u64) -> Option<u64> {
+    let mut best: Option<u64> = None;
+    let mut consider = |d: u64| {
+        if d <= limit && d % m.max(1) == 0 && best.map_or(true, |b| d > b) {
+            best = Some(d);
+        }
+    };
+    let mut i = 1u64;
+    while i.saturating_mul(i) <= e {
+        if e % i == 0 {
+            consider(i);
+            consider(e / i);
+        }
+        i += 1;
+    }
+    best
 }
 
 fn last_lines(text: &str, n: usize) -> String {
@@ -497,6 +532,17 @@ mod tests {
         assert_eq!(s, Stop::TrialLimit);
         assert_eq!(tried.len(), 4);
         assert_eq!(lo, Some(8));
+    }
+
+    #[test]
+    fn divisors() {
+        assert_eq!(largest_divisor(40, 16, 1), Some(10));
+        assert_eq!(largest_divisor(48, 16, 1), Some(16));
+        assert_eq!(largest_divisor(17, 16, 1), Some(1));
+        assert_eq!(largest_divisor(48, 16, 8), Some(16));
+        assert_eq!(largest_divisor(40, 16, 8), Some(8));
+        assert_eq!(largest_divisor(40, 7, 8), None);
+        assert_eq!(largest_divisor(1 << 32, 1000, 1), Some(512));
     }
 
     #[test]

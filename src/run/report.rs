@@ -122,6 +122,10 @@ crate::catalogue! {
         MaxFits => ("The largest size allowed (--max-batch {}) fits.", "允许的最大批量（--max-batch {}）可以放下。"),
         CommandTitle => ("Command to use", "建议使用的命令"),
         StepsNote => ("Replace {steps} with the length of your real run.", "请将 {steps} 替换为实际训练的步数。"),
+        NoStepsPlaceholder => (
+            "The command has no {steps} placeholder, so each trial ran as long as the script chose; a size counts as completed when its run exited 0 without an out-of-memory message.",
+            "命令中没有 {steps} 占位符，因此每次试运行的长度由脚本自己决定；退出码为 0 且没有内存不足信息即视为完成。"
+        ),
         NoGpuFit => ("GPU memory was not sampled ({}); trials were judged by exit code and output.", "未采样显存（{}）；试运行结果依据退出码和输出判断。"),
     }
 }
@@ -325,7 +329,7 @@ pub fn fit_doc(r: &FitReport, lang: Lang) -> Document {
                 (i + 1).to_string(),
                 t.batch.to_string(),
                 t.accum.to_string(),
-                (t.batch * t.accum).to_string(),
+                t.batch.saturating_mul(t.accum).to_string(),
                 trial_result(t.result, t.exit_code, lang),
                 secs(t.duration_s),
                 t.peak_gpu_bytes.map(gib).unwrap_or_else(|| "-".into()),
@@ -414,6 +418,9 @@ pub fn fit_doc(r: &FitReport, lang: Lang) -> Document {
         Stop::Interrupted => {
             d.para(W::StopInterrupted.text(lang));
         }
+    }
+    if !r.template.iter().any(|a| a.contains(super::fit::STEPS)) {
+        d.para(W::NoStepsPlaceholder.text(lang));
     }
     if let Some(why) = &r.gpu_unavailable {
         d.para(fill(W::NoGpuFit.text(lang), &[why]));
