@@ -326,7 +326,16 @@ fn device(ev: &OomEvent) -> (Cause, Vec<Cause>, Vec<Advice>) {
     let short = ev.shortfall_bytes.unwrap_or(0);
     let unalloc = ev.reserved_unallocated_bytes.unwrap_or(0);
     let (others, others_with_context) = outside_process(ev);
-    let nf = ev.non_framework_bytes.unwrap_or(0);
+    let mps = ev.kind == OomKind::MpsOom;
+    // MPS: Metal memory of this process outside PyTorch's MPS allocator ("other allocations")
+    let nf = ev
+        .non_framework_bytes
+        .or(if mps {
+            ev.other_allocations_bytes
+        } else {
+            None
+        })
+        .unwrap_or(0);
     let pytorch_alloc = matches!(ev.kind, OomKind::CudaOom | OomKind::HipOom);
 
     // Windows WDDM: more in use than the card has
@@ -395,6 +404,7 @@ fn device(ev: &OomEvent) -> (Cause, Vec<Cause>, Vec<Advice>) {
         && others >= short
         && total.is_some_and(|t| others as f64 >= OTHERS_SHARE_OF_TOTAL * t as f64);
     let nf_is_cause = !cap_binding
+        && !mps
         && nf >= short
         && nf >= NON_FRAMEWORK_NOTABLE
         && limit.is_some_and(|l| nf as f64 >= 0.1 * l as f64);
@@ -416,7 +426,7 @@ fn device(ev: &OomEvent) -> (Cause, Vec<Cause>, Vec<Advice>) {
     let others_matter = others > 0
         && others as f64 >= FRAG_SHARE_OF_SHORTFALL * short as f64
         && total.is_some_and(|t| others as f64 >= 0.01 * t as f64)
-        && (!others_with_context || others >= NON_FRAMEWORK_NOTABLE);
+        && (!others_with_context || others >= NON_FRAMEWORK_NOTABLE.min(total.unwrap_or(0) / 4));
     let nf_matters =
         nf >= NON_FRAMEWORK_NOTABLE && nf as f64 >= FRAG_SHARE_OF_SHORTFALL * short as f64;
 
@@ -481,36 +491,23 @@ fn device(ev: &OomEvent) -> (Cause, Vec<Cause>, Vec<Advice>) {
             });
         }
     }
+    // the primary cause's own advice first (capacity: reduce memory), then reducing memory,
+    // then what the contributing causes call for
     match cause {
-        Cause::OtherProcesses => {
-            others_advice(&mut advice);
-            if frag_helps {
-                advice.push(frag_advice());
+        Cause::OtherProcesses => others_advice(&mut advice),
+        Cause::Fragmentation => advice.push(frag_advice()),
+        Cause::LibraryWorkspace => advice.push(Advice::NonFrameworkMemory { bytes: nf }),
+        _ => {}
+    }
+    advice.push(reduce(ev));
+    for c in &contributing {
+        match c {
+            Cause::Fragmentation => advice.push(frag_advice()),
+            Cause::OtherProcesses => others_advice(&mut advice),
+            Cause::LibraryWorkspace if !mps => {
+                advice.push(Advice::NonFrameworkMemory { bytes: nf })
             }
-            advice.push(reduce(ev));
-        }
-        Cause::Fragmentation => {
-            advice.push(frag_advice());
-            advice.push(reduce(ev));
-        }
-        Cause::LibraryWorkspace => {
-            advice.push(Advice::NonFrameworkMemory { bytes: nf });
-            if frag_helps {
-                advice.push(frag_advice());
-            }
-            advice.push(reduce(ev));
-        }
-        _ => {
-            advice.push(reduce(ev));
-            if frag_helps {
-                advice.push(frag_advice());
-            }
-            if others_matter && !cap_binding {
-                others_advice(&mut advice);
-            }
-            if nf_matters {
-                advice.push(Advice::NonFrameworkMemory { bytes: nf });
-            }
+            _ => {}
         }
     }
     if ev.kind == OomKind::MpsOom {

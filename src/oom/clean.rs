@@ -78,7 +78,10 @@ pub fn unescape_html(s: &str) -> Cow<'_, str> {
     while let Some(i) = rest.find('&') {
         out.push_str(&rest[..i]);
         rest = &rest[i..];
-        let end = rest[..rest.len().min(10)].find(';');
+        // an entity is short: look for its ';' in the next few bytes (ASCII, so a char boundary)
+        let end = rest.as_bytes()[..rest.len().min(10)]
+            .iter()
+            .position(|&c| c == b';');
         let decoded = end.and_then(|e| {
             let ent = &rest[1..e];
             let c = match ent {
@@ -121,7 +124,7 @@ pub fn unescape_html(s: &str) -> Cow<'_, str> {
 /// `# ` comment markers, `**` bold markers.
 static PREFIX: LazyLock<Regex> = LazyLock::new(|| {
     Regex::new(
-        r"^(?:\s*(?:\[rank\d+\]:|\[default\d+\]:|\([A-Za-z_][\w]*(?: [a-z_]+=[^ )]*)*\)(?: [A-Z]+ \d\d-\d\d \d\d:\d\d:\d\d \[[^\]]*\])?|\d{4}-\d\d-\d\d[T ]\d\d:\d\d:\d\d(?:[.,]\d+)?Z?|#|\*\*|>))+\s?",
+        r"^(?:\s*(?:\[rank\d+\]:|\[default\d+\]:|\([A-Za-z_][\w]*(?: [a-z_]+=[^ )]*)*\)(?: [A-Z]+ \d\d-\d\d \d\d:\d\d:\d\d \[[^\]]*\])?|\d{4}-\d\d-\d\d[T ]\d\d:\d\d:\d\d(?:[.,]\d+)?Z?:?|\[\s*\d+\.\d+\]|#|\*\*))+\s?",
     )
     .expect("prefix regex")
 });

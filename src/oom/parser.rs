@@ -75,7 +75,8 @@ regex!(PT_OLD_TOTAL, r"{S} total capacity");
 regex!(PT_OLD_ALLOC, r"{S} already allocated");
 regex!(PT_OLD_FREE, r"{S} free;");
 regex!(PT_OLD_RESERVED, r"{S} reserved in total by PyTorch");
-regex!(PT_OLD_CACHED, r"{S} cached\)");
+// <= 1.3: `{cached - allocated} cached)`; some 1.x builds add `; {inactive} inactive)`
+regex!(PT_OLD_CACHED, r"{S} cached[);]");
 
 // MPS (§3).
 regex!(
@@ -1144,6 +1145,7 @@ fn alloc_completeness(m: &str) -> Completeness {
     if m.contains(".html#")
         || m.contains("empty_cache")
         || m.contains("cached)")
+        || m.contains("inactive)")
         || m.contains("Memory Management and PYTORCH_CUDA_ALLOC_CONF")
         || PT_1EB.is_match(m)
         || PT_PREEMPT.is_match(m)
@@ -1380,7 +1382,7 @@ fn basename(path: &str) -> &str {
 /// The event's message line: without prefixes, trimmed, at most `MESSAGE_CHARS` characters.
 fn message_of(text: &str) -> String {
     let t = strip_prefix(text).trim();
-    let t = t.trim_start_matches(['`', '*']).trim();
+    let t = t.trim_matches(['`', '*']).trim();
     let mut s: String = t
         .chars()
         .filter(|c| !c.is_control() || *c == '\t')
