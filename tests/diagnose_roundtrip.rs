@@ -482,3 +482,76 @@ fn several_events_and_invalid_utf8() {
     assert_eq!(r.events, ev);
     assert_eq!(r.lines, 6);
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 32, ..ProptestConfig::default() })]
+
+    #[test]
+    fn hip_messages_round_trip(s in sizes(), hipified in any::<bool>()) {
+        let msg = new_style(&s, "2.4", "1").replace("CUDA out of memory", "HIP out of memory").replace("CUDA Graphs", "HIP Graphs");
+        let msg = if hipified { msg.replace("PYTORCH_CUDA_ALLOC_CONF", "PYTORCH_HIP_ALLOC_CONF") } else { msg };
+        let ev = one(&msg);
+        prop_assert_eq!(ev.kind, OomKind::HipOom);
+        prop_assert_eq!(ev.device.as_deref(), Some("hip:1"));
+        close(ev.requested_bytes, s.req, "requested");
+        close(ev.private_pool_bytes, s.private, "private");
+        prop_assert_eq!(ev.framework_versions.as_deref(), Some(">=2.4,<2.10"));
+    }
+
+    #[test]
+    fn xpu_messages_round_trip(s in sizes(), allowed in any::<bool>()) {
+        let f = format_size;
+        let a = if allowed { format!("{} allowed; ", f(s.allowed)) } else { String::new() };
+        let msg = format!("torch.OutOfMemoryError: XPU out of memory. Tried to allocate {}. GPU 0 has a total capacity of {} of which {} is free. {a}Of the allocated memory {} is allocated by PyTorch, and {} is reserved by PyTorch but unallocated. Please use `empty_cache` to release all unoccupied cached memory.", f(s.req), f(s.total), f(s.free), f(s.allocated), f(s.unalloc));
+        let ev = one(&msg);
+        prop_assert_eq!(ev.kind, OomKind::XpuOom);
+        prop_assert_eq!(ev.device.as_deref(), Some("xpu:0"));
+        close(ev.requested_bytes, s.req, "requested");
+        close(ev.total_capacity_bytes, s.total, "total");
+        close(ev.free_bytes, s.free, "free");
+        close(ev.allocated_bytes, s.allocated, "allocated");
+        close(ev.reserved_unallocated_bytes, s.unalloc, "unallocated");
+        if allowed { close(ev.allowed_bytes, s.allowed, "allowed"); }
+    }
+
+    #[test]
+    fn kernel_and_cpu_numbers_round_trip(pid in 1u64..4_000_000, vm in 0u64..1 << 40, rss in 0u64..1 << 36, shm in 0u64..1 << 30, req in 0u64..u64::MAX, sep in any::<bool>()) {
+        let k = |x: u64| if sep {
+            // thousands separators, as pasted logs sometimes have them
+            let s = x.to_string();
+            let mut out = String::new();
+            for (i, c) in s.chars().enumerate() {
+                if i > 0 && (s.len() - i) % 3 == 0 { out.push(','); }
+                out.push(c);
+            }
+            out
+        } else { x.to_string() };
+        let line = format!("[441280.839852] Out of memory: Killed process {pid} (python) total-vm:{}kB, anon-rss:{}kB, file-rss:0kB, shmem-rss:{}kB, UID:1000 pgtables:49772kB oom_score_adj:0", k(vm), k(rss), k(shm));
+        let ev = one(&line);
+        prop_assert_eq!(ev.kind, OomKind::HostOomKiller);
+        prop_assert_eq!(ev.pid, Some(pid));
+        prop_assert_eq!(ev.total_vm_bytes, Some(vm * 1024));
+        prop_assert_eq!(ev.anon_rss_bytes, Some(rss * 1024));
+        prop_assert_eq!(ev.shmem_rss_bytes, Some(shm * 1024));
+        let cpu = format!("RuntimeError: [enforce fail at alloc_cpu.cpp:75] err == 0. DefaultCPUAllocator: can't allocate memory: you tried to allocate {req} bytes. Error code 12 (Cannot allocate memory)");
+        prop_assert_eq!(one(&cpu).requested_bytes, Some(req));
+    }
+}
+
+#[test]
+fn progress_bar_lines_longer_than_a_block() {
+    // a 3 MiB tqdm line redrawn with \r, the OOM message in its last segment
+    let mut log = "step 1\n".to_string();
+    for i in 0..80_000 {
+        log.push_str(&format!(
+            " {i:>5}/40000 [00:01<00:02, 3.2it/s, loss=0.123]\r"
+        ));
+    }
+    log.push_str("torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 20.00 MiB. GPU 0 has a total capacity of 23.55 GiB of which 1.00 MiB is free. Of the allocated memory 20.00 GiB is allocated by PyTorch, and 2.00 MiB is reserved by PyTorch but unallocated.\nlast\n");
+    assert!(log.len() > 2 << 20);
+    let r = parse_reader(std::io::Cursor::new(log.as_bytes())).unwrap();
+    assert_eq!(r.events.len(), 1);
+    assert_eq!(r.events[0].line, 2);
+    assert_eq!(r.lines, 3);
+    assert_eq!(parse_str(&log), r.events);
+}

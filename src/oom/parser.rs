@@ -154,7 +154,7 @@ regex!(
 );
 regex!(
     TF_EXC,
-    r"ResourceExhaustedError|Resource exhausted:|XlaRuntimeError|JaxRuntimeError|RESOURCE_EXHAUSTED"
+    r"ResourceExhaustedError|Resource exhausted:|RESOURCE_EXHAUSTED"
 );
 regex!(TF_DEVICE, r"device:GPU:([0-9]+)");
 regex!(BFC_GPU, r"GPU_([0-9]+)_bfc");
@@ -278,7 +278,9 @@ enum BlockKind {
 /// [`Parser::wants_next`] is true the next line must be fed whatever it contains.
 #[derive(Default)]
 pub struct Parser {
-    open: Vec<Open>,
+    /// Boxed: events are large and the list is edited in the middle.
+    #[allow(clippy::vec_box)]
+    open: Vec<Box<Open>>,
     done: Vec<OomEvent>,
     pending: Option<Pending>,
     next_id: u64,
@@ -365,7 +367,7 @@ impl Parser {
         }
     }
 
-    fn finalize(&mut self, mut o: Open) {
+    fn finalize(&mut self, mut o: Box<Open>) {
         if self.done.len() >= MAX_EVENTS {
             self.dropped += 1;
             return;
@@ -385,7 +387,7 @@ impl Parser {
 
     fn open_event(&mut self, group: Group, ev: OomEvent, lineno: u64) -> usize {
         self.next_id += 1;
-        self.open.push(Open {
+        self.open.push(Box::new(Open {
             id: self.next_id,
             ev,
             group,
@@ -397,7 +399,7 @@ impl Parser {
             exception_seen: false,
             xla: false,
             kill_seen: false,
-        });
+        }));
         self.open.len() - 1
     }
 
@@ -438,11 +440,14 @@ impl Parser {
             }
             return;
         }
-        if let Some(c) = MPS.captures(text) {
+        // cheap literal gates first: most candidate lines belong to no family
+        let has = |w: &str| text.contains(w);
+        let oom = has("f memory");
+        if let Some(c) = MPS.captures(text).filter(|_| oom) {
             self.mps(lineno, text, &c);
             return;
         }
-        if let Some(c) = ASYNC.captures(text) {
+        if let Some(c) = ASYNC.captures(text).filter(|_| has("xceed allowed")) {
             let mut ev = Self::new_event(OomKind::CudaMallocAsyncOom, lineno, text);
             ev.device = Some(format!("cuda:{}", &c[1]));
             let i = self.open_event(Group::Async, ev, lineno);
@@ -459,7 +464,8 @@ impl Parser {
             });
             return;
         }
-        if let Some(c) = CPU.captures(text) {
+        let cpu = has("CPUAllocator") || has("enough memory");
+        if let Some(c) = CPU.captures(text).filter(|_| cpu) {
             let mut ev = Self::new_event(OomKind::CpuAlloc, lineno, text);
             ev.device = Some("cpu".into());
             ev.requested_bytes = c[1].parse().ok();
@@ -467,7 +473,7 @@ impl Parser {
             self.dedupe_or_open(Group::Cpu, ev, lineno);
             return;
         }
-        if let Some(c) = CPU_OLD.captures(text) {
+        if let Some(c) = CPU_OLD.captures(text).filter(|_| cpu) {
             let mut ev = Self::new_event(OomKind::CpuAlloc, lineno, text);
             ev.device = Some("cpu".into());
             ev.requested_bytes = c[1]
@@ -477,24 +483,25 @@ impl Parser {
             self.dedupe_or_open(Group::Cpu, ev, lineno);
             return;
         }
-        if let Some(c) = BLAS.captures(text) {
+        let lib = has("_FAILED") || has("NOT_INIT") || has("cuDNN") || has("workspace");
+        if let Some(c) = BLAS.captures(text).filter(|_| lib) {
             let mut ev = Self::new_event(OomKind::CublasAlloc, lineno, text);
             ev.error = Some(c[1].to_string());
             ev.call = BLAS_CALL.captures(text).map(|c| c[1].to_string());
             self.dedupe_or_open(Group::Library, ev, lineno);
             return;
         }
-        if let Some(c) = DNN.captures(text) {
+        if let Some(c) = DNN.captures(text).filter(|_| lib) {
             let mut ev = Self::new_event(OomKind::CudnnAlloc, lineno, text);
             ev.error = Some(c[1].to_string());
             self.dedupe_or_open(Group::Library, ev, lineno);
             return;
         }
-        if NCCL_OOM.is_match(text) || NCCL_OOM.is_match(strip_prefix(text)) {
+        if oom && (NCCL_OOM.is_match(text) || NCCL_OOM.is_match(strip_prefix(text))) {
             self.nccl(lineno, text);
             return;
         }
-        if let Some(c) = CUDA_ERR.captures(text) {
+        if let Some(c) = CUDA_ERR.captures(text).filter(|_| oom) {
             let mut ev = Self::new_event(OomKind::CudaErrorOom, lineno, text);
             if &c[2] == "HIP" {
                 ev.error = Some("HIP error: out of memory".into());
@@ -514,16 +521,28 @@ impl Parser {
             });
             return;
         }
-        if self.tf_xla(lineno, text) {
+        let tf = oom
+            || has("OutOfMemory")
+            || has("OOM when")
+            || has("xhausted")
+            || has("XHAUSTED")
+            || has("bfc_")
+            || has("BufferAssignment")
+            || has("Peak buffers");
+        if tf && self.tf_xla(lineno, text) {
             return;
         }
-        if self.host(lineno, text) {
+        if (oom || has("oom") || has("Kill")) && self.host(lineno, text) {
             return;
         }
-        if self.dataloader(lineno, text) {
+        if (has("DataLoader") || has("bus error") || has("</torch_"))
+            && self.dataloader(lineno, text)
+        {
             return;
         }
-        self.torchrun(lineno, text);
+        if has("-9") || has("SIGKILL") {
+            self.torchrun(lineno, text);
+        }
     }
 
     /// Joins `ev` with an open event of the same group whose key is equal, or opens it.

@@ -15,40 +15,39 @@ const BLOCK: usize = 1 << 20;
 const SNIFF: usize = 64 * 1024;
 
 /// Words at least one of which is on every line the parser reads (each family's trigger, and the
-/// lines that extend an open TensorFlow/XLA or kernel event). Case-sensitive, as printed.
+/// lines that extend an open TensorFlow/XLA or kernel event). Case-sensitive, as printed. Each is
+/// cut to start where its first four bytes are rare in ordinary log text ("f memory" rather than
+/// "out of memory"): the SIMD prefilter (Teddy) checks those bytes first, so common starts like
+/// "out " or "memo" would send many lines to the slow path (measured: docs/performance.md).
 pub const TRIGGERS: &[&str] = &[
-    "out of memory",
-    "Out of memory",
-    "Out of Memory",
-    "OUT_OF_MEMORY",
-    "OUT_OF_DEVICE_MEMORY",
-    "OutOfMemory",
-    "would exceed allowed memory",
-    "DefaultCPUAllocator",
-    "not enough memory",
-    "ALLOC_FAILED",
-    "STATUS_NOT_INITIALIZED",
-    "valid cuDNN algorithm",
-    "memory for workspace",
-    "workspace violation",
-    "RESOURCE_EXHAUSTED",
-    "Resource exhausted",
-    "ResourceExhausted",
-    "OOM when allocating",
-    "bfc_allocator",
-    "BufferAssignment",
-    "Peak buffers",
-    "oom-kill",
-    "oom_kill",
-    "oom_reaper",
-    "Killed process",
-    "Kill process",
-    "DataLoader worker",
-    "bus error",
-    "unable to write to file </torch_",
-    "exitcode: -9",
-    ": -9 (pid",
-    "(SIGKILL) received",
+    "f memory",       // CUDA/HIP/XPU/MPS/NCCL/BFC/XLA "out of memory", kernel "Out of memory:"
+    "f Memory",       // "C10 Out of Memory"
+    "UT_OF_",         // CUDA_ERROR_OUT_OF_MEMORY, ZE/UR_..._OUT_OF_DEVICE_MEMORY
+    "tOfMemory",      // HIP_ERROR_OutOfMemory
+    "xceed allowed",  // cudaMallocAsync "would exceed allowed memory"
+    "CPUAllocator",   // DefaultCPUAllocator
+    "enough memory",  // CPU allocator on Windows, "Torch: not enough memory", cuDNN workspace
+    "ALLOC_FAILED",   // cuBLAS/cuSOLVER/cuSPARSE/cuDNN/cuFFT
+    "NOT_INIT",       // CUBLAS/CUDNN_STATUS_NOT_INITIALIZED
+    "cuDNN alg",      // "Unable to find a valid cuDNN algorithm"
+    "pace violation", // cudnn_frontend "workspace violation"
+    "exhausted",      // TensorFlow "Resource exhausted:"
+    "Exhausted",      // ResourceExhaustedError
+    "EXHAUSTED",      // XLA RESOURCE_EXHAUSTED
+    "OOM when",       // TensorFlow "OOM when allocating tensor"
+    "bfc_",           // BFC allocator dump lines
+    "BufferAssignment", // XLA
+    "Peak buffers",   // XLA
+    "oom-",           // "invoked oom-killer", "oom-kill:constraint", SLURM "oom-kill event"
+    "oom_",           // "oom_reaper", SLURM "oom_kill event"
+    "Killed process", // kernel (both eras)
+    "Kill process",   // kernel, legacy
+    "aLoader worker", // DataLoader worker (pid N) ...
+    "bus error",      // "Unexpected bus error encountered in worker"
+    "</torch_",       // "unable to write to file </torch_...>" (/dev/shm full)
+    "exitcode: -9",   // torchrun / elastic
+    "-9 (pid",        // ChildFailedError box
+    "GKILL)",         // "Signal 9 (SIGKILL) received by PID"
 ];
 
 static PREFILTER: LazyLock<AhoCorasick> = LazyLock::new(|| {
