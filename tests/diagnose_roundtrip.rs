@@ -555,3 +555,42 @@ fn progress_bar_lines_longer_than_a_block() {
     assert_eq!(r.lines, 3);
     assert_eq!(parse_str(&log), r.events);
 }
+
+#[test]
+fn tensorflow_dump_and_exception_are_one_event() {
+    // BFC ran out, its dump (every line from bfc_allocator.cc), the Stats block, then the op error:
+    // one failure. The pool had Limit - InUse = 2.5 GiB free, more than the 560 MiB asked for.
+    let log = "\
+2023-04-23 01:00:16.820335: W tensorflow/core/common_runtime/bfc_allocator.cc:479] Allocator (GPU_0_bfc) ran out of memory trying to allocate 560.44MiB (rounded to 587661312)requested by op _EagerConst
+If the cause is memory fragmentation maybe the environment variable 'TF_GPU_ALLOCATOR=cuda_malloc_async' will improve the situation.
+Current allocation summary follows.
+2023-04-23 01:00:16.820400: I tensorflow/core/common_runtime/bfc_allocator.cc:1033] BFCAllocator dump for GPU_0_bfc
+2023-04-23 01:00:16.820410: I tensorflow/core/common_runtime/bfc_allocator.cc:1040] Bin (256): \tTotal Chunks: 10, Chunks in use: 10. 2.5KiB allocated for chunks. 2.5KiB in use in bin. 40B client-requested in use in bin.
+2023-04-23 01:00:16.820500: I tensorflow/core/common_runtime/bfc_allocator.cc:1100] Stats: 
+Limit:                     10737418240
+InUse:                      8053063680
+MaxInUse:                   9000000000
+NumAllocs:                        1234
+MaxAllocSize:               2000000000
+
+2023-04-23 01:00:16.820600: W tensorflow/core/common_runtime/bfc_allocator.cc:491] **************************************************_____
+Traceback (most recent call last):
+  File \"train.py\", line 3, in <module>
+tensorflow.python.framework.errors_impl.ResourceExhaustedError: {{function_node __wrapped__Mul}} OOM when allocating tensor with shape[1024,1024,140] and type float on /job:localhost/replica:0/task:0/device:GPU:0 by allocator GPU_0_bfc [Op:Mul]
+";
+    let ev = parse_str(log);
+    assert_eq!(ev.len(), 1, "{ev:#?}");
+    let e = &ev[0];
+    assert_eq!(e.kind, OomKind::TfOom);
+    assert_eq!(e.line, 1);
+    assert_eq!(e.requested_bytes, Some(587_661_312));
+    assert_eq!(e.allowed_bytes, Some(10_737_418_240));
+    assert_eq!(e.allocated_bytes, Some(8_053_063_680));
+    assert_eq!(e.tensor_shape.as_deref(), Some("[1024,1024,140]"));
+    assert_eq!(e.tensor_bytes, Some(1024 * 1024 * 140 * 4));
+    assert_eq!(e.device.as_deref(), Some("gpu:0"));
+    assert_eq!(e.cause, oomdoc::oom::Cause::Fragmentation);
+    // a second failure later is a second event
+    let twice = format!("{log}{log}");
+    assert_eq!(parse_str(&twice).len(), 2);
+}

@@ -38,10 +38,7 @@ pub fn parse_bytes(bytes: &[u8]) -> Vec<OomEvent> {
     // Line by line without the binary check: the caller already holds the text.
     while pos < bytes.len() {
         let end = memchr::memchr(b'\n', &bytes[pos..]).map_or(bytes.len(), |i| pos + i);
-        let line = &bytes[pos..end];
-        if parser.wants_next() || scan::is_candidate(line) {
-            parser.line(lineno, line);
-        }
+        parser.feed(lineno, &bytes[pos..end]);
         lineno += 1;
         pos = end + 1;
     }

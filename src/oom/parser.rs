@@ -305,7 +305,16 @@ impl Parser {
         self.pending.is_some()
     }
 
-    /// Reads one line (without its `\n`).
+    /// Reads one line (without its `\n`), skipping it cheaply when it cannot belong to an event:
+    /// the entry point for callers that stream lines themselves (e.g. a child process's output).
+    /// Line numbers are 1-based and must increase.
+    pub fn feed(&mut self, lineno: u64, raw: &[u8]) {
+        if self.wants_next() || super::scan::is_candidate(raw) {
+            self.line(lineno, raw);
+        }
+    }
+
+    /// Reads one line (without its `\n`) unconditionally (same result as `feed`, slower).
     pub fn line(&mut self, lineno: u64, raw: &[u8]) {
         if self.pending.is_some() && self.continue_pending(lineno, raw) {
             return;
