@@ -526,11 +526,22 @@ pub fn alloc_conf(cx: &mut Cx, setup: &Setup) {
     if let Some(fi) = setup.entry_file() {
         let f: &PyFile = &cx.p.py[fi];
         let rel = f.rel.clone();
-        let at = py::imports(f)
-            .first()
-            .map(|n| f.line_start(n.start_byte()))
-            .unwrap_or(0);
-        let text = format!("import os\n\nos.environ.setdefault(\"PYTORCH_CUDA_ALLOC_CONF\", \"{conf}\")  # before torch starts CUDA\n");
+        let imps = py::imports(f);
+        let set = format!("os.environ.setdefault(\"PYTORCH_CUDA_ALLOC_CONF\", \"{conf}\")  # before torch starts CUDA\n");
+        // After an `import os` that comes before torch, else `import os` first.
+        let os_import = imps
+            .iter()
+            .take_while(|i| !f.text(**i).contains("torch") && !f.text(**i).contains("lightning"))
+            .find(|i| f.text(**i).trim() == "import os");
+        let (at, text) = match os_import {
+            Some(i) => (f.line_end_incl(i.end_byte()), set),
+            None => (
+                imps.first()
+                    .map(|n| f.line_start(n.start_byte()))
+                    .unwrap_or(0),
+                format!("import os\n\n{set}\n"),
+            ),
+        };
         cx.edit(
             &rel,
             at,

@@ -340,17 +340,20 @@ fn attention(cx: &mut Cx) {
             args.push(format!("scale={scale}"));
             let text = format!("{fname}.scaled_dot_product_attention({})", args.join(", "));
             let rel = f.rel.clone();
+            // `(attn @ v).transpose(...)`: the call needs no parentheses.
+            let target = match n.parent() {
+                Some(par) if par.kind() == "parenthesized_expression" => par,
+                _ => n,
+            };
             cx.edit(
                 &rel,
-                n.start_byte(),
-                n.end_byte(),
+                target.start_byte(),
+                target.end_byte(),
                 text,
                 Knob::Attention,
                 Some(why),
             );
-            for st in &e.stmts {
-                let s0 = f.line_start(st.start_byte());
-                let e0 = f.line_end_incl(st.end_byte());
+            for (s0, e0) in deletion_ranges(f, &e.stmts) {
                 cx.edit(&rel, s0, e0, "", Knob::Attention, None);
             }
         }
@@ -389,6 +392,39 @@ fn attention(cx: &mut Cx) {
     if found == 0 {
         cx.note(Knob::Attention, M::AttnNone, &[]);
     }
+}
+
+/// Whole lines of the deleted statements, merged across blank lines; a blank line left
+/// between two blank lines goes too.
+fn deletion_ranges(f: &PyFile, stmts: &[Node]) -> Vec<(usize, usize)> {
+    let mut r: Vec<(usize, usize)> = stmts
+        .iter()
+        .map(|s| (f.line_start(s.start_byte()), f.line_end_incl(s.end_byte())))
+        .collect();
+    r.sort();
+    let mut merged: Vec<(usize, usize)> = Vec::new();
+    for (s, e) in r {
+        if let Some(last) = merged.last_mut() {
+            if f.src[last.1..s.max(last.1)].trim().is_empty() {
+                last.1 = last.1.max(e);
+                continue;
+            }
+        }
+        merged.push((s, e));
+    }
+    for m in merged.iter_mut() {
+        let blank_before = m.0 >= 1 && {
+            let prev = f.line_start(m.0 - 1);
+            f.src[prev..m.0].trim().is_empty()
+        };
+        if blank_before && m.1 < f.src.len() {
+            let next_end = f.line_end_incl(m.1);
+            if f.src[m.1..next_end].trim().is_empty() {
+                m.1 = next_end;
+            }
+        }
+    }
+    merged
 }
 
 /// `P @ V` or `torch.matmul(P, V)`.

@@ -60,6 +60,7 @@ crate::catalogue! { pub enum M {
     PersistentNoWorkers => ("{0}: persistent_workers=True needs num_workers > 0; not set.", "{0}：persistent_workers=True 需要 num_workers > 0；未设置。"),
     OptOwn => ("{2} builds {0} itself (TrainingArguments.optim is ignored): it becomes {1}.", "{2} 自己构建 {0}（TrainingArguments.optim 被忽略）：改为 {1}。"),
     OptSwap => ("The optimizer {0} becomes {1}.", "优化器 {0} 改为 {1}。"),
+    OptRetuneFamily => ("{0}: the optimizer family changed; its learning rate may need re-tuning.", "{0}：优化器类型改变；学习率可能需要重新调整。"),
     OptRetune => ("{0}: the optimizer family changed (arguments removed: {1}); its learning rate may need re-tuning.", "{0}：优化器类型改变（删除的参数：{1}）；学习率可能需要重新调整。"),
     LoopShape => ("{0}: this loop's shape is not one oomdoc edits (backward() and optimizer.step() directly in a for loop); change it by hand.", "{0}：该循环的结构不在 oomdoc 可自动修改的范围内（for 循环中直接调用 backward() 和 optimizer.step()）；请手动修改。"),
     LoopTruePrecision => ("{0}: convert the model with model.to(torch.bfloat16) after building it; not edited (pure half precision changes the optimizer's numerics).", "{0}：构建模型后用 model.to(torch.bfloat16) 转换；未修改（纯半精度会改变优化器的数值行为）。"),

@@ -1065,7 +1065,13 @@ pub fn optimizer_rewrite(cx: &mut Cx, fi: usize, call: Node, target: Optimizer, 
         let w = if same_class { Some(why.clone()) } else { None };
         cx.insert_kwarg(fi, call, a, Knob::Optimizer, w);
     }
-    if !dropped.is_empty() || (old_adam != adam_like) {
+    if dropped.is_empty() && old_adam != adam_like {
+        cx.note(
+            Knob::Optimizer,
+            M::OptRetuneFamily,
+            &[&format!("{rel}:{}", f.line_of(call.start_byte()))],
+        );
+    } else if !dropped.is_empty() {
         cx.note(
             Knob::Optimizer,
             M::OptRetune,
