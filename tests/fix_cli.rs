@@ -493,6 +493,7 @@ fn plain_fixed_project_trains_one_step_on_cpu() {
         .current_dir(&p)
         .args(["train.py", "--steps", "2"])
         .env("CUDA_VISIBLE_DEVICES", "")
+        .env("OMP_NUM_THREADS", "1")
         .output()
         .unwrap();
     assert!(
@@ -528,6 +529,7 @@ fn rewritten_attention_matches_eager() {
         let o = Command::new(&py)
             .current_dir(fixture(name))
             .env("PYTHONDONTWRITEBYTECODE", "1")
+            .env("OMP_NUM_THREADS", "1")
             .args(["-c", &format!("OUT = {:?}\n{script}", out.display().to_string())])
             .output()
             .unwrap();

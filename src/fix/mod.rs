@@ -330,3 +330,6 @@ pub fn analyze(root: &Path, target: &Target) -> Result<Patch> {
         notes,
     })
 }
+
+#[cfg(test)]
+mod tests;

@@ -331,6 +331,9 @@ fn attention(cx: &mut Cx) {
                 args.push(format!("dropout_p={d}"));
             }
             let (scale, why) = match &e.scale {
+                Some(s) if scale_looks_default(f, n, s) => {
+                    (s.clone(), Msg::new(M::AttnRewriteDefault, &[&class, &s]))
+                }
                 Some(s) => (s.clone(), Msg::new(M::AttnRewrite, &[&class, &s])),
                 None => (
                     "1.0".to_string(),
@@ -392,6 +395,33 @@ fn attention(cx: &mut Cx) {
     if found == 0 {
         cx.note(Knob::Attention, M::AttnNone, &[]);
     }
+}
+
+/// Is the scale `1/sqrt(d)` (`d ** -0.5`, `1 / math.sqrt(d)`), directly or through `self.scale = ...`?
+fn scale_looks_default(f: &PyFile, at: Node, scale: &str) -> bool {
+    let looks = |t: &str| {
+        let t: String = t.split_whitespace().collect();
+        t.contains("**-0.5") || t.contains("sqrt(") || t.contains("rsqrt")
+    };
+    if looks(scale) {
+        return true;
+    }
+    let Some(attr) = scale.strip_prefix("self.") else {
+        return false;
+    };
+    let Some(class) = py::ancestor(at, &["class_definition"]) else {
+        return false;
+    };
+    let want = format!("self.{attr}");
+    py::descendants(class).into_iter().any(|a| {
+        a.kind() == "assignment"
+            && a.child_by_field_name("left")
+                .map(|l| f.text(l) == want)
+                .unwrap_or(false)
+            && a.child_by_field_name("right")
+                .map(|r| looks(f.text(r)))
+                .unwrap_or(false)
+    })
 }
 
 /// Whole lines of the deleted statements, merged across blank lines; a blank line left
