@@ -16,8 +16,6 @@ const SKIP_DIRS: &[&str] = &[
     "site-packages",
     "venv",
     ".venv",
-    "env",
-    ".env",
     ".tox",
     ".mypy_cache",
     ".pytest_cache",
@@ -168,7 +166,8 @@ fn walk(root: &Path, dir: &Path, out: &mut Vec<(String, PathBuf)>) -> Result<()>
         let Ok(ft) = e.file_type() else { continue };
         let path = e.path();
         if ft.is_dir() {
-            if SKIP_DIRS.contains(&name.as_str()) || name.starts_with('.') {
+            // A virtual environment under any name holds pyvenv.cfg.
+            if SKIP_DIRS.contains(&name.as_str()) || name.starts_with('.') || path.join("pyvenv.cfg").exists() {
                 continue;
             }
             walk(root, &path, out)?;

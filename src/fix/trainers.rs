@@ -206,7 +206,7 @@ fn precision_flags(prec: Precision) -> Option<(&'static str, &'static str)> {
 
 fn hf_rules(cx: &mut Cx, s: &Setup) {
     let p = cx.p;
-    let (fi, ta) = s.hf_args[0];
+    let (fi, ta) = training_args_call(p, s);
     let f = &p.py[fi];
     let ta_name = py::last_name(&py::callee(f, ta)).to_string();
     let sub = s.hf_subclasses.first().copied();
@@ -536,6 +536,33 @@ fn hf_rules(cx: &mut Cx, s: &Setup) {
             }
         }
     }
+}
+
+/// The `TrainingArguments(...)` given to the Trainer (`args=NAME`), else the first one.
+fn training_args_call<'p>(p: &'p Project, s: &Setup<'p>) -> At<'p> {
+    for &(tfi, tr) in &s.hf_trainers {
+        let f = &p.py[tfi];
+        let Some(a) = py::kwarg_value(f, tr, "args") else { continue };
+        if a.kind() == "call" {
+            if let Some(hit) = s.hf_args.iter().find(|(afi, c)| *afi == tfi && *c == a) {
+                return *hit;
+            }
+        }
+        let name = f.text(a);
+        let hit = s.hf_args.iter().copied().find(|(afi, c)| {
+            *afi == tfi
+                && py::statement_of(*c)
+                    .and_then(|st| st.named_child(0))
+                    .filter(|x| x.kind() == "assignment")
+                    .and_then(|x| x.child_by_field_name("left"))
+                    .map(|l| f.text(l) == name)
+                    .unwrap_or(false)
+        });
+        if let Some(hit) = hit {
+            return hit;
+        }
+    }
+    s.hf_args[0]
 }
 
 pub fn py_bool(b: bool) -> &'static str {
