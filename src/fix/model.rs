@@ -150,8 +150,61 @@ fn instance_attrs(p: &Project, class: &str) -> Vec<String> {
     out
 }
 
+/// Models loaded with `X.from_pretrained(...)` outside a Hugging Face Trainer: enable their
+/// own checkpointing right after loading. Returns whether any was found.
+fn hf_loaded_models(cx: &mut Cx) -> bool {
+    let p = cx.p;
+    let mut any = false;
+    for f in p.py.iter() {
+        for st in f.all_nodes() {
+            if st.kind() != "expression_statement"
+                || !matches!(st.parent().map(|x| x.kind()), Some("block" | "module"))
+            {
+                continue;
+            }
+            let Some(a) = st.named_child(0).filter(|a| a.kind() == "assignment") else {
+                continue;
+            };
+            let (Some(l), Some(r)) = (
+                a.child_by_field_name("left"),
+                a.child_by_field_name("right"),
+            ) else {
+                continue;
+            };
+            if r.kind() != "call" {
+                continue;
+            }
+            let c = py::callee(f, r);
+            if !(c.ends_with(".from_pretrained") && (c.contains("Model") || c.contains("For"))) {
+                continue;
+            }
+            any = true;
+            let target = f.text(l).to_string();
+            if f.src
+                .contains(&format!("{target}.gradient_checkpointing_enable("))
+            {
+                continue;
+            }
+            let ind = f.indent_at(st.start_byte()).to_string();
+            let at = f.line_end_incl(st.end_byte());
+            let rel = f.rel.clone();
+            let text = format!("{ind}{target}.gradient_checkpointing_enable(gradient_checkpointing_kwargs={{\"use_reentrant\": False}})\n");
+            cx.edit(
+                &rel,
+                at,
+                at,
+                text,
+                Knob::Checkpointing,
+                Some(Msg::new(M::CkptHfEnable, &[&target])),
+            );
+        }
+    }
+    any
+}
+
 fn checkpointing(cx: &mut Cx, ck: Checkpointing) {
     let p = cx.p;
+    let hf_models = ck == Checkpointing::Full && hf_loaded_models(cx);
     let loops = block_loops(p);
     let mut chosen: Vec<&BlockLoop> = Vec::new();
     if ck == Checkpointing::Full {
@@ -197,7 +250,7 @@ fn checkpointing(cx: &mut Cx, ck: Checkpointing) {
         }
     }
     if chosen.is_empty() {
-        if ck == Checkpointing::Full {
+        if ck == Checkpointing::Full && !hf_models {
             cx.note(Knob::Checkpointing, M::CkptNoLoops, &[]);
         }
         return;

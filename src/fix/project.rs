@@ -167,7 +167,10 @@ fn walk(root: &Path, dir: &Path, out: &mut Vec<(String, PathBuf)>) -> Result<()>
         let path = e.path();
         if ft.is_dir() {
             // A virtual environment under any name holds pyvenv.cfg.
-            if SKIP_DIRS.contains(&name.as_str()) || name.starts_with('.') || path.join("pyvenv.cfg").exists() {
+            if SKIP_DIRS.contains(&name.as_str())
+                || name.starts_with('.')
+                || path.join("pyvenv.cfg").exists()
+            {
                 continue;
             }
             walk(root, &path, out)?;

@@ -285,3 +285,19 @@ fn target_from_plan_keeps_only_changes() {
     assert_eq!(t.optimizer, None);
     assert_eq!(t.checkpointing, None);
 }
+
+#[test]
+fn hf_model_in_a_plain_loop_enables_its_own_checkpointing() {
+    let d = project(&[(
+        "train.py",
+        "import torch\nfrom transformers import AutoModelForCausalLM\n\n\ndef main():\n    model = AutoModelForCausalLM.from_pretrained(\"gpt2\")\n    opt = torch.optim.AdamW(model.parameters())\n    for batch in loader:\n        loss = model(**batch).loss\n        loss.backward()\n        opt.step()\n",
+    )]);
+    let t = Target {
+        checkpointing: Some(Checkpointing::Full),
+        ..Default::default()
+    };
+    let p = analyze(d.path(), &t).unwrap();
+    let s = new_text(&p, "train.py");
+    assert!(s.contains("from_pretrained(\"gpt2\")\n    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={\"use_reentrant\": False})\n"), "{s}");
+    assert!(!has_note(&p, M::CkptNoLoops));
+}

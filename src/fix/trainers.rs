@@ -542,7 +542,9 @@ fn hf_rules(cx: &mut Cx, s: &Setup) {
 fn training_args_call<'p>(p: &'p Project, s: &Setup<'p>) -> At<'p> {
     for &(tfi, tr) in &s.hf_trainers {
         let f = &p.py[tfi];
-        let Some(a) = py::kwarg_value(f, tr, "args") else { continue };
+        let Some(a) = py::kwarg_value(f, tr, "args") else {
+            continue;
+        };
         if a.kind() == "call" {
             if let Some(hit) = s.hf_args.iter().find(|(afi, c)| *afi == tfi && *c == a) {
                 return *hit;
