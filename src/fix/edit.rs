@@ -170,6 +170,12 @@ impl<'p> Cx<'p> {
             .into_iter()
             .filter(|c| c.kind() != "comment")
             .collect();
+        if let Some(splat) = items.iter().find(|c| c.kind() == "dictionary_splat") {
+            let at = format!("{rel}:{}", f.line_of(splat.start_byte()));
+            let name = text.split('=').next().unwrap_or(text).to_string();
+            let splat_text = f.text(*splat).to_string();
+            self.note(knob, M::SplatKwargs, &[&at, &name, &splat_text]);
+        }
         let Some(last) = items.last().copied() else {
             let at = args.start_byte() + 1;
             self.edit(&rel, at, at, text, knob, why);

@@ -62,7 +62,9 @@ fn is_step_like(f: &PyFile, st: Node, opt: &str) -> bool {
         )
 }
 
-fn is_forward_like(f: &PyFile, st: Node) -> bool {
+/// A statement of the forward pass: a plain statement that is not a data move, a step, a
+/// zero_grad or logging; a statement calling the model always is.
+fn is_forward_like(f: &PyFile, st: Node, model: Option<&str>) -> bool {
     if st.kind() == "comment" {
         return true;
     }
@@ -70,6 +72,11 @@ fn is_forward_like(f: &PyFile, st: Node) -> bool {
         return false;
     }
     let t = f.text(st);
+    if let Some(m) = model {
+        if t.contains(&format!("{m}(")) && !t.contains("zero_grad") {
+            return true;
+        }
+    }
     ![
         "zero_grad",
         ".to(",
@@ -161,6 +168,22 @@ fn loop_rules(cx: &mut Cx, fi: usize, bw: Node) {
                 .copied()
         });
 
+    // The model: `X` of `X.parameters()` given to the optimizer.
+    let params: Vec<(String, String)> = py::descendants(f.tree.root_node())
+        .into_iter()
+        .filter(|n| n.kind() == "call" && py::callee(f, *n).ends_with(".parameters"))
+        .filter_map(|n| {
+            let obj = py::callee(f, n).strip_suffix(".parameters")?.to_string();
+            let st: String = f.text(py::statement_of(n)?).split_whitespace().collect();
+            Some((obj, st))
+        })
+        .collect();
+    let model: Option<String> = params
+        .iter()
+        .find(|(_, st)| st.starts_with(&format!("{opt}=")))
+        .or_else(|| params.iter().find(|(_, st)| st.contains("optim")))
+        .map(|(obj, _)| obj.clone());
+
     // Device type for autocast / GradScaler.
     let func = py::ancestor(lp, &["function_definition"]);
     let device = device_expr(f, func);
@@ -205,7 +228,7 @@ fn loop_rules(cx: &mut Cx, fi: usize, bw: Node) {
                 match i_loss {
                     Some(il) => {
                         let mut i0 = il;
-                        while i0 > 0 && is_forward_like(f, stmts[i0 - 1]) {
+                        while i0 > 0 && is_forward_like(f, stmts[i0 - 1], model.as_deref()) {
                             i0 -= 1;
                         }
                         while i0 < il && stmts[i0].kind() == "comment" {

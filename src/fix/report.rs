@@ -20,6 +20,7 @@ crate::catalogue! { pub enum M {
     ImportAdded => ("Adds `{0}`, used by the change below.", "添加 `{0}`，供下面的修改使用。"),
     NoBf16 => ("{0} has no native bf16: {1} becomes {2}.", "{0} 不支持原生 bf16：{1} 改为 {2}。"),
     Bf16Unchecked => ("bf16 needs an Ampere (compute capability 8.0) or newer GPU; pass --gpu NAME to check, or run: python -c \"import torch; print(torch.cuda.is_bf16_supported())\".", "bf16 需要 Ampere（计算能力 8.0）或更新的 GPU；用 --gpu NAME 检查，或运行：python -c \"import torch; print(torch.cuda.is_bf16_supported())\"。"),
+    SplatKwargs => ("{0}: {1}= is added to a call that also takes {2}; if {2} holds {1} too, Python raises TypeError: remove it there.", "{0}：向同时接收 {2} 的调用添加了 {1}=；如果 {2} 中也有 {1}，Python 会抛出 TypeError：请从那里删除。"),
     ReplacedExpr => ("{0}: `{1}` could not be followed to where it is set; it is replaced by {2} in place.", "{0}：无法追踪 `{1}` 的来源；已在原处替换为 {2}。"),
     Overlap => ("{0}: two changes touch the same code; only the first was kept.", "{0}：两处修改重叠，只保留了第一处。"),
     LrSame => ("The effective batch (batch x accumulation) stays {0}: keep the learning rate.", "有效批量（批量 x 累积步数）仍为 {0}：学习率不变。"),

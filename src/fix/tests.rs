@@ -301,3 +301,40 @@ fn hf_model_in_a_plain_loop_enables_its_own_checkpointing() {
     assert!(s.contains("from_pretrained(\"gpt2\")\n    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={\"use_reentrant\": False})\n"), "{s}");
     assert!(!has_note(&p, M::CkptNoLoops));
 }
+
+#[test]
+fn forward_range_keeps_model_call_with_device_move() {
+    let d = project(&[(
+        "train.py",
+        "import torch\n\nopt = torch.optim.SGD(net.parameters(), lr=0.1)\nfor x, y in loader:\n    opt.zero_grad()\n    out = net(x.to(dev))\n    loss = crit(out, y.to(dev))\n    loss.backward()\n    opt.step()\n",
+    ), ("README.md", "# Project\n")]);
+    let t = Target {
+        precision: Some(Precision::Bf16Mixed),
+        alloc_conf: Some("expandable_segments:True".into()),
+        ..Default::default()
+    };
+    let p = analyze(d.path(), &t).unwrap();
+    let s = new_text(&p, "train.py");
+    assert!(s.contains("    opt.zero_grad()\n    with torch.autocast(device_type=\"cuda\", dtype=torch.bfloat16):\n        out = net(x.to(dev))\n        loss = crit(out, y.to(dev))\n    loss.backward()\n"), "{s}");
+    let r = new_text(&p, "README.md");
+    assert!(
+        r.contains("export PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True"),
+        "{r}"
+    );
+}
+
+#[test]
+fn inserted_keyword_next_to_a_splat_is_noted() {
+    let d = project(&[(
+        "train.py",
+        "from transformers import Trainer, TrainingArguments\nargs = TrainingArguments(**cfg)\nTrainer(model=m, args=args).train()\n",
+    )]);
+    let t = Target {
+        grad_accum: Some(2),
+        ..Default::default()
+    };
+    let p = analyze(d.path(), &t).unwrap();
+    assert!(new_text(&p, "train.py")
+        .contains("TrainingArguments(**cfg, gradient_accumulation_steps=2)"));
+    assert!(has_note(&p, M::SplatKwargs));
+}
