@@ -505,7 +505,8 @@ fn plain_fixed_project_trains_one_step_on_cpu() {
     assert!(stdout(&o).contains("done: 2 steps"), "{}", stdout(&o));
 }
 
-/// The rewritten attention computes what the eager one did (eval mode, fp32).
+/// The rewritten attention computes what the eager one did (eval mode, fp32), for both
+/// fixture models, in one Python process (importing torch is the slow part).
 #[test]
 fn rewritten_attention_matches_eager() {
     let Some(py) = torch_python() else {
@@ -514,35 +515,51 @@ fn rewritten_attention_matches_eager() {
         );
         return;
     };
-    for (name, script) in [
-        (
-            "plain",
-            "import torch\nfrom model import TinyViT\ntorch.manual_seed(0)\nm = TinyViT().eval()\nx = torch.randn(4, 3, 32, 32)\nwith torch.no_grad():\n    y = m(x)\ntorch.save((m.state_dict(), x, y), OUT)\n",
-        ),
-        (
-            "lightning",
-            "import torch\nfrom model import Encoder\ntorch.manual_seed(0)\nm = Encoder(100, 32, 2, 4, 2).eval()\nt = torch.randint(0, 100, (3, 10))\nmask = torch.ones(3, 10, dtype=torch.long)\nmask[:, 7:] = 0\nwith torch.no_grad():\n    y = m(t, mask)\ntorch.save((m.state_dict(), (t, mask), y), OUT)\n",
-        ),
-    ] {
-        let d = tempfile::tempdir().unwrap();
-        let out = d.path().join("ref.pt");
-        let o = Command::new(&py)
-            .current_dir(fixture(name))
-            .env("PYTHONDONTWRITEBYTECODE", "1")
-            .env("OMP_NUM_THREADS", "1")
-            .args(["-c", &format!("OUT = {:?}\n{script}", out.display().to_string())])
-            .output()
-            .unwrap();
-        assert!(o.status.success(), "{}", stderr(&o));
-        let (_d2, p) = temp_copy(name);
-        let o = oomdoc(&p, &["--attention", "sdpa", "--checkpointing", "full", "--apply"]);
-        assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
-        let check = format!(
-            "import torch\nfrom model import *\nsd, x, y = torch.load({:?})\nm = {}\nm.load_state_dict(sd)\nm.eval()\nwith torch.no_grad():\n    z = m(*x) if isinstance(x, tuple) else m(x)\nassert 'scaled_dot_product_attention' in open('model.py').read()\nerr = (z - y).abs().max().item()\nprint('max abs diff', err)\nassert err < 1e-5, err\n",
-            out.display().to_string(),
-            if name == "plain" { "TinyViT()" } else { "Encoder(100, 32, 2, 4, 2)" }
+    let (_d1, plain) = temp_copy("plain");
+    let (_d2, light) = temp_copy("lightning");
+    for p in [&plain, &light] {
+        let o = oomdoc(
+            p,
+            &["--attention", "sdpa", "--checkpointing", "full", "--apply"],
         );
-        let o = Command::new(&py).current_dir(&p).env("PYTHONDONTWRITEBYTECODE", "1").args(["-c", &check]).output().unwrap();
-        assert!(o.status.success(), "{name}: {}\n{}", stdout(&o), stderr(&o));
+        assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     }
+    let script = r#"
+import importlib.util, sys, torch
+
+def load(path, name):
+    spec = importlib.util.spec_from_file_location(name, path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+cases = [
+    ("plain", lambda m: m.TinyViT(), lambda: (torch.randn(4, 3, 32, 32),)),
+    ("lightning", lambda m: m.Encoder(100, 32, 2, 4, 2), lambda: (torch.randint(0, 100, (3, 10)), torch.tensor([[1] * 7 + [0] * 3] * 3))),
+]
+for (name, make, inputs), (orig, fixed) in zip(cases, [sys.argv[1:3], sys.argv[3:5]]):
+    a, b = load(orig, name + "_orig"), load(fixed, name + "_fixed")
+    assert "scaled_dot_product_attention" in open(fixed).read()
+    torch.manual_seed(0)
+    m1 = make(a).eval()
+    m2 = make(b).eval()
+    m2.load_state_dict(m1.state_dict())
+    x = inputs()
+    with torch.no_grad():
+        err = (m1(*x) - m2(*x)).abs().max().item()
+    print(name, "max abs diff", err)
+    assert err < 1e-5, (name, err)
+"#;
+    let o = Command::new(&py)
+        .env("PYTHONDONTWRITEBYTECODE", "1")
+        .env("OMP_NUM_THREADS", "1")
+        .arg("-c")
+        .arg(script)
+        .arg(fixture("plain").join("model.py"))
+        .arg(plain.join("model.py"))
+        .arg(fixture("lightning").join("model.py"))
+        .arg(light.join("model.py"))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}\n{}", stdout(&o), stderr(&o));
 }

@@ -331,7 +331,12 @@ impl<'p> Cx<'p> {
             edits.sort_by_key(|(i, e)| (e.start, e.end, *i));
             // Drop exact duplicates and overlaps (the first edit wins).
             let mut kept: Vec<Edit> = Vec::new();
-            for (_, e) in edits {
+            let crlf = original.contains("\r\n");
+            for (_, mut e) in edits {
+                if crlf {
+                    // Keep the file's line endings in inserted text.
+                    e.text = e.text.replace("\r\n", "\n").replace('\n', "\r\n");
+                }
                 if let Some(prev) = kept.last() {
                     if prev.start == e.start && prev.end == e.end && prev.text == e.text {
                         continue;

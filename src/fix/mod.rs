@@ -12,6 +12,7 @@ pub mod apply;
 pub mod datafile;
 mod edit;
 pub mod flow;
+pub mod hfargs;
 mod model;
 mod plain;
 pub mod project;

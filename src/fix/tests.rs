@@ -338,3 +338,52 @@ fn inserted_keyword_next_to_a_splat_is_noted() {
         .contains("TrainingArguments(**cfg, gradient_accumulation_steps=2)"));
     assert!(has_note(&p, M::SplatKwargs));
 }
+
+#[test]
+fn hf_argument_parser_flags_in_the_launch_script() {
+    let d = project(&[
+        (
+            "run_clm.py",
+            "from transformers import AutoModelForCausalLM, HfArgumentParser, Trainer, TrainingArguments\n\nparser = HfArgumentParser((ModelArguments, TrainingArguments))\nmodel_args, training_args = parser.parse_args_into_dataclasses()\nmodel = AutoModelForCausalLM.from_pretrained(model_args.model_name_or_path)\ntrainer = Trainer(model=model, args=training_args, train_dataset=ds)\ntrainer.train()\n",
+        ),
+        (
+            "train.sh",
+            "#!/bin/bash\ntorchrun --nproc_per_node 8 run_clm.py \\\n    --model_name_or_path gpt2 \\\n    --per_device_train_batch_size 16 \\\n    --fp16 \\\n    --output_dir out \"$@\"\n",
+        ),
+    ]);
+    let t = Target {
+        batch: Some(4),
+        grad_accum: Some(4),
+        precision: Some(Precision::Bf16Mixed),
+        checkpointing: Some(Checkpointing::Full),
+        bf16_supported: Some(true),
+        gpu: Some("A100".into()),
+        ..Default::default()
+    };
+    let p = analyze(d.path(), &t).unwrap();
+    let s = new_text(&p, "train.sh");
+    assert_eq!(
+        s,
+        "#!/bin/bash\ntorchrun --nproc_per_node 8 run_clm.py \\\n    --model_name_or_path gpt2 \\\n    --per_device_train_batch_size 4 \\\n    --fp16 False \\\n    --output_dir out \\\n    --gradient_accumulation_steps 4 \\\n    --bf16 True \\\n    --gradient_checkpointing True \"$@\"\n"
+    );
+    assert!(p.frameworks.contains(&Framework::HfTrainer));
+}
+
+#[test]
+fn hf_argument_parser_json_file() {
+    let d = project(&[
+        (
+            "train.py",
+            "import sys\nfrom transformers import HfArgumentParser, Trainer, TrainingArguments\n\n(training_args,) = HfArgumentParser(TrainingArguments).parse_json_file(sys.argv[1])\nTrainer(model=m, args=training_args).train()\n",
+        ),
+        ("args.json", "{\n    \"output_dir\": \"out\",\n    \"per_device_train_batch_size\": 16\n}\n"),
+    ]);
+    let t = Target {
+        batch: Some(8),
+        precision: Some(Precision::Fp16Mixed),
+        ..Default::default()
+    };
+    let p = analyze(d.path(), &t).unwrap();
+    let j = new_text(&p, "args.json");
+    assert_eq!(j, "{\n    \"output_dir\": \"out\",\n    \"per_device_train_batch_size\": 8,\n    \"fp16\": true\n}\n");
+}

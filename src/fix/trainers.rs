@@ -6,6 +6,7 @@ use tree_sitter::Node;
 use super::datafile;
 use super::edit::Cx;
 use super::flow;
+use super::hfargs::HfArgs;
 use super::project::{OtherKind, Project};
 use super::py::{self, PyFile};
 use super::{Framework, Knob, Msg, M};
@@ -49,6 +50,8 @@ pub struct Setup<'p> {
     pub backwards: Vec<At<'p>>,
     pub dataloaders: Vec<At<'p>>,
     pub optimizers: Vec<At<'p>>,
+    /// Files that parse TrainingArguments with `HfArgumentParser`.
+    pub hf_cli: Vec<usize>,
     /// Set by the Hugging Face rule: the flag `gradient_checkpointing=True` was used.
     pub hf_ckpt_flag: std::cell::Cell<bool>,
 }
@@ -56,6 +59,7 @@ pub struct Setup<'p> {
 impl<'p> Setup<'p> {
     pub fn is_empty(&self) -> bool {
         self.hf_args.is_empty()
+            && self.hf_cli.is_empty()
             && self.hf_trainers.is_empty()
             && self.pl_trainers.is_empty()
             && self.accelerators.is_empty()
@@ -65,7 +69,7 @@ impl<'p> Setup<'p> {
 
     pub fn frameworks(&self) -> Vec<Framework> {
         let mut v = Vec::new();
-        if !self.hf_args.is_empty() || !self.hf_trainers.is_empty() {
+        if !self.hf_args.is_empty() || !self.hf_trainers.is_empty() || !self.hf_cli.is_empty() {
             v.push(Framework::HfTrainer);
         }
         if !self.pl_trainers.is_empty() {
@@ -126,6 +130,9 @@ pub fn detect(p: &Project) -> Setup<'_> {
     for (fi, f) in p.py.iter().enumerate() {
         let hf = imports_from(f, &["transformers", "trl"]);
         let pl = imports_from(f, &["lightning", "pytorch_lightning"]);
+        if f.src.contains("HfArgumentParser(") {
+            s.hf_cli.push(fi);
+        }
         for n in f.all_nodes() {
             if n.kind() != "call" {
                 continue;
@@ -177,9 +184,15 @@ pub fn detect(p: &Project) -> Setup<'_> {
 }
 
 /// Runs the framework rules.
-pub fn apply_rules(cx: &mut Cx, s: &Setup) {
+pub fn apply_rules<'p>(cx: &mut Cx<'p>, s: &Setup<'p>) {
     if !s.hf_args.is_empty() {
-        hf_rules(cx, s);
+        let (fi, ta) = training_args_call(cx.p, s);
+        hf_rules(cx, s, HfArgs::Call(fi, ta));
+    } else if !s.hf_cli.is_empty() {
+        match hf_cli_args(cx.p) {
+            Some(args) => hf_rules(cx, s, args),
+            None => cx.note(Knob::Batch, M::HfCliNoArgs, &[]),
+        }
     }
     for &(fi, call) in &s.pl_trainers {
         lightning_rules(cx, s, fi, call);
@@ -204,11 +217,9 @@ fn precision_flags(prec: Precision) -> Option<(&'static str, &'static str)> {
     }
 }
 
-fn hf_rules(cx: &mut Cx, s: &Setup) {
+fn hf_rules<'p>(cx: &mut Cx<'p>, s: &Setup<'p>, args: HfArgs<'p>) {
     let p = cx.p;
-    let (fi, ta) = training_args_call(p, s);
-    let f = &p.py[fi];
-    let ta_name = py::last_name(&py::callee(f, ta)).to_string();
+    let ta_name = args.label(p);
     let sub = s.hf_subclasses.first().copied();
     let sub_name = sub
         .map(|(sfi, c)| py::def_name(&p.py[sfi], c).to_string())
@@ -247,18 +258,19 @@ fn hf_rules(cx: &mut Cx, s: &Setup) {
     });
 
     // Effective batch before the change, learning rate.
-    let batch_expr = match own_loader {
-        Some(((dfi, dl), _)) => py::kwarg_value(&p.py[dfi], dl, "batch_size").map(|v| (dfi, v)),
-        None => py::kwarg_value(f, ta, "per_device_train_batch_size").map(|v| (fi, v)),
+    let batch_site = match own_loader {
+        Some(((dfi, dl), _)) => {
+            py::kwarg_value(&p.py[dfi], dl, "batch_size").map(|v| flow::resolve(p, dfi, v))
+        }
+        None => args.get(p, "per_device_train_batch_size").map(Some),
     };
-    cx.eff.old_batch = match batch_expr {
-        Some((bfi, v)) => flow::resolve(p, bfi, v).and_then(|s| s.int()),
+    cx.eff.old_batch = match batch_site {
+        Some(site) => site.and_then(|s| s.int()),
         None if own_loader.is_none() => Some(8), // TrainingArguments default per_device_train_batch_size
         None => Some(1),                         // DataLoader default batch_size
     };
     cx.eff.old_accum = Some(
-        py::kwarg_value(f, ta, "gradient_accumulation_steps")
-            .and_then(|v| flow::resolve(p, fi, v))
+        args.get(p, "gradient_accumulation_steps")
             .and_then(|s| s.int())
             .unwrap_or(1),
     );
@@ -266,7 +278,7 @@ fn hf_rules(cx: &mut Cx, s: &Setup) {
         Some(((ofi, o), _)) => {
             py::kwarg_value(&p.py[ofi], o, "lr").and_then(|v| flow::resolve(p, ofi, v))
         }
-        None => py::kwarg_value(f, ta, "learning_rate").and_then(|v| flow::resolve(p, fi, v)),
+        None => args.get(p, "learning_rate"),
     };
 
     // Batch size.
@@ -280,9 +292,8 @@ fn hf_rules(cx: &mut Cx, s: &Setup) {
                 if expr.starts_with("self.args.") {
                     // The subclass reads TrainingArguments: the argument is live.
                     let why = Msg::new(M::HfBatchArg, &[&ta_name]);
-                    cx.set_kwarg(
-                        fi,
-                        ta,
+                    args.set(
+                        cx,
                         "per_device_train_batch_size",
                         &b.to_string(),
                         Knob::Batch,
@@ -296,8 +307,8 @@ fn hf_rules(cx: &mut Cx, s: &Setup) {
                     let site =
                         cx.set_kwarg(dfi, dl, "batch_size", &b.to_string(), Knob::Batch, why);
                     // A literal in TrainingArguments that is not the same setting: say it is ignored.
-                    if let Some(v) = py::kwarg_value(f, ta, "per_device_train_batch_size") {
-                        let same = match (&site, flow::resolve(p, fi, v)) {
+                    if let Some(at) = args.loc(p, "per_device_train_batch_size") {
+                        let same = match (&site, args.get(p, "per_device_train_batch_size")) {
                             (Some(a), Some(b)) => a.file == b.file && a.start == b.start,
                             _ => false,
                         };
@@ -306,7 +317,7 @@ fn hf_rules(cx: &mut Cx, s: &Setup) {
                                 Knob::Batch,
                                 M::HfArgIgnored,
                                 &[
-                                    &loc(f, v),
+                                    &at,
                                     &"per_device_train_batch_size",
                                     &format!("{sub_name}.{meth}"),
                                 ],
@@ -317,9 +328,8 @@ fn hf_rules(cx: &mut Cx, s: &Setup) {
             }
             None => {
                 let why = Msg::new(M::HfBatchArg, &[&ta_name]);
-                cx.set_kwarg(
-                    fi,
-                    ta,
+                args.set(
+                    cx,
                     "per_device_train_batch_size",
                     &b.to_string(),
                     Knob::Batch,
@@ -332,9 +342,8 @@ fn hf_rules(cx: &mut Cx, s: &Setup) {
     // Accumulation.
     if let Some(k) = cx.t.grad_accum {
         let why = Msg::new(M::HfAccum, &[&ta_name]);
-        cx.set_kwarg(
-            fi,
-            ta,
+        args.set(
+            cx,
             "gradient_accumulation_steps",
             &k.to_string(),
             Knob::GradAccum,
@@ -346,19 +355,17 @@ fn hf_rules(cx: &mut Cx, s: &Setup) {
     if let Some(prec) = cx.t.precision {
         match precision_flags(prec) {
             Some((on, off)) => {
-                cx.set_kwarg(
-                    fi,
-                    ta,
+                args.set(
+                    cx,
                     on,
                     "True",
                     Knob::Precision,
                     Msg::new(M::HfPrecision, &[&on, &prec.name()]),
                 );
-                if let Some(v) = py::kwarg_value(f, ta, off) {
-                    if flow::resolve(p, fi, v).and_then(|s| s.bool()) == Some(true) {
-                        cx.set_kwarg(
-                            fi,
-                            ta,
+                {
+                    if args.get_bool(p, off) == Some(true) {
+                        args.set(
+                            cx,
                             off,
                             "False",
                             Knob::Precision,
@@ -369,9 +376,8 @@ fn hf_rules(cx: &mut Cx, s: &Setup) {
             }
             None => match prec {
                 Precision::Tf32 => {
-                    cx.set_kwarg(
-                        fi,
-                        ta,
+                    args.set(
+                        cx,
                         "tf32",
                         "True",
                         Knob::Precision,
@@ -380,11 +386,10 @@ fn hf_rules(cx: &mut Cx, s: &Setup) {
                 }
                 Precision::Fp32 => {
                     for flag in ["bf16", "fp16"] {
-                        if let Some(v) = py::kwarg_value(f, ta, flag) {
-                            if flow::resolve(p, fi, v).and_then(|s| s.bool()) == Some(true) {
-                                cx.set_kwarg(
-                                    fi,
-                                    ta,
+                        {
+                            if args.get_bool(p, flag) == Some(true) {
+                                args.set(
+                                    cx,
                                     flag,
                                     "False",
                                     Knob::Precision,
@@ -405,9 +410,8 @@ fn hf_rules(cx: &mut Cx, s: &Setup) {
             match hf_model_support(p, s) {
                 HfSupport::Supported(model) => {
                     if ck == crate::knobs::Checkpointing::Full {
-                        cx.set_kwarg(
-                            fi,
-                            ta,
+                        args.set(
+                            cx,
                             "gradient_checkpointing",
                             "True",
                             Knob::Checkpointing,
@@ -420,6 +424,19 @@ fn hf_rules(cx: &mut Cx, s: &Setup) {
                 }
                 HfSupport::Unsupported(model, at) => {
                     cx.note(Knob::Checkpointing, M::HfCkptTrap, &[&model, &at]);
+                    // Already on (the crash the user may have hit): turn it off.
+                    {
+                        if args.get_bool(p, "gradient_checkpointing") == Some(true) {
+                            let why = Msg::new(M::HfCkptOff, &[&model]);
+                            args.set(
+                                cx,
+                                "gradient_checkpointing",
+                                "False",
+                                Knob::Checkpointing,
+                                why,
+                            );
+                        }
+                    }
                 }
                 HfSupport::Unknown => {}
             }
@@ -432,12 +449,8 @@ fn hf_rules(cx: &mut Cx, s: &Setup) {
             Some(((ofi, call), ref meth)) => {
                 let why_ctx = format!("{sub_name}.{meth}");
                 optimizer_rewrite(cx, ofi, call, o, Some(&why_ctx));
-                if let Some(v) = py::kwarg(f, ta, "optim") {
-                    cx.note(
-                        Knob::Optimizer,
-                        M::HfArgIgnored,
-                        &[&loc(f, v), &"optim", &why_ctx],
-                    );
+                if let Some(at) = args.loc(p, "optim") {
+                    cx.note(Knob::Optimizer, M::HfArgIgnored, &[&at, &"optim", &why_ctx]);
                 }
             }
             None => {
@@ -453,18 +466,16 @@ fn hf_rules(cx: &mut Cx, s: &Setup) {
                     Optimizer::Adafactor => ("adafactor", None),
                     Optimizer::Adamw8bit => ("adamw_bnb_8bit", None),
                 };
-                cx.set_kwarg(
-                    fi,
-                    ta,
+                args.set(
+                    cx,
                     "optim",
                     &format!("\"{name}\""),
                     Knob::Optimizer,
                     Msg::new(M::HfOptim, &[&name]),
                 );
                 if let Some(extra) = extra {
-                    cx.set_kwarg(
-                        fi,
-                        ta,
+                    args.set(
+                        cx,
                         "optim_args",
                         extra,
                         Knob::Optimizer,
@@ -493,20 +504,15 @@ fn hf_rules(cx: &mut Cx, s: &Setup) {
                         dl.persistent_workers.is_some(),
                     ),
                 ] {
-                    if let (true, Some(v)) = (set, py::kwarg(f, ta, flag)) {
-                        cx.note(
-                            Knob::Dataloader,
-                            M::HfArgIgnored,
-                            &[&loc(f, v), &flag, &ctx],
-                        );
+                    if let (true, Some(at)) = (set, args.loc(p, flag)) {
+                        cx.note(Knob::Dataloader, M::HfArgIgnored, &[&at, &flag, &ctx]);
                     }
                 }
             }
             None => {
                 if let Some(n) = dl.num_workers {
-                    cx.set_kwarg(
-                        fi,
-                        ta,
+                    args.set(
+                        cx,
                         "dataloader_num_workers",
                         &n.to_string(),
                         Knob::Dataloader,
@@ -514,9 +520,8 @@ fn hf_rules(cx: &mut Cx, s: &Setup) {
                     );
                 }
                 if let Some(b) = dl.pin_memory {
-                    cx.set_kwarg(
-                        fi,
-                        ta,
+                    args.set(
+                        cx,
                         "dataloader_pin_memory",
                         py_bool(b),
                         Knob::Dataloader,
@@ -524,9 +529,8 @@ fn hf_rules(cx: &mut Cx, s: &Setup) {
                     );
                 }
                 if let Some(b) = dl.persistent_workers {
-                    cx.set_kwarg(
-                        fi,
-                        ta,
+                    args.set(
+                        cx,
                         "dataloader_persistent_workers",
                         py_bool(b),
                         Knob::Dataloader,
@@ -536,6 +540,37 @@ fn hf_rules(cx: &mut Cx, s: &Setup) {
             }
         }
     }
+}
+
+/// Fields of `TrainingArguments` read by `HfArgumentParser` from the command line (a launch
+/// script passing `--per_device_train_batch_size ...`) or from a JSON file.
+fn hf_cli_args(p: &Project) -> Option<HfArgs<'_>> {
+    /// Fields that mark a file as holding TrainingArguments.
+    const FIELDS: &[&str] = &[
+        "output_dir",
+        "per_device_train_batch_size",
+        "learning_rate",
+        "num_train_epochs",
+        "gradient_accumulation_steps",
+    ];
+    let shell = p.other.iter().position(|o| {
+        o.kind == OtherKind::Shell
+            && super::hfargs::shell_tokens(&o.src).iter().any(|t| {
+                FIELDS
+                    .iter()
+                    .any(|f| t.text == format!("--{f}") || t.text.starts_with(&format!("--{f}=")))
+            })
+    });
+    let json = p.other.iter().position(|o| {
+        o.kind == OtherKind::Json
+            && datafile::json_scalars(&o.src)
+                .map(|ks| {
+                    ks.iter()
+                        .any(|k| k.path.len() == 1 && FIELDS.contains(&k.path[0].as_str()))
+                })
+                .unwrap_or(false)
+    });
+    shell.map(HfArgs::Shell).or(json.map(HfArgs::Json))
 }
 
 /// The `TrainingArguments(...)` given to the Trainer (`args=NAME`), else the first one.
