@@ -9,7 +9,7 @@ use super::trainers::{self, Setup};
 use super::{Knob, Msg, M};
 use crate::knobs::Precision;
 
-pub fn apply_rules(cx: &mut Cx, s: &Setup) {
+pub fn apply_rules<'p>(cx: &mut Cx<'p>, s: &Setup<'p>) {
     let framework = !s.hf_args.is_empty()
         || !s.hf_trainers.is_empty()
         || !s.pl_trainers.is_empty()

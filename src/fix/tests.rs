@@ -387,3 +387,28 @@ fn hf_argument_parser_json_file() {
     let j = new_text(&p, "args.json");
     assert_eq!(j, "{\n    \"output_dir\": \"out\",\n    \"per_device_train_batch_size\": 8,\n    \"fp16\": true\n}\n");
 }
+
+#[test]
+fn subclass_loader_reading_self_args_keeps_training_arguments_live() {
+    let d = project(&[(
+        "train.py",
+        "from torch.utils.data import DataLoader\nfrom transformers import Trainer, TrainingArguments\n\n\nclass MyTrainer(Trainer):\n    def get_train_dataloader(self):\n        return DataLoader(self.train_dataset, batch_size=self.args.per_device_train_batch_size, num_workers=self.args.dataloader_num_workers, pin_memory=True)\n\n\nargs = TrainingArguments(output_dir=\"o\", per_device_train_batch_size=32, dataloader_num_workers=2)\nMyTrainer(model=m, args=args).train()\n",
+    )]);
+    let t = Target {
+        batch: Some(8),
+        dataloader: DataLoaderOpts {
+            num_workers: Some(6),
+            pin_memory: Some(false),
+            persistent_workers: None,
+        },
+        ..Default::default()
+    };
+    let p = analyze(d.path(), &t).unwrap();
+    let s = new_text(&p, "train.py");
+    assert!(
+        s.contains("per_device_train_batch_size=8, dataloader_num_workers=6)"),
+        "{s}"
+    );
+    assert!(s.contains("pin_memory=False)"), "{s}");
+    assert!(!s.contains("dataloader_pin_memory"), "{s}");
+}

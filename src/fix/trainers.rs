@@ -289,7 +289,7 @@ fn hf_rules<'p>(cx: &mut Cx<'p>, s: &Setup<'p>, args: HfArgs<'p>) {
                 let expr = py::kwarg_value(df, dl, "batch_size")
                     .map(|v| df.text(v).to_string())
                     .unwrap_or_default();
-                if expr.starts_with("self.args.") {
+                if expr.starts_with("self.args.") || expr.starts_with("self._train_batch_size") {
                     // The subclass reads TrainingArguments: the argument is live.
                     let why = Msg::new(M::HfBatchArg, &[&ta_name]);
                     args.set(
@@ -495,7 +495,7 @@ fn hf_rules<'p>(cx: &mut Cx<'p>, s: &Setup<'p>, args: HfArgs<'p>) {
         match own_loader {
             Some(((dfi, call), ref meth)) => {
                 let ctx = format!("{sub_name}.{meth}");
-                dataloader_opts(cx, dfi, call, Some(&ctx));
+                dataloader_opts(cx, dfi, call, Some(&ctx), Some(args));
                 for (flag, set) in [
                     ("dataloader_num_workers", dl.num_workers.is_some()),
                     ("dataloader_pin_memory", dl.pin_memory.is_some()),
@@ -713,7 +713,7 @@ fn flow_class_flag(f: &PyFile, class: Node) -> bool {
     })
 }
 
-fn lightning_rules(cx: &mut Cx, s: &Setup, fi: usize, call: Node) {
+fn lightning_rules<'p>(cx: &mut Cx<'p>, s: &Setup<'p>, fi: usize, call: Node<'p>) {
     let p = cx.p;
     let f = &p.py[fi];
     if let Some(prec) = cx.t.precision {
@@ -756,7 +756,7 @@ fn lightning_rules(cx: &mut Cx, s: &Setup, fi: usize, call: Node) {
     loader_and_optimizer(cx, s);
 }
 
-fn accelerate_rules(cx: &mut Cx, s: &Setup, fi: usize, call: Node) {
+fn accelerate_rules<'p>(cx: &mut Cx<'p>, s: &Setup<'p>, fi: usize, call: Node<'p>) {
     let p = cx.p;
     let f = &p.py[fi];
     if let Some(prec) = cx.t.precision {
@@ -871,7 +871,7 @@ fn deepspeed_rules(cx: &mut Cx, _s: &Setup, oi: usize) {
 
 /// Batch size, DataLoader settings and optimizer for set-ups that build their own DataLoader
 /// and optimizer (Lightning, accelerate, plain loops).
-pub fn loader_and_optimizer(cx: &mut Cx, s: &Setup) {
+pub fn loader_and_optimizer<'p>(cx: &mut Cx<'p>, s: &Setup<'p>) {
     let p = cx.p;
     if let Some((dfi, dl)) = train_dataloader(p, s) {
         let df = &p.py[dfi];
@@ -888,7 +888,7 @@ pub fn loader_and_optimizer(cx: &mut Cx, s: &Setup) {
             let why = Msg::new(M::DlBatch, &[&loc(df, dl)]);
             cx.set_kwarg(dfi, dl, "batch_size", &b.to_string(), Knob::Batch, why);
         }
-        dataloader_opts(cx, dfi, dl, None);
+        dataloader_opts(cx, dfi, dl, None, None);
     } else if cx.t.batch.is_some() || !cx.t.dataloader.is_empty() {
         cx.note(Knob::Batch, M::NoDataLoader, &[]);
     }
@@ -969,7 +969,13 @@ fn train_optimizer<'a, 'p>(p: &'p Project, s: &'a Setup<'p>) -> Option<&'a At<'p
 }
 
 /// Sets num_workers / pin_memory / persistent_workers on a DataLoader call.
-pub fn dataloader_opts(cx: &mut Cx, fi: usize, call: Node, ctx: Option<&str>) {
+pub fn dataloader_opts<'p>(
+    cx: &mut Cx<'p>,
+    fi: usize,
+    call: Node<'p>,
+    ctx: Option<&str>,
+    hf: Option<HfArgs<'p>>,
+) {
     let dl = cx.t.dataloader.clone();
     let p = cx.p;
     let f = &p.py[fi];
@@ -978,43 +984,43 @@ pub fn dataloader_opts(cx: &mut Cx, fi: usize, call: Node, ctx: Option<&str>) {
         Some(c) => Msg::new(M::DlOptOwn, &[&name, &c]),
         None => Msg::new(M::DlOpt, &[&name, &at]),
     };
+    // A subclass DataLoader reading `self.args.dataloader_*` keeps TrainingArguments live.
+    let set = |cx: &mut Cx<'p>, name: &str, value: &str| {
+        let reads_args = py::kwarg_value(f, call, name)
+            .map(|v| f.text(v).starts_with("self.args."))
+            .unwrap_or(false);
+        match hf {
+            Some(args) if reads_args => {
+                let field = format!("dataloader_{name}");
+                args.set(
+                    cx,
+                    &field,
+                    value,
+                    Knob::Dataloader,
+                    Msg::new(M::HfDl, &[&field]),
+                );
+            }
+            _ => {
+                cx.set_kwarg(fi, call, name, value, Knob::Dataloader, why(name));
+            }
+        }
+    };
     let mut workers = py::kwarg_value(f, call, "num_workers")
         .and_then(|v| flow::resolve(p, fi, v))
         .and_then(|s| s.int())
         .unwrap_or(0);
     if let Some(n) = dl.num_workers {
-        cx.set_kwarg(
-            fi,
-            call,
-            "num_workers",
-            &n.to_string(),
-            Knob::Dataloader,
-            why("num_workers"),
-        );
+        set(cx, "num_workers", &n.to_string());
         workers = n;
     }
     if let Some(b) = dl.pin_memory {
-        cx.set_kwarg(
-            fi,
-            call,
-            "pin_memory",
-            py_bool(b),
-            Knob::Dataloader,
-            why("pin_memory"),
-        );
+        set(cx, "pin_memory", py_bool(b));
     }
     if let Some(b) = dl.persistent_workers {
         if b && workers == 0 {
             cx.note(Knob::Dataloader, M::PersistentNoWorkers, &[&at]);
         } else {
-            cx.set_kwarg(
-                fi,
-                call,
-                "persistent_workers",
-                py_bool(b),
-                Knob::Dataloader,
-                why("persistent_workers"),
-            );
+            set(cx, "persistent_workers", py_bool(b));
         }
     }
 }
@@ -1111,6 +1117,7 @@ pub fn optimizer_rewrite(cx: &mut Cx, fi: usize, call: Node, target: Optimizer, 
         added.push("fused=True".to_string());
     }
     if target == Optimizer::SgdMomentum && py::kwarg(f, call, "momentum").is_none() {
+        // 0.9: the usual SGD momentum (torchvision's reference training recipes).
         added.push("momentum=0.9".to_string());
     }
     if target == Optimizer::Adafactor {
