@@ -161,6 +161,19 @@ impl<'p> Cx<'p> {
         knob: Knob,
         why: Option<Msg>,
     ) {
+        self.insert_kwarg_skipping(fi, call, text, knob, why, &[]);
+    }
+
+    /// `insert_kwarg`, placed after the last argument not in `skip` (arguments being removed).
+    pub fn insert_kwarg_skipping(
+        &mut self,
+        fi: usize,
+        call: Node,
+        text: &str,
+        knob: Knob,
+        why: Option<Msg>,
+        skip: &[Node],
+    ) {
         let f = &self.p.py[fi];
         let Some(args) = call.child_by_field_name("arguments") else {
             return;
@@ -168,7 +181,7 @@ impl<'p> Cx<'p> {
         let rel = f.rel.clone();
         let items: Vec<Node> = py::named_children(args)
             .into_iter()
-            .filter(|c| c.kind() != "comment")
+            .filter(|c| c.kind() != "comment" && !skip.contains(c))
             .collect();
         if let Some(splat) = items.iter().find(|c| c.kind() == "dictionary_splat") {
             let at = format!("{rel}:{}", f.line_of(splat.start_byte()));
@@ -218,39 +231,54 @@ impl<'p> Cx<'p> {
         }
     }
 
-    /// Removes an argument (and its comma) from a call.
-    pub fn remove_arg(&mut self, fi: usize, arg: Node, knob: Knob) {
-        let f = &self.p.py[fi];
-        let rel = f.rel.clone();
-        let src = &f.src;
-        let mut end = arg.end_byte();
-        let rest = &src[end..];
-        let trimmed = rest.trim_start_matches([' ', '\t']);
-        if trimmed.starts_with(',') {
-            end += rest.len() - trimmed.len() + 1;
-        }
-        if f.starts_line(arg.start_byte())
-            && src[end..]
-                .trim_start_matches([' ', '\t'])
-                .starts_with(['\n', '#'])
-        {
-            let s = f.line_start(arg.start_byte());
-            let e = f.line_end_incl(end);
-            self.edit(&rel, s, e, "", knob, None);
+    /// Removes arguments from a call: whole lines where each sits on its own line, else the
+    /// argument list is rewritten as the kept arguments joined by `, `.
+    pub fn remove_args(&mut self, fi: usize, call: Node, remove: &[Node], knob: Knob) {
+        if remove.is_empty() {
             return;
         }
-        if end == arg.end_byte() {
-            // Last argument without a trailing comma: remove the preceding ", ".
-            let before = &src[..arg.start_byte()];
-            let t = before.trim_end();
-            if t.ends_with(',') {
-                self.edit(&rel, t.len() - 1, arg.end_byte(), "", knob, None);
-                return;
+        let f = &self.p.py[fi];
+        let rel = f.rel.clone();
+        let Some(args) = call.child_by_field_name("arguments") else {
+            return;
+        };
+        let items: Vec<Node> = py::named_children(args)
+            .into_iter()
+            .filter(|c| c.kind() != "comment")
+            .collect();
+        let own_line = |n: &Node| {
+            let rest = &f.src[n.end_byte()..];
+            let rest = rest.trim_start_matches([' ', '\t']);
+            let rest = rest
+                .strip_prefix(',')
+                .unwrap_or(rest)
+                .trim_start_matches([' ', '\t']);
+            f.starts_line(n.start_byte()) && (rest.starts_with('\n') || rest.starts_with('#'))
+        };
+        if remove.iter().all(own_line) {
+            for n in remove {
+                let s0 = f.line_start(n.start_byte());
+                let e0 = f.line_end_incl(n.end_byte());
+                self.edit(&rel, s0, e0, "", knob, None);
             }
-        } else {
-            end += src[end..].len() - src[end..].trim_start_matches([' ']).len();
+            return;
         }
-        self.edit(&rel, arg.start_byte(), end, "", knob, None);
+        let (Some(first), Some(last)) = (items.first(), items.last()) else {
+            return;
+        };
+        let kept: Vec<&str> = items
+            .iter()
+            .filter(|n| !remove.contains(n))
+            .map(|n| f.text(*n))
+            .collect();
+        self.edit(
+            &rel,
+            first.start_byte(),
+            last.end_byte(),
+            kept.join(", "),
+            knob,
+            None,
+        );
     }
 
     /// Adds `import_line` after the last top-level import of `fi` unless the file already has it.

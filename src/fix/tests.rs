@@ -412,3 +412,35 @@ fn subclass_loader_reading_self_args_keeps_training_arguments_live() {
     assert!(s.contains("pin_memory=False)"), "{s}");
     assert!(!s.contains("dataloader_pin_memory"), "{s}");
 }
+
+#[test]
+fn optimizer_swap_drops_arguments_the_new_class_does_not_take() {
+    let d = project(&[(
+        "train.py",
+        "import torch\n\nopt = torch.optim.Adam(model.parameters(), lr=1e-3, betas=(0.9, 0.99), eps=1e-8)\nopt2 = torch.optim.Adam(\n    model.parameters(),\n    lr=1e-3,\n    betas=(0.9, 0.99),  # tuned\n    eps=1e-8,\n)\nfor x in loader:\n    loss = model(x)\n    loss.backward()\n    opt.step()\n",
+    )]);
+    let t = Target {
+        optimizer: Some(Optimizer::Sgd),
+        ..Default::default()
+    };
+    let p = analyze(d.path(), &t).unwrap();
+    let s = new_text(&p, "train.py");
+    // Only the training optimizer (the first) changes.
+    assert!(
+        s.contains("opt = torch.optim.SGD(model.parameters(), lr=1e-3)\n"),
+        "{s}"
+    );
+    assert!(s.contains("opt2 = torch.optim.Adam(\n"), "{s}");
+    assert!(has_note(&p, M::OptRetune));
+    // The multi-line form.
+    let d = project(&[(
+        "train.py",
+        "import torch\n\nopt = torch.optim.Adam(\n    model.parameters(),\n    lr=1e-3,\n    betas=(0.9, 0.99),  # tuned\n    eps=1e-8,\n)\nfor x in loader:\n    loss = model(x)\n    loss.backward()\n    opt.step()\n",
+    )]);
+    let p = analyze(d.path(), &t).unwrap();
+    let s = new_text(&p, "train.py");
+    assert!(
+        s.contains("opt = torch.optim.SGD(\n    model.parameters(),\n    lr=1e-3,\n)\n"),
+        "{s}"
+    );
+}

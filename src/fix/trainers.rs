@@ -1096,12 +1096,14 @@ pub fn optimizer_rewrite(cx: &mut Cx, fi: usize, call: Node, target: Optimizer, 
         _ => &["momentum", "nesterov", "dampening"],
     };
     let mut dropped = Vec::new();
+    let mut remove = Vec::new();
     for name in drop {
         if let Some(kw) = py::kwarg(f, call, name) {
-            cx.remove_arg(fi, kw, Knob::Optimizer);
+            remove.push(kw);
             dropped.push(name.to_string());
         }
     }
+    cx.remove_args(fi, call, &remove, Knob::Optimizer);
     let mut added = Vec::new();
     // Adam -> AdamW: AdamW's default weight_decay is 0.01, Adam's 0; keep it at 0.
     if old == "Adam"
@@ -1134,7 +1136,7 @@ pub fn optimizer_rewrite(cx: &mut Cx, fi: usize, call: Node, target: Optimizer, 
     }
     for a in &added {
         let w = if same_class { Some(why.clone()) } else { None };
-        cx.insert_kwarg(fi, call, a, Knob::Optimizer, w);
+        cx.insert_kwarg_skipping(fi, call, a, Knob::Optimizer, w, &remove);
     }
     if dropped.is_empty() && old_adam != adam_like {
         cx.note(
