@@ -35,6 +35,7 @@ struct BlockLoop<'p> {
 
 fn block_loops(p: &Project) -> Vec<BlockLoop<'_>> {
     let mut out = Vec::new();
+    let lists = module_lists(p);
     for (fi, f) in p.py.iter().enumerate() {
         for n in f.all_nodes() {
             if n.kind() != "for_statement" {
@@ -71,7 +72,7 @@ fn block_loops(p: &Project) -> Vec<BlockLoop<'_>> {
                 continue;
             }
             let var = f.text(var_node).to_string();
-            if !is_module_list(p, attr) {
+            if !lists.contains(attr) {
                 continue;
             }
             let Some(body) = n.child_by_field_name("body") else {
@@ -105,23 +106,29 @@ fn block_loops(p: &Project) -> Vec<BlockLoop<'_>> {
     out
 }
 
-/// `self.<attr> = nn.ModuleList(...)` / `nn.Sequential(...)` somewhere in the project.
-fn is_module_list(p: &Project, attr: &str) -> bool {
-    let want = format!("self.{attr}");
-    p.py.iter().any(|f| {
-        f.all_nodes().into_iter().any(|a| {
-            a.kind() == "assignment"
-                && a.child_by_field_name("left")
-                    .map(|l| f.text(l) == want)
-                    .unwrap_or(false)
-                && a.child_by_field_name("right")
-                    .map(|r| {
-                        let t = f.text(r);
-                        t.contains("ModuleList") || t.contains("Sequential")
-                    })
-                    .unwrap_or(false)
-        })
-    })
+/// Attributes assigned `self.<attr> = nn.ModuleList(...)` / `nn.Sequential(...)` in the project.
+fn module_lists(p: &Project) -> std::collections::HashSet<String> {
+    let mut out = std::collections::HashSet::new();
+    for f in &p.py {
+        for a in f.all_nodes() {
+            if a.kind() != "assignment" {
+                continue;
+            }
+            let (Some(l), Some(r)) = (
+                a.child_by_field_name("left"),
+                a.child_by_field_name("right"),
+            ) else {
+                continue;
+            };
+            let t = f.text(r);
+            if let Some(attr) = f.text(l).strip_prefix("self.") {
+                if t.contains("ModuleList") || t.contains("Sequential") {
+                    out.insert(attr.to_string());
+                }
+            }
+        }
+    }
+    out
 }
 
 /// Attributes (`self.rgb_model = ViT(...)`) holding an instance of `class`.
@@ -323,6 +330,7 @@ struct Eager<'p> {
 fn attention(cx: &mut Cx) {
     let p = cx.p;
     let mut found = 0;
+    let xformers = xformers_subclasses(p);
     for (fi, f) in p.py.iter().enumerate() {
         for n in f.all_nodes() {
             let (pn, vn) = match matmul_operands(f, n) {
@@ -345,7 +353,7 @@ fn attention(cx: &mut Cx) {
                 .unwrap_or_default();
             let at = format!("{}:{}", f.rel, f.line_of(n.start_byte()));
             // xFormers dispatch: a subclass that uses xFormers when installed.
-            if let Some(sub) = xformers_subclass(p, &class) {
+            if let Some(sub) = xformers.get(&class) {
                 cx.note(Knob::Attention, M::AttnXformers, &[&sub, &class, &at]);
                 continue;
             }
@@ -751,23 +759,28 @@ fn qk(f: &PyFile, l: Node, r: Node, e: &mut Eager) -> Option<()> {
     Some(())
 }
 
-/// A project class deriving from `class` that dispatches to xFormers.
-fn xformers_subclass(p: &Project, class: &str) -> Option<String> {
+/// Base class -> a project subclass of it that dispatches to xFormers when installed.
+fn xformers_subclasses(p: &Project) -> std::collections::HashMap<String, String> {
+    let mut out = std::collections::HashMap::new();
     for f in &p.py {
         for n in f.all_nodes() {
-            if n.kind() == "class_definition"
-                && py::superclasses(f, n)
-                    .iter()
-                    .any(|s| py::last_name(s) == class)
-                && (f.text(n).contains("XFORMERS")
-                    || f.text(n).contains("xformers")
-                    || f.text(n).contains("memory_efficient_attention"))
+            if n.kind() != "class_definition" {
+                continue;
+            }
+            let t = f.text(n);
+            if !(t.contains("XFORMERS")
+                || t.contains("xformers")
+                || t.contains("memory_efficient_attention"))
             {
-                return Some(py::def_name(f, n).to_string());
+                continue;
+            }
+            for s in py::superclasses(f, n) {
+                out.entry(py::last_name(&s).to_string())
+                    .or_insert_with(|| py::def_name(f, n).to_string());
             }
         }
     }
-    None
+    out
 }
 
 /// The name of `torch.nn.functional` in file `fi` (adding `import torch.nn.functional as F`).
