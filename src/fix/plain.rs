@@ -1,0 +1,538 @@
+//! Plain PyTorch loops: autocast around the forward pass and loss, a GradScaler for fp16,
+//! gradient accumulation (loss divided by k, optimizer step every k micro-batches).
+use tree_sitter::Node;
+
+use super::edit::Cx;
+use super::flow;
+use super::py::{self, PyFile};
+use super::trainers::{self, Setup};
+use super::{Knob, Msg, M};
+use crate::knobs::Precision;
+
+pub fn apply_rules<'p>(cx: &mut Cx<'p>, s: &Setup<'p>) {
+    let framework = !s.hf_args.is_empty()
+        || !s.hf_trainers.is_empty()
+        || !s.pl_trainers.is_empty()
+        || !s.accelerators.is_empty();
+    if framework || s.backwards.is_empty() {
+        return;
+    }
+    trainers::loader_and_optimizer(cx, s);
+    // The loop: the first backward() directly in a `for` body.
+    let Some(&(fi, bw)) = s
+        .backwards
+        .iter()
+        .find(|(_, b)| {
+            py::statement_of(*b)
+                .and_then(|st| st.parent())
+                .and_then(|bl| bl.parent())
+                .map(|l| l.kind() == "for_statement")
+                .unwrap_or(false)
+        })
+        .or(s.backwards.first())
+    else {
+        return;
+    };
+    loop_rules(cx, fi, bw);
+}
+
+fn reindent(text: &str, unit: &str) -> String {
+    text.split_inclusive('\n')
+        .map(|l| {
+            if l.trim().is_empty() {
+                l.to_string()
+            } else {
+                format!("{unit}{l}")
+            }
+        })
+        .collect()
+}
+
+fn is_step_like(f: &PyFile, st: Node, opt: &str) -> bool {
+    let t = f.text(st);
+    st.kind() != "comment"
+        && (t.contains(&format!("{opt}.step("))
+            || t.contains("zero_grad")
+            || t.contains("clip_grad")
+            || t.contains("sched")
+            || t.contains("scaler."))
+        && !matches!(
+            st.kind(),
+            "if_statement" | "for_statement" | "while_statement" | "with_statement"
+        )
+}
+
+/// A statement of the forward pass: a plain statement that is not a data move, a step, a
+/// zero_grad or logging; a statement calling the model always is.
+fn is_forward_like(f: &PyFile, st: Node, model: Option<&str>) -> bool {
+    if st.kind() == "comment" {
+        return true;
+    }
+    if st.kind() != "expression_statement" {
+        return false;
+    }
+    let t = f.text(st);
+    if let Some(m) = model {
+        if t.contains(&format!("{m}(")) && !t.contains("zero_grad") {
+            return true;
+        }
+    }
+    ![
+        "zero_grad",
+        ".to(",
+        ".cuda(",
+        "next(",
+        ".step(",
+        "print(",
+        "log(",
+    ]
+    .iter()
+    .any(|w| t.contains(w))
+}
+
+fn loop_rules(cx: &mut Cx, fi: usize, bw: Node) {
+    let p = cx.p;
+    let f = &p.py[fi];
+    let at = format!("{}:{}", f.rel, f.line_of(bw.start_byte()));
+    let Some(bstmt) = py::statement_of(bw) else {
+        return;
+    };
+    let Some(block) = bstmt.parent() else { return };
+    let Some(lp) = block.parent() else { return };
+    let wants_prec = cx.t.precision.is_some();
+    let k = cx.t.grad_accum;
+    if lp.kind() != "for_statement" || bstmt.named_child(0) != Some(bw) {
+        if wants_prec || k.is_some() {
+            cx.note(Knob::Precision, M::LoopShape, &[&at]);
+        }
+        return;
+    }
+    let stmts = py::named_children(block);
+    let Some(bi) = stmts.iter().position(|s| *s == bstmt) else {
+        return;
+    };
+    let loss = bw
+        .child_by_field_name("function")
+        .and_then(|x| x.child_by_field_name("object"))
+        .map(|o| f.text(o).to_string())
+        .unwrap_or_default();
+    // The optimizer: `X.step()` after backward, X not a scheduler or scaler.
+    let opt = stmts[bi + 1..]
+        .iter()
+        .chain(py::descendants(block).iter())
+        .find_map(|st| {
+            py::descendants(*st)
+                .into_iter()
+                .chain(std::iter::once(*st))
+                .find_map(|n| {
+                    if n.kind() != "call" {
+                        return None;
+                    }
+                    let c = py::callee(f, n);
+                    let (obj, m) = c.rsplit_once('.')?;
+                    (m == "step"
+                        && !obj.contains("sched")
+                        && !obj.contains("scaler")
+                        && py::positional(n).is_empty())
+                    .then(|| obj.to_string())
+                })
+        });
+    let Some(opt) = opt else {
+        if wants_prec || k.is_some() {
+            cx.note(Knob::Precision, M::LoopShape, &[&at]);
+        }
+        return;
+    };
+    let unit = f.indent_unit();
+    let ind = f.indent_at(bstmt.start_byte()).to_string();
+    let rel = f.rel.clone();
+
+    // Forward range: the statements computing the loss, back to the first data move / zero_grad.
+    let i_loss = (0..bi).rev().find(|&i| {
+        let st = stmts[i];
+        st.kind() == "expression_statement"
+            && st
+                .named_child(0)
+                .filter(|a| a.kind() == "assignment")
+                .and_then(|a| a.child_by_field_name("left"))
+                .map(|l| py::bound_names(f, l).contains(&loss.as_str()))
+                .unwrap_or(false)
+    });
+    let existing_autocast = py::ancestor(bw, &["with_statement"])
+        .filter(|w| f.text(*w).contains("autocast"))
+        .or_else(|| {
+            stmts[..bi]
+                .iter()
+                .rev()
+                .find(|s| s.kind() == "with_statement" && f.text(**s).contains("autocast"))
+                .copied()
+        });
+
+    // The model: `X` of `X.parameters()` given to the optimizer.
+    let params: Vec<(String, String)> = py::descendants(f.tree.root_node())
+        .into_iter()
+        .filter(|n| n.kind() == "call" && py::callee(f, *n).ends_with(".parameters"))
+        .filter_map(|n| {
+            let obj = py::callee(f, n).strip_suffix(".parameters")?.to_string();
+            let st: String = f.text(py::statement_of(n)?).split_whitespace().collect();
+            Some((obj, st))
+        })
+        .collect();
+    let model: Option<String> = params
+        .iter()
+        .find(|(_, st)| st.starts_with(&format!("{opt}=")))
+        .or_else(|| params.iter().find(|(_, st)| st.contains("optim")))
+        .map(|(obj, _)| obj.clone());
+
+    // Device type for autocast / GradScaler.
+    let func = py::ancestor(lp, &["function_definition"]);
+    let device = device_expr(f, func);
+
+    let mut prec = cx.t.precision;
+    if matches!(prec, Some(Precision::Bf16True | Precision::Fp16True)) {
+        cx.note(
+            Knob::Precision,
+            M::LoopTruePrecision,
+            &[&prec.map(|x| x.name()).unwrap_or("")],
+        );
+        prec = None;
+    }
+    if prec == Some(Precision::Tf32) {
+        let at = py::import_insert_point(f);
+        cx.edit(&rel, at, at, "\ntorch.backends.cuda.matmul.allow_tf32 = True  # TF32 tensor cores for fp32 matmuls\ntorch.backends.cudnn.allow_tf32 = True\n", Knob::Precision, Some(Msg::new(M::LoopTf32, &[])));
+        prec = None;
+    }
+    let dtype = match prec {
+        Some(Precision::Bf16Mixed) => Some("torch.bfloat16"),
+        Some(Precision::Fp16Mixed) => Some("torch.float16"),
+        _ => None,
+    };
+    if prec == Some(Precision::Fp32) && existing_autocast.is_some() {
+        cx.note(Knob::Precision, M::LoopFp32Autocast, &[&at]);
+    }
+    let has_scaler = f.src.contains("GradScaler(");
+    let scaler = prec == Some(Precision::Fp16Mixed) && !has_scaler;
+
+    if let Some(dtype) = dtype {
+        match existing_autocast {
+            Some(w) => {
+                let call = py::descendants(w)
+                    .into_iter()
+                    .find(|n| n.kind() == "call" && py::callee(f, *n).contains("autocast"));
+                if let Some(call) = call {
+                    let why = Msg::new(M::LoopAutocastDtype, &[&dtype]);
+                    cx.set_kwarg(fi, call, "dtype", dtype, Knob::Precision, why);
+                }
+            }
+            None => {
+                match i_loss {
+                    Some(il) => {
+                        let mut i0 = il;
+                        while i0 > 0 && is_forward_like(f, stmts[i0 - 1], model.as_deref()) {
+                            i0 -= 1;
+                        }
+                        while i0 < il && stmts[i0].kind() == "comment" {
+                            i0 += 1;
+                        }
+                        let s0 = f.line_start(stmts[i0].start_byte());
+                        let e0 = f.line_end_incl(stmts[il].end_byte());
+                        let body = reindent(&f.src[s0..e0], &unit);
+                        let text = format!("{ind}with torch.autocast(device_type={device}, dtype={dtype}):\n{body}");
+                        let why = Msg::new(M::LoopAutocast, &[&dtype, &loss]);
+                        cx.edit(&rel, s0, e0, text, Knob::Precision, Some(why));
+                    }
+                    None => cx.note(Knob::Precision, M::LoopShape, &[&at]),
+                }
+            }
+        }
+    }
+
+    // Existing accumulation: `if (i + 1) % N == 0: optimizer.step()`.
+    let step_in_if = stmts[bi + 1..]
+        .iter()
+        .find(|s| s.kind() == "if_statement" && f.text(**s).contains(&format!("{opt}.step(")));
+    let mut old_accum = 1;
+    if let Some(ifs) = step_in_if {
+        if let Some(cond) = ifs.child_by_field_name("condition") {
+            let modulo = py::descendants(cond)
+                .into_iter()
+                .chain(std::iter::once(cond))
+                .find(|n| {
+                    n.kind() == "binary_operator"
+                        && n.child_by_field_name("operator")
+                            .map(|o| f.text(o) == "%")
+                            .unwrap_or(false)
+                });
+            if let Some(site) = modulo
+                .and_then(|m| m.child_by_field_name("right"))
+                .and_then(|r| flow::resolve(p, fi, r))
+            {
+                old_accum = site.int().unwrap_or(1);
+                if let Some(k) = k {
+                    cx.set_site(
+                        &site,
+                        &k.to_string(),
+                        Knob::GradAccum,
+                        Msg::new(M::LoopAccumExisting, &[]),
+                    );
+                }
+            }
+        }
+        if scaler {
+            cx.note(Knob::Precision, M::LoopScalerManual, &[&at]);
+        }
+        if k.is_some() && old_accum == 1 {
+            cx.note(Knob::GradAccum, M::LoopShape, &[&at]);
+        }
+        cx.eff.old_accum = Some(old_accum);
+        if scaler {
+            insert_scaler(cx, f, lp, &device);
+            let t = format!("{}.scale({loss}).backward()", "scaler");
+            cx.edit(
+                &rel,
+                bw.start_byte(),
+                bw.end_byte(),
+                t,
+                Knob::Precision,
+                Some(Msg::new(M::LoopScaleBackward, &[])),
+            );
+        }
+        return;
+    }
+    cx.eff.old_accum = Some(1);
+    let accum = k.filter(|&k| k > 1);
+
+    if !scaler && accum.is_none() {
+        return;
+    }
+    if scaler {
+        insert_scaler(cx, f, lp, &device);
+    }
+    // Step run after backward.
+    let mut ri = bi + 1;
+    while ri < stmts.len() && is_step_like(f, stmts[ri], &opt) {
+        ri += 1;
+    }
+    let run = &stmts[bi + 1..ri];
+    let zero_before: Vec<Node> = stmts[..bi]
+        .iter()
+        .copied()
+        .filter(|s| s.kind() == "expression_statement" && f.text(*s).contains("zero_grad"))
+        .collect();
+    let idx = accum.map(|_| accum_index(cx, f, lp));
+
+    // The backward line (and the loss division before it).
+    let mut bw_text = String::new();
+    if accum.is_some() {
+        bw_text.push_str(&format!("{loss} = {loss} / grad_accum_steps  # average over the accumulated micro-batches\n{ind}"));
+    }
+    if scaler {
+        bw_text.push_str(&format!("scaler.scale({loss}).backward()"));
+    } else {
+        bw_text.push_str(f.text(bw));
+    }
+    let bs = bw.start_byte();
+    let why = if accum.is_some() {
+        Msg::new(M::LoopAccumDiv, &[])
+    } else {
+        Msg::new(M::LoopScaleBackward, &[])
+    };
+    cx.edit(
+        &rel,
+        bs,
+        bw.end_byte(),
+        bw_text,
+        if accum.is_some() {
+            Knob::GradAccum
+        } else {
+            Knob::Precision
+        },
+        Some(why),
+    );
+
+    // The step run, transformed.
+    if run.is_empty() {
+        return;
+    }
+    let s0 = f.line_start(run[0].start_byte());
+    let e0 = f.line_end_incl(run[run.len() - 1].end_byte());
+    let mut lines = String::new();
+    let mut has_zero = false;
+    for st in run {
+        let t = f.text(*st);
+        let line_start = f.line_start(st.start_byte());
+        let line_end = f.line_end_incl(st.end_byte());
+        let mut whole = f.src[line_start..line_end].to_string();
+        if t.contains("zero_grad") {
+            has_zero = true;
+        }
+        if scaler {
+            let plain_step = format!("{opt}.step()");
+            if t == plain_step {
+                whole = whole.replacen(
+                    &plain_step,
+                    &format!("scaler.step({opt})\n{ind}scaler.update()"),
+                    1,
+                );
+            } else if t.contains("clip_grad") {
+                whole = format!("{ind}scaler.unscale_({opt})  # clip the true gradients\n{whole}");
+            }
+        }
+        lines.push_str(&whole);
+    }
+    if let (Some(_), Some(idx)) = (accum, idx.as_ref()) {
+        let mut body = lines.clone();
+        if !has_zero {
+            for z in &zero_before {
+                let zl = &f.src[f.line_start(z.start_byte())..f.line_end_incl(z.end_byte())];
+                let zl = zl.trim_start();
+                body.push_str(&format!("{ind}{zl}"));
+            }
+        }
+        let body = reindent(&body, &unit);
+        let text = format!("{ind}if ({idx} + 1) % grad_accum_steps == 0:\n{body}");
+        let why = Msg::new(M::LoopAccumStep, &[&opt]);
+        cx.edit(&rel, s0, e0, text, Knob::GradAccum, Some(why));
+        if !has_zero {
+            for z in &zero_before {
+                let zs = f.line_start(z.start_byte());
+                let ze = f.line_end_incl(z.end_byte());
+                cx.edit(
+                    &rel,
+                    zs,
+                    ze,
+                    "",
+                    Knob::GradAccum,
+                    Some(Msg::new(M::LoopZeroGradMoved, &[])),
+                );
+            }
+        }
+        cx.note(Knob::GradAccum, M::LoopAccumNote, &[&loss]);
+    } else if lines != f.src[s0..e0] {
+        cx.edit(
+            &rel,
+            s0,
+            e0,
+            lines,
+            Knob::Precision,
+            Some(Msg::new(M::LoopScalerStep, &[&opt])),
+        );
+    }
+}
+
+/// `device.type` when the function has a `device` variable, else `"cuda"`.
+fn device_expr(f: &PyFile, func: Option<Node>) -> String {
+    let scope = func.unwrap_or(f.tree.root_node());
+    let rhs = py::descendants_same_scope(scope)
+        .into_iter()
+        .chain(py::descendants_same_scope(f.tree.root_node()))
+        .filter(|a| a.kind() == "assignment")
+        .find(|a| {
+            a.child_by_field_name("left")
+                .map(|l| f.text(l) == "device")
+                .unwrap_or(false)
+        })
+        .and_then(|a| a.child_by_field_name("right"));
+    match rhs {
+        Some(r) if r.kind() == "call" && py::callee(f, r).ends_with("device") => {
+            "device.type".into()
+        }
+        Some(r) if r.kind() == "string" => "device".into(),
+        _ => "\"cuda\"".into(),
+    }
+}
+
+/// The outermost `for` around the training loop inside its function.
+fn outer_loop(lp: Node) -> Node {
+    let mut out = lp;
+    let mut cur = lp;
+    while let Some(a) = py::ancestor(
+        cur,
+        &["for_statement", "while_statement", "function_definition"],
+    ) {
+        if a.kind() == "function_definition" {
+            break;
+        }
+        out = a;
+        cur = a;
+    }
+    out
+}
+
+fn insert_scaler(cx: &mut Cx, f: &PyFile, lp: Node, device: &str) {
+    let outer = outer_loop(lp);
+    let at = f.line_start(outer.start_byte());
+    let ind = f.indent_at(outer.start_byte()).to_string();
+    let rel = f.rel.clone();
+    cx.edit(
+        &rel,
+        at,
+        at,
+        format!("{ind}scaler = torch.amp.GradScaler({device})  # fp16 needs loss scaling\n"),
+        Knob::Precision,
+        Some(Msg::new(M::LoopScaler, &[])),
+    );
+}
+
+/// The micro-batch index of the loop, adding `enumerate` (and `grad_accum_steps = k`) as needed.
+fn accum_index(cx: &mut Cx, f: &PyFile, lp: Node) -> String {
+    let k = cx.t.grad_accum.unwrap_or(1);
+    let rel = f.rel.clone();
+    let outer = outer_loop(lp);
+    let at = f.line_start(outer.start_byte());
+    let ind = f.indent_at(outer.start_byte()).to_string();
+    cx.edit(
+        &rel,
+        at,
+        at,
+        format!("{ind}grad_accum_steps = {k}\n"),
+        Knob::GradAccum,
+        Some(Msg::new(M::LoopAccumConst, &[&k])),
+    );
+    let (Some(left), Some(right)) = (
+        lp.child_by_field_name("left"),
+        lp.child_by_field_name("right"),
+    ) else {
+        return "micro_step".into();
+    };
+    if right.kind() == "call" && py::callee(f, right) == "enumerate" {
+        if let Some(first) = py::named_children(left).first() {
+            if matches!(left.kind(), "pattern_list" | "tuple_pattern")
+                && first.kind() == "identifier"
+            {
+                return f.text(*first).to_string();
+            }
+        }
+    }
+    let func_text = py::ancestor(lp, &["function_definition"])
+        .map(|x| f.text(x))
+        .unwrap_or(&f.src);
+    let idx = if func_text.contains("micro_step") {
+        "accum_step"
+    } else {
+        "micro_step"
+    };
+    let l = f.text(left);
+    let new_left = if left.kind() == "pattern_list" {
+        format!("{idx}, ({l})")
+    } else {
+        format!("{idx}, {l}")
+    };
+    cx.edit(
+        &rel,
+        left.start_byte(),
+        left.end_byte(),
+        new_left,
+        Knob::GradAccum,
+        Some(Msg::new(M::LoopEnumerate, &[&idx])),
+    );
+    cx.edit(
+        &rel,
+        right.start_byte(),
+        right.end_byte(),
+        format!("enumerate({})", f.text(right)),
+        Knob::GradAccum,
+        None,
+    );
+    idx.to_string()
+}

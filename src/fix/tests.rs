@@ -1,0 +1,446 @@
+//! Rule tests on small inline projects (the fixture projects are tested through the binary).
+use std::fs;
+
+use super::*;
+use crate::knobs::{Attention, Checkpointing, Optimizer, Precision};
+
+fn project(files: &[(&str, &str)]) -> tempfile::TempDir {
+    let d = tempfile::tempdir().unwrap();
+    for (name, src) in files {
+        let p = d.path().join(name);
+        fs::create_dir_all(p.parent().unwrap()).unwrap();
+        fs::write(p, src).unwrap();
+    }
+    d
+}
+
+fn new_text<'a>(p: &'a Patch, file: &str) -> &'a str {
+    &p.files
+        .iter()
+        .find(|f| f.path == file)
+        .unwrap_or_else(|| {
+            panic!(
+                "{file} not changed: {:?}",
+                p.files.iter().map(|f| &f.path).collect::<Vec<_>>()
+            )
+        })
+        .new
+}
+
+fn has_note(p: &Patch, id: M) -> bool {
+    p.notes.iter().any(|n| n.msg.id == id)
+}
+
+const HF: &str = r#"from transformers import AutoModelForCausalLM, Trainer, TrainingArguments
+
+model = AutoModelForCausalLM.from_pretrained("gpt2")
+args = TrainingArguments(
+    output_dir="out",
+    per_device_train_batch_size=16,
+    learning_rate=5e-5,
+)
+trainer = Trainer(model=model, args=args, train_dataset=ds)
+trainer.train()
+"#;
+
+#[test]
+fn hf_plain_trainer_uses_training_arguments() {
+    let d = project(&[("train.py", HF)]);
+    let t = Target {
+        batch: Some(4),
+        grad_accum: Some(4),
+        checkpointing: Some(Checkpointing::Full),
+        optimizer: Some(Optimizer::AdamwFused),
+        attention: Some(Attention::Sdpa),
+        dataloader: DataLoaderOpts {
+            num_workers: Some(2),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let p = analyze(d.path(), &t).unwrap();
+    let s = new_text(&p, "train.py");
+    assert!(s.contains("per_device_train_batch_size=4,"), "{s}");
+    assert!(s.contains("    gradient_accumulation_steps=4,\n"), "{s}");
+    assert!(s.contains("    gradient_checkpointing=True,\n"), "{s}");
+    assert!(s.contains("optim=\"adamw_torch_fused\""), "{s}");
+    assert!(s.contains("dataloader_num_workers=2"), "{s}");
+    assert!(
+        s.contains("from_pretrained(\"gpt2\", attn_implementation=\"sdpa\")"),
+        "{s}"
+    );
+    assert!(py::parse(s).is_ok());
+    // 16 x 1 -> 4 x 4: same effective batch.
+    assert!(has_note(&p, M::LrSame));
+}
+
+#[test]
+fn hf_effective_batch_change_gives_learning_rate_rule() {
+    let d = project(&[("train.py", HF)]);
+    let t = Target {
+        batch: Some(8),
+        ..Default::default()
+    };
+    let p = analyze(d.path(), &t).unwrap();
+    let n = p.notes.iter().find(|n| n.msg.id == M::LrScale).unwrap();
+    assert_eq!(n.msg.args[0], "16");
+    assert_eq!(n.msg.args[1], "8");
+    assert_eq!(n.msg.args[4], "2.500e-5");
+}
+
+#[test]
+fn accelerate_and_deepspeed() {
+    let d = project(&[
+        (
+            "train.py",
+            "from accelerate import Accelerator\nimport torch\n\naccelerator = Accelerator(mixed_precision=\"no\")\nloader = torch.utils.data.DataLoader(ds, batch_size=32)\nopt = torch.optim.AdamW(model.parameters(), lr=1e-3)\nmodel, opt, loader = accelerator.prepare(model, opt, loader)\nfor batch in loader:\n    loss = model(batch)\n    accelerator.backward(loss)\n    opt.step()\n    opt.zero_grad()\n",
+        ),
+        (
+            "ds_config.json",
+            "{\n  \"train_micro_batch_size_per_gpu\": 32,\n  \"gradient_accumulation_steps\": \"auto\",\n  \"bf16\": {\"enabled\": false},\n  \"zero_optimization\": {\"stage\": 2}\n}\n",
+        ),
+    ]);
+    let t = Target {
+        precision: Some(Precision::Bf16Mixed),
+        batch: Some(8),
+        grad_accum: Some(4),
+        bf16_supported: Some(true),
+        gpu: Some("A100".into()),
+        ..Default::default()
+    };
+    let p = analyze(d.path(), &t).unwrap();
+    let s = new_text(&p, "train.py");
+    assert!(
+        s.contains("Accelerator(mixed_precision=\"bf16\", gradient_accumulation_steps=4)"),
+        "{s}"
+    );
+    assert!(s.contains("DataLoader(ds, batch_size=8)"), "{s}");
+    assert!(has_note(&p, M::AccNoContext));
+    let j = new_text(&p, "ds_config.json");
+    assert!(j.contains("\"train_micro_batch_size_per_gpu\": 8"), "{j}");
+    assert!(
+        j.contains("\"gradient_accumulation_steps\": \"auto\""),
+        "{j}"
+    );
+    assert!(j.contains("\"bf16\": {\"enabled\": true}"), "{j}");
+    serde_json::from_str::<serde_json::Value>(j).unwrap();
+    assert!(p.frameworks.contains(&Framework::Deepspeed));
+}
+
+#[test]
+fn toml_config_and_dataclass_defaults() {
+    let d = project(&[
+        (
+            "train.py",
+            "import tomllib\nimport torch\ncfg = tomllib.load(open(\"conf/train.toml\", \"rb\"))\nloader = torch.utils.data.DataLoader(ds, batch_size=cfg[\"train\"][\"batch_size\"])\nopt = torch.optim.SGD(model.parameters(), lr=0.1)\nfor x in loader:\n    loss = model(x)\n    loss.backward()\n    opt.step()\n",
+        ),
+        ("conf/train.toml", "[train]\nbatch_size = 64 # per GPU\n"),
+    ]);
+    let t = Target {
+        batch: Some(16),
+        ..Default::default()
+    };
+    let p = analyze(d.path(), &t).unwrap();
+    assert_eq!(
+        new_text(&p, "conf/train.toml"),
+        "[train]\nbatch_size = 16 # per GPU\n"
+    );
+
+    let d = project(&[
+        ("config.py", "from dataclasses import dataclass\n\n\n@dataclass\nclass Cfg:\n    batch_size: int = 32\n    workers: int = 4\n"),
+        (
+            "train.py",
+            "import torch\nfrom config import Cfg\n\ncfg = Cfg()\nloader = torch.utils.data.DataLoader(ds, batch_size=cfg.batch_size, num_workers=cfg.workers)\nopt = torch.optim.Adam(model.parameters())\nfor x in loader:\n    loss = model(x)\n    loss.backward()\n    opt.step()\n",
+        ),
+    ]);
+    let t = Target {
+        batch: Some(8),
+        dataloader: DataLoaderOpts {
+            num_workers: Some(2),
+            pin_memory: Some(true),
+            persistent_workers: None,
+        },
+        optimizer: Some(Optimizer::Adamw),
+        ..Default::default()
+    };
+    let p = analyze(d.path(), &t).unwrap();
+    let c = new_text(&p, "config.py");
+    assert!(
+        c.contains("batch_size: int = 8\n") && c.contains("workers: int = 2\n"),
+        "{c}"
+    );
+    let s = new_text(&p, "train.py");
+    assert!(
+        s.contains("num_workers=cfg.workers, pin_memory=True)"),
+        "{s}"
+    );
+    assert!(
+        s.contains("torch.optim.AdamW(model.parameters(), weight_decay=0.0)"),
+        "{s}"
+    );
+}
+
+#[test]
+fn existing_accumulation_and_autocast_are_edited_in_place() {
+    let src = "import torch\n\nACCUM = 2\n\n\ndef train(model, loader, opt):\n    for i, (x, y) in enumerate(loader):\n        with torch.autocast(\"cuda\", dtype=torch.float16):\n            loss = model(x, y)\n        (loss / ACCUM).backward()\n        if (i + 1) % ACCUM == 0:\n            opt.step()\n            opt.zero_grad()\n";
+    let d = project(&[("train.py", src)]);
+    let t = Target {
+        precision: Some(Precision::Bf16Mixed),
+        grad_accum: Some(8),
+        bf16_supported: Some(true),
+        gpu: Some("H100".into()),
+        ..Default::default()
+    };
+    let p = analyze(d.path(), &t).unwrap();
+    // `(loss / ACCUM).backward()` has no plain `loss` object: the loop shape note, no broken edit.
+    for f in &p.files {
+        assert!(py::parse(&f.new).is_ok());
+    }
+    let src2 = src.replace(
+        "(loss / ACCUM).backward()",
+        "loss = loss / ACCUM\n        loss.backward()",
+    );
+    let d = project(&[("train.py", &src2)]);
+    let p = analyze(d.path(), &t).unwrap();
+    let s = new_text(&p, "train.py");
+    assert!(s.contains("ACCUM = 8\n"), "{s}");
+    assert!(
+        s.contains("torch.autocast(\"cuda\", dtype=torch.bfloat16)"),
+        "{s}"
+    );
+    assert!(!s.contains("grad_accum_steps"), "{s}");
+}
+
+#[test]
+fn attention_weights_returned_are_not_rewritten() {
+    let d = project(&[(
+        "model.py",
+        "import torch\nfrom torch import nn\n\n\nclass A(nn.Module):\n    def forward(self, q, k, v):\n        attn = (q @ k.transpose(-2, -1)) * self.scale\n        attn = attn.softmax(dim=-1)\n        return attn @ v, attn\n",
+    ), ("train.py", "for x in dl:\n    loss = m(x)\n    loss.backward()\n    opt.step()\n")]);
+    let t = Target {
+        attention: Some(Attention::Sdpa),
+        ..Default::default()
+    };
+    let p = analyze(d.path(), &t).unwrap();
+    assert!(p.files.is_empty());
+    assert!(has_note(&p, M::AttnWeightsUsed));
+}
+
+#[test]
+fn nothing_requested_or_nothing_found() {
+    let d = project(&[("train.py", "print(1)\n")]);
+    assert!(analyze(d.path(), &Target::default()).is_err());
+    let t = Target {
+        batch: Some(2),
+        ..Default::default()
+    };
+    let e = analyze(d.path(), &t).unwrap_err().to_string();
+    assert!(e.contains("no training code found in 1 Python file"), "{e}");
+}
+
+#[test]
+fn apply_refuses_a_file_changed_since_read() {
+    let d = project(&[("train.py", HF)]);
+    let t = Target {
+        batch: Some(4),
+        ..Default::default()
+    };
+    let p = analyze(d.path(), &t).unwrap();
+    fs::write(d.path().join("train.py"), format!("{HF}# edited\n")).unwrap();
+    let e = apply::apply(d.path(), &p, true).unwrap_err().to_string();
+    assert!(e.contains("changed since it was read"), "{e}");
+    assert!(!d.path().join("train.py.orig").exists());
+    // Unchanged: written, with a backup.
+    fs::write(d.path().join("train.py"), HF).unwrap();
+    let a = apply::apply(d.path(), &p, true).unwrap();
+    assert_eq!(a.written[0].backup, "train.py.orig");
+    assert_eq!(
+        fs::read_to_string(d.path().join("train.py.orig")).unwrap(),
+        HF
+    );
+}
+
+#[test]
+fn target_from_plan_keeps_only_changes() {
+    let base = crate::knobs::Knobs {
+        batch: 16,
+        grad_accum: 1,
+        precision: Precision::Fp32,
+        checkpointing: Checkpointing::None,
+        checkpoint_modules: vec![],
+        attention: Attention::Eager,
+        optimizer: Optimizer::Adamw,
+        gpus: 1,
+        sharding: crate::knobs::Sharding::None,
+        lora_rank: None,
+        lora_targets: vec![],
+    };
+    let mut chosen = base.clone();
+    chosen.precision = Precision::Bf16Mixed;
+    chosen.attention = Attention::Sdpa;
+    let t = Target::from_plan(&chosen, &base);
+    assert_eq!(t.precision, Some(Precision::Bf16Mixed));
+    assert_eq!(t.attention, Some(Attention::Sdpa));
+    assert_eq!(t.batch, None);
+    assert_eq!(t.optimizer, None);
+    assert_eq!(t.checkpointing, None);
+}
+
+#[test]
+fn hf_model_in_a_plain_loop_enables_its_own_checkpointing() {
+    let d = project(&[(
+        "train.py",
+        "import torch\nfrom transformers import AutoModelForCausalLM\n\n\ndef main():\n    model = AutoModelForCausalLM.from_pretrained(\"gpt2\")\n    opt = torch.optim.AdamW(model.parameters())\n    for batch in loader:\n        loss = model(**batch).loss\n        loss.backward()\n        opt.step()\n",
+    )]);
+    let t = Target {
+        checkpointing: Some(Checkpointing::Full),
+        ..Default::default()
+    };
+    let p = analyze(d.path(), &t).unwrap();
+    let s = new_text(&p, "train.py");
+    assert!(s.contains("from_pretrained(\"gpt2\")\n    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={\"use_reentrant\": False})\n"), "{s}");
+    assert!(!has_note(&p, M::CkptNoLoops));
+}
+
+#[test]
+fn forward_range_keeps_model_call_with_device_move() {
+    let d = project(&[(
+        "train.py",
+        "import torch\n\nopt = torch.optim.SGD(net.parameters(), lr=0.1)\nfor x, y in loader:\n    opt.zero_grad()\n    out = net(x.to(dev))\n    loss = crit(out, y.to(dev))\n    loss.backward()\n    opt.step()\n",
+    ), ("README.md", "# Project\n")]);
+    let t = Target {
+        precision: Some(Precision::Bf16Mixed),
+        alloc_conf: Some("expandable_segments:True".into()),
+        ..Default::default()
+    };
+    let p = analyze(d.path(), &t).unwrap();
+    let s = new_text(&p, "train.py");
+    assert!(s.contains("    opt.zero_grad()\n    with torch.autocast(device_type=\"cuda\", dtype=torch.bfloat16):\n        out = net(x.to(dev))\n        loss = crit(out, y.to(dev))\n    loss.backward()\n"), "{s}");
+    let r = new_text(&p, "README.md");
+    assert!(
+        r.contains("export PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True"),
+        "{r}"
+    );
+}
+
+#[test]
+fn inserted_keyword_next_to_a_splat_is_noted() {
+    let d = project(&[(
+        "train.py",
+        "from transformers import Trainer, TrainingArguments\nargs = TrainingArguments(**cfg)\nTrainer(model=m, args=args).train()\n",
+    )]);
+    let t = Target {
+        grad_accum: Some(2),
+        ..Default::default()
+    };
+    let p = analyze(d.path(), &t).unwrap();
+    assert!(new_text(&p, "train.py")
+        .contains("TrainingArguments(**cfg, gradient_accumulation_steps=2)"));
+    assert!(has_note(&p, M::SplatKwargs));
+}
+
+#[test]
+fn hf_argument_parser_flags_in_the_launch_script() {
+    let d = project(&[
+        (
+            "run_clm.py",
+            "from transformers import AutoModelForCausalLM, HfArgumentParser, Trainer, TrainingArguments\n\nparser = HfArgumentParser((ModelArguments, TrainingArguments))\nmodel_args, training_args = parser.parse_args_into_dataclasses()\nmodel = AutoModelForCausalLM.from_pretrained(model_args.model_name_or_path)\ntrainer = Trainer(model=model, args=training_args, train_dataset=ds)\ntrainer.train()\n",
+        ),
+        (
+            "train.sh",
+            "#!/bin/bash\ntorchrun --nproc_per_node 8 run_clm.py \\\n    --model_name_or_path gpt2 \\\n    --per_device_train_batch_size 16 \\\n    --fp16 \\\n    --output_dir out \"$@\"\n",
+        ),
+    ]);
+    let t = Target {
+        batch: Some(4),
+        grad_accum: Some(4),
+        precision: Some(Precision::Bf16Mixed),
+        checkpointing: Some(Checkpointing::Full),
+        bf16_supported: Some(true),
+        gpu: Some("A100".into()),
+        ..Default::default()
+    };
+    let p = analyze(d.path(), &t).unwrap();
+    let s = new_text(&p, "train.sh");
+    assert_eq!(
+        s,
+        "#!/bin/bash\ntorchrun --nproc_per_node 8 run_clm.py \\\n    --model_name_or_path gpt2 \\\n    --per_device_train_batch_size 4 \\\n    --fp16 False \\\n    --output_dir out \\\n    --gradient_accumulation_steps 4 \\\n    --bf16 True \\\n    --gradient_checkpointing True \"$@\"\n"
+    );
+    assert!(p.frameworks.contains(&Framework::HfTrainer));
+}
+
+#[test]
+fn hf_argument_parser_json_file() {
+    let d = project(&[
+        (
+            "train.py",
+            "import sys\nfrom transformers import HfArgumentParser, Trainer, TrainingArguments\n\n(training_args,) = HfArgumentParser(TrainingArguments).parse_json_file(sys.argv[1])\nTrainer(model=m, args=training_args).train()\n",
+        ),
+        ("args.json", "{\n    \"output_dir\": \"out\",\n    \"per_device_train_batch_size\": 16\n}\n"),
+    ]);
+    let t = Target {
+        batch: Some(8),
+        precision: Some(Precision::Fp16Mixed),
+        ..Default::default()
+    };
+    let p = analyze(d.path(), &t).unwrap();
+    let j = new_text(&p, "args.json");
+    assert_eq!(j, "{\n    \"output_dir\": \"out\",\n    \"per_device_train_batch_size\": 8,\n    \"fp16\": true\n}\n");
+}
+
+#[test]
+fn subclass_loader_reading_self_args_keeps_training_arguments_live() {
+    let d = project(&[(
+        "train.py",
+        "from torch.utils.data import DataLoader\nfrom transformers import Trainer, TrainingArguments\n\n\nclass MyTrainer(Trainer):\n    def get_train_dataloader(self):\n        return DataLoader(self.train_dataset, batch_size=self.args.per_device_train_batch_size, num_workers=self.args.dataloader_num_workers, pin_memory=True)\n\n\nargs = TrainingArguments(output_dir=\"o\", per_device_train_batch_size=32, dataloader_num_workers=2)\nMyTrainer(model=m, args=args).train()\n",
+    )]);
+    let t = Target {
+        batch: Some(8),
+        dataloader: DataLoaderOpts {
+            num_workers: Some(6),
+            pin_memory: Some(false),
+            persistent_workers: None,
+        },
+        ..Default::default()
+    };
+    let p = analyze(d.path(), &t).unwrap();
+    let s = new_text(&p, "train.py");
+    assert!(
+        s.contains("per_device_train_batch_size=8, dataloader_num_workers=6)"),
+        "{s}"
+    );
+    assert!(s.contains("pin_memory=False)"), "{s}");
+    assert!(!s.contains("dataloader_pin_memory"), "{s}");
+}
+
+#[test]
+fn optimizer_swap_drops_arguments_the_new_class_does_not_take() {
+    let d = project(&[(
+        "train.py",
+        "import torch\n\nopt = torch.optim.Adam(model.parameters(), lr=1e-3, betas=(0.9, 0.99), eps=1e-8)\nopt2 = torch.optim.Adam(\n    model.parameters(),\n    lr=1e-3,\n    betas=(0.9, 0.99),  # tuned\n    eps=1e-8,\n)\nfor x in loader:\n    loss = model(x)\n    loss.backward()\n    opt.step()\n",
+    )]);
+    let t = Target {
+        optimizer: Some(Optimizer::Sgd),
+        ..Default::default()
+    };
+    let p = analyze(d.path(), &t).unwrap();
+    let s = new_text(&p, "train.py");
+    // Only the training optimizer (the first) changes.
+    assert!(
+        s.contains("opt = torch.optim.SGD(model.parameters(), lr=1e-3)\n"),
+        "{s}"
+    );
+    assert!(s.contains("opt2 = torch.optim.Adam(\n"), "{s}");
+    assert!(has_note(&p, M::OptRetune));
+    // The multi-line form.
+    let d = project(&[(
+        "train.py",
+        "import torch\n\nopt = torch.optim.Adam(\n    model.parameters(),\n    lr=1e-3,\n    betas=(0.9, 0.99),  # tuned\n    eps=1e-8,\n)\nfor x in loader:\n    loss = model(x)\n    loss.backward()\n    opt.step()\n",
+    )]);
+    let p = analyze(d.path(), &t).unwrap();
+    let s = new_text(&p, "train.py");
+    assert!(
+        s.contains("opt = torch.optim.SGD(\n    model.parameters(),\n    lr=1e-3,\n)\n"),
+        "{s}"
+    );
+}
