@@ -1,1 +1,4 @@
 //! `plan`: searching the knobs and ranking what fits by predicted throughput.
+pub mod engines;
+pub mod search;
+pub mod steps;
