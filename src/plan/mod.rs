@@ -2,3 +2,4 @@
 pub mod engines;
 pub mod search;
 pub mod steps;
+pub mod throughput;
