@@ -71,6 +71,19 @@ pub struct Combinations {
     pub conservative: Option<Candidate>,
 }
 
+/// The device state read off the user's OOM message (`plan --log`).
+#[derive(Clone, Debug, Serialize, PartialEq, Default)]
+pub struct LogState {
+    pub line: u64,
+    pub kind: String,
+    pub total_capacity_bytes: Option<u64>,
+    pub process_in_use_bytes: Option<u64>,
+    pub allocated_bytes: Option<u64>,
+    pub reserved_unallocated_bytes: Option<u64>,
+    pub free_bytes: Option<u64>,
+    pub requested_bytes: Option<u64>,
+}
+
 /// The whole plan, as `--format json` prints it (`baseline` and `plans`, best first, are the contract).
 #[derive(Clone, Debug, Serialize)]
 pub struct Plan {
@@ -84,6 +97,10 @@ pub struct Plan {
     pub solutions: Vec<Candidate>,
     pub combinations: Combinations,
     pub host: Option<HostMemory>,
+    /// From `--log`: the first OOM event, when the log has one.
+    pub log: Option<LogState>,
+    /// `--log` was given but held no OOM event.
+    pub log_without_event: bool,
     pub searched: usize,
     /// True when no configuration fits.
     pub nothing_fits: bool,
@@ -166,6 +183,8 @@ pub fn build(
             conservative,
         },
         host,
+        log: None,
+        log_without_event: false,
         searched: ranked.len(),
         margin_share: search::ESTIMATOR_MARGIN,
     })
