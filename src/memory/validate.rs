@@ -10,11 +10,11 @@ use crate::knobs::KnobArgs;
 /// The flags a row's `estimate_args` may use (those of `oomdoc estimate`).
 #[derive(Parser, Debug)]
 #[command(no_binary_name = true)]
-struct RowArgs {
+pub(crate) struct RowArgs {
     #[arg(long)]
-    model: String,
+    pub(crate) model: String,
     #[command(flatten)]
-    knobs: KnobArgs,
+    pub(crate) knobs: KnobArgs,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
