@@ -271,10 +271,24 @@ pub fn estimate_on(w: &Workload, knobs: &Knobs, gpu: Option<&TargetGpu>) -> Resu
         c.transient += peak_alloc - alloc_sum;
     }
     let largest = (prof.largest_alloc * b) as u64;
+    let live: Vec<(u64, u32)> = if phase == Phase::OptimizerStep {
+        Vec::new()
+    } else {
+        prof.saved_sizes
+            .iter()
+            .map(|&(s, n)| ((s * b) as u64, n))
+            .collect()
+    };
     let reserved = reserved::reserved(&reserved::Inputs {
         peak_allocated: peak_alloc,
         largest_allocation: largest,
-        churn: (prof.churn * b) as u64,
+        live: &live,
+        conv_output_max: (prof.conv_output_max * b) as u64,
+        freed_small: if phase == Phase::Backward {
+            (prof.casts_total - best.1.casts).max(0.0) as u64
+        } else {
+            0
+        },
     });
     c.allocator_overhead = reserved.saturating_sub(peak_alloc);
     c.outside_pytorch = outside_pytorch_bytes(gpu);

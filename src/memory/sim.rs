@@ -39,6 +39,11 @@ pub struct Profile {
     pub largest_alloc: f64,
     /// Bytes per sample allocated and freed again during the step (temporaries).
     pub churn: f64,
+    /// Sizes (bytes per sample) of the tensors kept at the end of forward, with their counts:
+    /// the live set around the peak, for the allocator's rounding (`reserved.rs`).
+    pub saved_sizes: Vec<(f64, u32)>,
+    /// Largest overlapping-convolution output, bytes per sample (see `reserved.rs`).
+    pub conv_output_max: f64,
 }
 
 pub fn simulate(t: &Trace, ck: &[bool]) -> Profile {
@@ -133,6 +138,16 @@ pub fn simulate(t: &Trace, ck: &[bool]) -> Profile {
     }
     let _pinned_freed_at_end: f64 = pinned.iter().map(|&j| bytes(j)).sum();
     let saved_end = live_saved;
+    let mut sizes: Vec<(f64, u32)> = Vec::new();
+    for (i, &kept) in retained.iter().enumerate() {
+        if kept {
+            let b = bytes(i);
+            match sizes.iter_mut().find(|(s, _)| (*s - b).abs() < 0.5) {
+                Some(e) => e.1 += 1,
+                None => sizes.push((b, 1)),
+            }
+        }
+    }
     let casts_total = casts;
 
     // ---------------------------------------------------------------- backward
@@ -278,6 +293,8 @@ pub fn simulate(t: &Trace, ck: &[bool]) -> Profile {
         saved_end,
         largest_alloc: largest,
         churn,
+        saved_sizes: sizes,
+        conv_output_max: t.conv_output_max,
     }
 }
 

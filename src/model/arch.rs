@@ -311,11 +311,15 @@ impl Builder<'_> {
         head_dim: u64,
         scale_q: bool,
         dropout: f64,
+        groups: f64,
     ) -> T {
         let d = (heads * head_dim) as f64;
+        // k and v hold `kv_tokens` per attention group; a sample has `groups` of them when
+        // several images share it (NavDP frames)
+        let kv_total = kv_tokens * groups;
         let qv = self.t.view(q, q_tokens * d);
-        let kv = self.t.view(k, kv_tokens * d);
-        let vv = self.t.view(v, kv_tokens * d);
+        let kv = self.t.view(k, kv_total * d);
+        let vv = self.t.view(v, kv_total * d);
         let qs = if scale_q {
             self.t.scalar(qv)
         } else {
@@ -454,6 +458,7 @@ impl Builder<'_> {
                 hd,
                 false,
                 s.attention_dropout,
+                1.0,
             ),
         };
         let a = if self.attn == Attention::Eager {
@@ -508,6 +513,7 @@ impl Builder<'_> {
                     hd,
                     false,
                     s.attention_dropout,
+                    1.0,
                 );
                 self.t.copy(o)
             }
@@ -601,8 +607,18 @@ impl Builder<'_> {
                 } else {
                     (k, v)
                 };
-                let o =
-                    self.eager_attention(q, k, v, seq, seq, heads, hd, false, s.attention_dropout);
+                let o = self.eager_attention(
+                    q,
+                    k,
+                    v,
+                    seq,
+                    seq,
+                    heads,
+                    hd,
+                    false,
+                    s.attention_dropout,
+                    1.0,
+                );
                 self.t.copy(o)
             }
         };
@@ -792,7 +808,8 @@ impl Builder<'_> {
             Attention::Eager => {
                 // T5Attention: scores = q @ k^T; scores += position_bias; softmax(scores.float())
                 // .type_as(scores); dropout; @ v; then transpose(1, 2).contiguous()
-                let o = self.eager_attention(q, k, v, qt, kt, s.heads, s.d_kv, false, s.dropout);
+                let o =
+                    self.eager_attention(q, k, v, qt, kt, s.heads, s.d_kv, false, s.dropout, 1.0);
                 self.t.copy(o)
             }
         }
@@ -926,6 +943,7 @@ impl Builder<'_> {
             n_patch * s.frames,
             true,
             tr,
+            false,
         );
         let _ = self.t.param(&dot("cls_token"), 1, d, tr, false);
         let pos_rows = if s.pos_grid > 0 {
@@ -974,7 +992,18 @@ impl Builder<'_> {
                     // (q * scale) @ k^T, softmax, @ v; q/k/v are permuted views of qkv, so
                     // bmm's reshape copies k^T and v; the output transpose+reshape copies too
                     let per = n / s.frames as f64;
-                    let o = self.eager_attention(qkv, qkv, qkv, n, per, s.heads, hd, true, 0.0);
+                    let o = self.eager_attention(
+                        qkv,
+                        qkv,
+                        qkv,
+                        n,
+                        per,
+                        s.heads,
+                        hd,
+                        true,
+                        0.0,
+                        s.frames as f64,
+                    );
                     self.t.copy(o)
                 }
             };
@@ -982,6 +1011,7 @@ impl Builder<'_> {
                 .t
                 .linear(&format!("{p}.attn.proj"), a, d, d, true, tr, false);
             let a = if s.layerscale {
+                self.t.param(&format!("{p}.ls1"), 1, d, tr, false);
                 self.t.mul_param(a, d, tr)
             } else {
                 a
@@ -996,6 +1026,7 @@ impl Builder<'_> {
                 .t
                 .linear(&format!("{p}.mlp.fc2"), f, ffn, d, true, tr, false);
             let f = if s.layerscale {
+                self.t.param(&format!("{p}.ls2"), 1, d, tr, false);
                 self.t.mul_param(f, d, tr)
             } else {
                 f
@@ -1034,7 +1065,7 @@ impl Builder<'_> {
         let _y = self.t.input(1.0, Dt::I64);
         self.t.enter("stem", "stem", false);
         let hw = (img / 2) * (img / 2);
-        let x = self.t.conv2d("conv1", x, 3, 64, 7, hw, false, tr);
+        let x = self.t.conv2d("conv1", x, 3, 64, 7, hw, false, tr, true);
         let x = self.t.batch_norm("bn1", x, 64, tr);
         let x = self.t.relu_inplace(x);
         // max_pool2d_with_indices saves its input and the int64 indices
@@ -1075,6 +1106,7 @@ impl Builder<'_> {
                         hw_o,
                         false,
                         tr,
+                        false,
                     );
                     Some(
                         self.t
@@ -1085,29 +1117,53 @@ impl Builder<'_> {
                 };
                 let out = if s.bottleneck {
                     let w = planes * s.width_per_group / 64;
-                    let h =
-                        self.t
-                            .conv2d(&format!("{p}.conv1"), x, cin, w, 1, side * side, false, tr);
+                    let h = self.t.conv2d(
+                        &format!("{p}.conv1"),
+                        x,
+                        cin,
+                        w,
+                        1,
+                        side * side,
+                        false,
+                        tr,
+                        true,
+                    );
                     let h = self.t.batch_norm(&format!("{p}.bn1"), h, w, tr);
                     let h = self.t.relu_inplace(h);
                     let h = self
                         .t
-                        .conv2d(&format!("{p}.conv2"), h, w, w, 3, hw_o, false, tr);
+                        .conv2d(&format!("{p}.conv2"), h, w, w, 3, hw_o, false, tr, true);
                     let h = self.t.batch_norm(&format!("{p}.bn2"), h, w, tr);
                     let h = self.t.relu_inplace(h);
-                    let h = self
-                        .t
-                        .conv2d(&format!("{p}.conv3"), h, w, cout, 1, hw_o, false, tr);
+                    let h =
+                        self.t
+                            .conv2d(&format!("{p}.conv3"), h, w, cout, 1, hw_o, false, tr, true);
                     self.t.batch_norm(&format!("{p}.bn3"), h, cout, tr)
                 } else {
-                    let h =
-                        self.t
-                            .conv2d(&format!("{p}.conv1"), x, cin, planes, 3, hw_o, false, tr);
+                    let h = self.t.conv2d(
+                        &format!("{p}.conv1"),
+                        x,
+                        cin,
+                        planes,
+                        3,
+                        hw_o,
+                        false,
+                        tr,
+                        true,
+                    );
                     let h = self.t.batch_norm(&format!("{p}.bn1"), h, planes, tr);
                     let h = self.t.relu_inplace(h);
-                    let h =
-                        self.t
-                            .conv2d(&format!("{p}.conv2"), h, planes, planes, 3, hw_o, false, tr);
+                    let h = self.t.conv2d(
+                        &format!("{p}.conv2"),
+                        h,
+                        planes,
+                        planes,
+                        3,
+                        hw_o,
+                        false,
+                        tr,
+                        true,
+                    );
                     self.t.batch_norm(&format!("{p}.bn2"), h, planes, tr)
                 };
                 // out += identity (in place, saves nothing); relu(inplace) saves the result

@@ -162,6 +162,9 @@ pub struct Trace {
     /// Elements of attention score matrices an eager attention writes, per sample
     /// (read/written several times: see `ComputeProfile`).
     pub attention_matrix_elems: f64,
+    /// Largest output (bytes per sample) of a convolution with overlapping windows (3x3, 7x7):
+    /// what sizes cuDNN's workspace (`reserved.rs`).
+    pub conv_output_max: f64,
     /// Ops that cannot train (inside `torch.no_grad`) are traced with `grad_enabled = false`.
     grad_enabled: bool,
     stage: usize,
@@ -184,6 +187,7 @@ impl Trace {
             params: Vec::new(),
             input_bytes: 0.0,
             attention_matrix_elems: 0.0,
+            conv_output_max: 0.0,
             grad_enabled: true,
             stage: 0,
             param_keys: Default::default(),
@@ -487,6 +491,7 @@ impl Trace {
         hw_out: u64,
         bias: bool,
         trainable: bool,
+        overlapping: bool,
     ) -> T {
         self.param(name, cout, cin * k * k, trainable, true);
         if bias {
@@ -506,6 +511,10 @@ impl Trace {
             2.0 * (cin * k * k * cout * hw_out) as f64,
         );
         self.weight_cast(name, w, trainable, true);
+        if overlapping && k > 1 {
+            let b = (cout * hw_out) as f64 * out_dt.bytes();
+            self.conv_output_max = self.conv_output_max.max(b);
+        }
         y
     }
 
@@ -549,9 +558,11 @@ impl Trace {
     }
 
     /// `a + param` (bias, position embedding): saves nothing; the parameter gets a gradient.
+    /// The result follows type promotion with the parameter's dtype: under autocast an fp32
+    /// parameter added to a bf16 activation gives fp32.
     pub fn add_param(&mut self, a: T, param_elems: u64, trainable: bool) -> T {
         let e = self.elems(a);
-        let dt = self.dt(a);
+        let dt = self.promote_param(a);
         self.op(
             &[a],
             e,
@@ -570,9 +581,10 @@ impl Trace {
     }
 
     /// `a * param` (LayerScale, RMSNorm weight): saves `a` for the parameter's gradient.
+    /// Output dtype promoted with the parameter's, as `add_param`.
     pub fn mul_param(&mut self, a: T, param_elems: u64, trainable: bool) -> T {
         let e = self.elems(a);
-        let dt = self.dt(a);
+        let dt = self.promote_param(a);
         let saved: Vec<T> = if trainable { vec![a] } else { vec![] };
         self.op(
             &[a],
@@ -582,6 +594,14 @@ impl Trace {
             if trainable { param_elems as f64 } else { 0.0 },
             e,
         )
+    }
+
+    fn promote_param(&self, a: T) -> Dt {
+        if self.mode.param_dt() == Dt::F32 {
+            Dt::F32
+        } else {
+            self.dt(a)
+        }
     }
 
     /// `a * scalar`, `a + scalar`: saves nothing.

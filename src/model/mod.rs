@@ -11,7 +11,7 @@ pub mod safetensors;
 pub mod workload_toml;
 
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use serde::Serialize;
 
@@ -36,8 +36,9 @@ pub struct Workload {
     /// Defaults for knobs the user did not give (batch, attention).
     #[serde(skip)]
     pub defaults: KnobDefaults,
+    /// Traces per (precision mode, attention), built on first use.
     #[serde(skip)]
-    pub(crate) traces: Arc<Vec<Trace>>,
+    pub(crate) traces: Arc<[OnceLock<Trace>; 6]>,
     #[serde(skip)]
     pub(crate) cache: Arc<Mutex<crate::memory::ProfileCache>>,
 }
@@ -78,12 +79,17 @@ impl Workload {
             Attention::Eager => 0,
             Attention::Sdpa => 1,
         };
-        &self.traces[mode.index() * 2 + a]
+        self.traces[mode.index() * 2 + a]
+            .get_or_init(|| arch::trace(&self.arch, &self.shape, mode, attention))
+    }
+
+    fn trace0(&self) -> &Trace {
+        self.trace(Mode::Fp32, self.defaults.attention)
     }
 
     /// Module groups that `--checkpoint-modules` can name (repeated blocks first).
     pub fn module_groups(&self) -> Vec<String> {
-        let t = &self.traces[0];
+        let t = self.trace0();
         let mut out: Vec<String> = Vec::new();
         for s in t.stages.iter().filter(|s| s.repeated) {
             if !out.contains(&s.group) {
@@ -162,7 +168,7 @@ impl Workload {
         let k = args.resolve(&self.defaults)?;
         for m in &k.checkpoint_modules {
             let groups = self.module_groups();
-            let t = &self.traces[0];
+            let t = self.trace0();
             let known = t
                 .stages
                 .iter()
@@ -319,13 +325,8 @@ pub fn build(source: &str, desc: ModelDesc, knobs: &KnobArgs) -> Result<Workload
         lora_rank: knobs.lora_rank.unwrap_or(0),
         lora_targets: knobs.lora_targets.clone(),
     };
-    let mut traces = Vec::with_capacity(6);
-    for mode in [Mode::Fp32, Mode::Mixed, Mode::HalfTrue] {
-        for attn in [Attention::Eager, Attention::Sdpa] {
-            traces.push(arch::trace(&arch, &shape, mode, attn));
-        }
-    }
-    let t0 = &traces[0];
+    let traces: [OnceLock<Trace>; 6] = Default::default();
+    let t0 = arch::trace(&arch, &shape, Mode::Fp32, desc.defaults.attention);
     let params: u64 = t0.params.iter().map(|p| p.elems()).sum();
     let trainable: u64 = t0
         .params
@@ -340,6 +341,10 @@ pub fn build(source: &str, desc: ModelDesc, knobs: &KnobArgs) -> Result<Workload
             desc.name
         )));
     }
+    let slot = match desc.defaults.attention {
+        Attention::Eager => 0,
+        Attention::Sdpa => 1,
+    };
     if let Some(declared) = desc.declared_params {
         let lora: u64 = t0
             .params
@@ -356,6 +361,7 @@ pub fn build(source: &str, desc: ModelDesc, knobs: &KnobArgs) -> Result<Workload
             )));
         }
     }
+    let _ = traces[slot].set(t0);
     Ok(Workload {
         name: desc.name,
         source: source.to_string(),

@@ -338,3 +338,49 @@ fn unknown(name: &str) -> Error {
         ))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::knobs::KnobArgs;
+
+    fn params(name: &str) -> (u64, u64) {
+        let w = crate::model::build(name, lookup(name).unwrap(), &KnobArgs::default()).unwrap();
+        (w.params, w.trainable_params)
+    }
+
+    /// Parameter counts of the real models (torchvision / timm / transformers / navdp_model.py).
+    #[test]
+    fn parameter_counts_match_the_real_models() {
+        assert_eq!(params("navdp"), (82_190_596, 82_189_828));
+        assert_eq!(params("navdp-upstream").0, 133_358_474);
+        assert_eq!(params("resnet18").0, 11_689_512);
+        assert_eq!(params("resnet50").0, 25_557_032);
+        assert_eq!(params("resnet152").0, 60_192_808);
+        assert_eq!(params("vit-b16").0, 86_567_656);
+        assert_eq!(params("vit-l16").0, 304_326_632);
+        assert_eq!(params("gpt2").0, 124_439_808);
+        assert_eq!(params("gpt2-xl").0, 1_557_611_200);
+        assert_eq!(params("bert-base").0, 109_514_298);
+        assert_eq!(params("llama-2-7b").0, 6_738_415_616);
+        assert_eq!(params("llama-3-8b").0, 8_030_261_248);
+        assert_eq!(params("mistral-7b").0, 7_241_732_096);
+        assert_eq!(params("qwen2.5-0.5b").0, 494_032_768);
+        assert_eq!(params("qwen2.5-7b").0, 7_615_616_512);
+        assert_eq!(params("t5-small").0, 60_506_624);
+        assert_eq!(params("t5-base").0, 222_903_552);
+    }
+
+    #[test]
+    fn unknown_preset_lists_close_names() {
+        let e = lookup("resnet5").unwrap_err().to_string();
+        assert!(e.contains("did you mean") && e.contains("resnet50"), "{e}");
+    }
+
+    #[test]
+    fn every_preset_resolves() {
+        for n in NAMES {
+            assert!(lookup(n).is_ok(), "{n}");
+        }
+    }
+}
