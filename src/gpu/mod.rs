@@ -1,5 +1,7 @@
 //! GPUs: the built-in catalogue (for planning without the card) and, in `nvml`, the local devices.
 pub mod catalogue;
+pub mod nvml;
+pub mod report;
 
 pub use catalogue::{lookup, GpuSpec, CATALOGUE};
 

@@ -6,6 +6,7 @@
 //! recomputed first), the optimizer step (state and its temporaries). Each point of that walk is
 //! linear in the batch, so a profile is computed once per (precision, attention, checkpointing)
 //! and reused for every batch size, optimizer and accumulation.
+pub mod allocator;
 pub mod optimizer;
 pub mod report;
 pub mod reserved;

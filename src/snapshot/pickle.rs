@@ -1,0 +1,1001 @@
+//! A small, safe unpickler for plain data (protocols 0–5), made for PyTorch memory snapshots.
+//!
+//! It never executes code: opcodes that name a class or call something (`GLOBAL`, `STACK_GLOBAL`,
+//! `REDUCE`, `BUILD`, `INST`, `OBJ`, `NEWOBJ*`, `EXT*`, `PERSID`, out-of-band buffers) are refused.
+//!
+//! Memoised objects stay shared: the memo holds reference-counted containers and `BINGET` hands
+//! out another reference, never a copy (a 1 MB snapshot has ~300k memo references; copying them
+//! is what makes generic unpicklers blow up on large dumps). Two shapes that dominate snapshots are
+//! compacted the moment they are complete (when their parent consumes them): a stack frame dict
+//! `{filename, line, name}` becomes an index into a frame table, and a list of such frames becomes
+//! an index into a table of interned stacks. The memo sees the compacted form too, so a shared frame
+//! list costs four bytes per frame once, however many entries refer to it.
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
+use std::io::Read;
+use std::rc::Rc;
+use std::sync::Arc;
+
+use super::Frame;
+
+/// A decoded pickle value. Containers are shared (`Rc`), as the memo shares them.
+#[derive(Clone, Debug)]
+pub enum Value {
+    None,
+    Bool(bool),
+    Int(i64),
+    /// An integer wider than 64 bits: little-endian two's complement bytes.
+    BigInt(Rc<Vec<u8>>),
+    Float(f64),
+    Str(Rc<String>),
+    Bytes(Rc<Vec<u8>>),
+    List(Rc<RefCell<Seq>>),
+    Tuple(Rc<Vec<Value>>),
+    Dict(Rc<RefCell<Map>>),
+    /// A stack frame dict, compacted: index into [`Decoded::frames`].
+    Frame(u32),
+    /// A non-empty list of stack frames, compacted: index into [`Decoded::stacks`].
+    Stack(u32),
+}
+
+#[derive(Debug)]
+pub enum Seq {
+    Items(Vec<Value>),
+    Stack(u32),
+}
+
+#[derive(Debug)]
+pub enum Map {
+    Items(Vec<(Value, Value)>),
+    Frame(u32),
+}
+
+impl Value {
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            Value::None => "None",
+            Value::Bool(_) => "bool",
+            Value::Int(_) | Value::BigInt(_) => "int",
+            Value::Float(_) => "float",
+            Value::Str(_) => "str",
+            Value::Bytes(_) => "bytes",
+            Value::List(_) | Value::Stack(_) => "list",
+            Value::Tuple(_) => "tuple",
+            Value::Dict(_) | Value::Frame(_) => "dict",
+        }
+    }
+}
+
+/// The result of decoding: the root value plus the frame and stack tables it refers to.
+pub struct Decoded {
+    pub root: Value,
+    pub frames: Vec<Frame>,
+    /// Interned stacks (frame indices in file order, innermost first); index 0 is the empty stack.
+    pub stacks: Vec<Box<[u32]>>,
+}
+
+/// A decoding error with the byte offset where it happened.
+#[derive(Debug)]
+pub struct PickleError {
+    pub offset: u64,
+    pub msg: String,
+}
+
+type Res<T> = Result<T, PickleError>;
+
+/// FxHash (rustc's hasher): fast for the small integer keys used in interning.
+#[derive(Default)]
+pub(crate) struct FxHasher(u64);
+impl Hasher for FxHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for chunk in bytes.chunks(8) {
+            let mut b = [0u8; 8];
+            b[..chunk.len()].copy_from_slice(chunk);
+            self.add(u64::from_le_bytes(b));
+        }
+    }
+    fn write_u32(&mut self, i: u32) {
+        self.add(i as u64)
+    }
+    fn write_u64(&mut self, i: u64) {
+        self.add(i)
+    }
+    fn write_usize(&mut self, i: usize) {
+        self.add(i as u64)
+    }
+}
+impl FxHasher {
+    #[inline]
+    fn add(&mut self, w: u64) {
+        // Constant from rustc-hash (FxHasher, 64-bit).
+        self.0 = (self.0.rotate_left(5) ^ w).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+    }
+}
+pub(crate) type FxBuild = BuildHasherDefault<FxHasher>;
+
+/// Buffered byte source that tracks the absolute offset.
+struct Input<R: Read> {
+    src: R,
+    buf: Vec<u8>,
+    pos: usize,
+    end: usize,
+    base: u64,
+    eof: bool,
+}
+
+const BUF_SIZE: usize = 1 << 20; // 1 MiB read buffer: large enough that refills are rare.
+
+impl<R: Read> Input<R> {
+    fn new(src: R) -> Self {
+        Input {
+            src,
+            buf: vec![0; BUF_SIZE],
+            pos: 0,
+            end: 0,
+            base: 0,
+            eof: false,
+        }
+    }
+    fn offset(&self) -> u64 {
+        self.base + self.pos as u64
+    }
+    fn err<T>(&self, msg: impl Into<String>) -> Res<T> {
+        Err(PickleError {
+            offset: self.offset(),
+            msg: msg.into(),
+        })
+    }
+    /// Ensures at least `n` (≤ BUF_SIZE) bytes are buffered, or fails as truncated.
+    fn fill(&mut self, n: usize) -> Res<()> {
+        if self.end - self.pos >= n {
+            return Ok(());
+        }
+        self.buf.copy_within(self.pos..self.end, 0);
+        self.base += self.pos as u64;
+        self.end -= self.pos;
+        self.pos = 0;
+        while self.end < n && !self.eof {
+            match self.src.read(&mut self.buf[self.end..]) {
+                Ok(0) => self.eof = true,
+                Ok(k) => self.end += k,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return self.err(format!("read error: {e}")),
+            }
+        }
+        if self.end < n {
+            let at = self.base + self.end as u64;
+            return Err(PickleError {
+                offset: at,
+                msg: "truncated: the file ends in the middle of the pickle".into(),
+            });
+        }
+        Ok(())
+    }
+    #[inline]
+    fn byte(&mut self) -> Res<u8> {
+        if self.pos < self.end {
+            let b = self.buf[self.pos];
+            self.pos += 1;
+            return Ok(b);
+        }
+        self.fill(1)?;
+        let b = self.buf[self.pos];
+        self.pos += 1;
+        Ok(b)
+    }
+    #[inline]
+    fn array<const N: usize>(&mut self) -> Res<[u8; N]> {
+        self.fill(N)?;
+        let mut a = [0u8; N];
+        a.copy_from_slice(&self.buf[self.pos..self.pos + N]);
+        self.pos += N;
+        Ok(a)
+    }
+    /// Reads `n` bytes of payload; large payloads are read incrementally so that a bogus length
+    /// in a corrupt file cannot make us allocate more than the file holds.
+    fn bytes(&mut self, n: u64) -> Res<Vec<u8>> {
+        if n <= (BUF_SIZE as u64) {
+            let n = n as usize;
+            self.fill(n)?;
+            let v = self.buf[self.pos..self.pos + n].to_vec();
+            self.pos += n;
+            return Ok(v);
+        }
+        let mut v = Vec::new();
+        let mut left = n;
+        while left > 0 {
+            let chunk = left.min(BUF_SIZE as u64) as usize;
+            self.fill(chunk)?;
+            v.extend_from_slice(&self.buf[self.pos..self.pos + chunk]);
+            self.pos += chunk;
+            left -= chunk as u64;
+        }
+        Ok(v)
+    }
+    /// A text line (protocol 0 arguments), without the newline.
+    fn line(&mut self) -> Res<String> {
+        let mut out = Vec::new();
+        loop {
+            let b = self.byte()?;
+            if b == b'\n' {
+                break;
+            }
+            out.push(b);
+            if out.len() > 1 << 20 {
+                return self.err("text argument longer than 1 MiB");
+            }
+        }
+        String::from_utf8(out).or_else(|_| self.err("text argument is not UTF-8"))
+    }
+}
+
+struct Machine<R: Read> {
+    inp: Input<R>,
+    stack: Vec<Value>,
+    marks: Vec<usize>,
+    memo: Vec<Option<Value>>,
+    frames: Vec<Frame>,
+    frame_index: HashMap<(usize, i64, usize), u32, FxBuild>,
+    strings: HashMap<String, Arc<str>>,
+    stacks: Vec<Box<[u32]>>,
+    stack_index: HashMap<Box<[u32]>, u32, FxBuild>,
+}
+
+/// Decodes one pickle from `src`.
+pub fn decode<R: Read>(src: R) -> Result<Decoded, PickleError> {
+    let mut m = Machine {
+        inp: Input::new(src),
+        stack: Vec::with_capacity(64),
+        marks: Vec::with_capacity(16),
+        memo: Vec::new(),
+        frames: Vec::new(),
+        frame_index: HashMap::default(),
+        strings: HashMap::new(),
+        stacks: vec![Box::new([])],
+        stack_index: HashMap::default(),
+    };
+    let first = m.inp.byte().map_err(|_| PickleError {
+        offset: 0,
+        msg: "empty file".into(),
+    })?;
+    if first != 0x80 {
+        return Err(PickleError {
+            offset: 0,
+            msg: format!(
+                "not a pickle (first byte 0x{first:02x}; a snapshot starts with the PROTO opcode 0x80)"
+            ),
+        });
+    }
+    let proto = m.inp.byte()?;
+    if !(2..=5).contains(&proto) {
+        return m.inp.err(format!(
+            "pickle protocol {proto} is not supported (snapshots use 2 to 5)"
+        ));
+    }
+    let result = m.run();
+    let memo = std::mem::take(&mut m.memo);
+    let stack = std::mem::take(&mut m.stack);
+    drop_values(memo.into_iter().flatten().chain(stack));
+    let root = result?;
+    Ok(Decoded {
+        root,
+        frames: m.frames,
+        stacks: m.stacks,
+    })
+}
+
+/// Drops a value tree without recursion (a hostile pickle can nest containers millions deep).
+pub fn drop_values(values: impl IntoIterator<Item = Value>) {
+    let mut work: Vec<Value> = values.into_iter().collect();
+    while let Some(v) = work.pop() {
+        match v {
+            Value::List(rc) => {
+                if let Ok(cell) = Rc::try_unwrap(rc) {
+                    if let Seq::Items(items) = cell.into_inner() {
+                        work.extend(items);
+                    }
+                }
+            }
+            Value::Dict(rc) => {
+                if let Ok(cell) = Rc::try_unwrap(rc) {
+                    if let Map::Items(items) = cell.into_inner() {
+                        for (k, v) in items {
+                            work.push(k);
+                            work.push(v);
+                        }
+                    }
+                }
+            }
+            Value::Tuple(rc) => {
+                if let Ok(items) = Rc::try_unwrap(rc) {
+                    work.extend(items);
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+// Opcode bytes (CPython Lib/pickle.py).
+mod op {
+    pub const MARK: u8 = b'(';
+    pub const STOP: u8 = b'.';
+    pub const POP: u8 = b'0';
+    pub const POP_MARK: u8 = b'1';
+    pub const DUP: u8 = b'2';
+    pub const FLOAT: u8 = b'F';
+    pub const INT: u8 = b'I';
+    pub const BININT: u8 = b'J';
+    pub const BININT1: u8 = b'K';
+    pub const LONG: u8 = b'L';
+    pub const BININT2: u8 = b'M';
+    pub const NONE: u8 = b'N';
+    pub const PERSID: u8 = b'P';
+    pub const BINPERSID: u8 = b'Q';
+    pub const REDUCE: u8 = b'R';
+    pub const STRING: u8 = b'S';
+    pub const BINSTRING: u8 = b'T';
+    pub const SHORT_BINSTRING: u8 = b'U';
+    pub const UNICODE: u8 = b'V';
+    pub const BINUNICODE: u8 = b'X';
+    pub const APPEND: u8 = b'a';
+    pub const BUILD: u8 = b'b';
+    pub const GLOBAL: u8 = b'c';
+    pub const DICT: u8 = b'd';
+    pub const EMPTY_DICT: u8 = b'}';
+    pub const APPENDS: u8 = b'e';
+    pub const GET: u8 = b'g';
+    pub const BINGET: u8 = b'h';
+    pub const INST: u8 = b'i';
+    pub const LONG_BINGET: u8 = b'j';
+    pub const LIST: u8 = b'l';
+    pub const EMPTY_LIST: u8 = b']';
+    pub const OBJ: u8 = b'o';
+    pub const PUT: u8 = b'p';
+    pub const BINPUT: u8 = b'q';
+    pub const LONG_BINPUT: u8 = b'r';
+    pub const SETITEM: u8 = b's';
+    pub const TUPLE: u8 = b't';
+    pub const EMPTY_TUPLE: u8 = b')';
+    pub const SETITEMS: u8 = b'u';
+    pub const BINFLOAT: u8 = b'G';
+    pub const PROTO: u8 = 0x80;
+    pub const NEWOBJ: u8 = 0x81;
+    pub const EXT1: u8 = 0x82;
+    pub const EXT2: u8 = 0x83;
+    pub const EXT4: u8 = 0x84;
+    pub const TUPLE1: u8 = 0x85;
+    pub const TUPLE2: u8 = 0x86;
+    pub const TUPLE3: u8 = 0x87;
+    pub const NEWTRUE: u8 = 0x88;
+    pub const NEWFALSE: u8 = 0x89;
+    pub const LONG1: u8 = 0x8a;
+    pub const LONG4: u8 = 0x8b;
+    pub const BINBYTES: u8 = b'B';
+    pub const SHORT_BINBYTES: u8 = b'C';
+    pub const SHORT_BINUNICODE: u8 = 0x8c;
+    pub const BINUNICODE8: u8 = 0x8d;
+    pub const BINBYTES8: u8 = 0x8e;
+    pub const EMPTY_SET: u8 = 0x8f;
+    pub const ADDITEMS: u8 = 0x90;
+    pub const FROZENSET: u8 = 0x91;
+    pub const NEWOBJ_EX: u8 = 0x92;
+    pub const STACK_GLOBAL: u8 = 0x93;
+    pub const MEMOIZE: u8 = 0x94;
+    pub const FRAME: u8 = 0x95;
+    pub const BYTEARRAY8: u8 = 0x96;
+    pub const NEXT_BUFFER: u8 = 0x97;
+    pub const READONLY_BUFFER: u8 = 0x98;
+}
+
+fn refused_name(b: u8) -> Option<&'static str> {
+    Some(match b {
+        op::GLOBAL => "GLOBAL",
+        op::STACK_GLOBAL => "STACK_GLOBAL",
+        op::REDUCE => "REDUCE",
+        op::BUILD => "BUILD",
+        op::INST => "INST",
+        op::OBJ => "OBJ",
+        op::NEWOBJ => "NEWOBJ",
+        op::NEWOBJ_EX => "NEWOBJ_EX",
+        op::EXT1 => "EXT1",
+        op::EXT2 => "EXT2",
+        op::EXT4 => "EXT4",
+        op::PERSID => "PERSID",
+        op::BINPERSID => "BINPERSID",
+        op::NEXT_BUFFER => "NEXT_BUFFER",
+        op::READONLY_BUFFER => "READONLY_BUFFER",
+        _ => return None,
+    })
+}
+
+fn bigint(bytes: Vec<u8>) -> Value {
+    if bytes.is_empty() {
+        return Value::Int(0);
+    }
+    if bytes.len() <= 8 {
+        let neg = bytes[bytes.len() - 1] & 0x80 != 0;
+        let mut b = if neg { [0xffu8; 8] } else { [0u8; 8] };
+        b[..bytes.len()].copy_from_slice(&bytes);
+        return Value::Int(i64::from_le_bytes(b));
+    }
+    Value::BigInt(Rc::new(bytes))
+}
+
+impl<R: Read> Machine<R> {
+    fn pop(&mut self) -> Res<Value> {
+        match self.stack.pop() {
+            Some(v) => Ok(v),
+            None => self.inp.err("stack underflow (corrupt pickle)"),
+        }
+    }
+    fn top(&mut self) -> Res<&Value> {
+        match self.stack.last() {
+            Some(v) => Ok(v),
+            None => self.inp.err("stack underflow (corrupt pickle)"),
+        }
+    }
+    fn pop_mark(&mut self) -> Res<usize> {
+        match self.marks.pop() {
+            Some(m) if m <= self.stack.len() => Ok(m),
+            _ => self.inp.err("missing MARK (corrupt pickle)"),
+        }
+    }
+    fn memo_get(&self, idx: usize) -> Res<Value> {
+        match self.memo.get(idx) {
+            Some(Some(v)) => Ok(v.clone()),
+            _ => self
+                .inp
+                .err(format!("memo reference {idx} to nothing (corrupt pickle)")),
+        }
+    }
+    fn memo_put(&mut self, idx: usize) -> Res<()> {
+        let v = self.top()?.clone();
+        if idx == self.memo.len() {
+            self.memo.push(Some(v));
+        } else {
+            if idx > self.memo.len() {
+                if idx > self.memo.len() + (1 << 24) {
+                    return self.inp.err(format!("memo index {idx} out of range"));
+                }
+                self.memo.resize(idx + 1, None);
+            }
+            self.memo[idx] = Some(v);
+        }
+        Ok(())
+    }
+    fn push_str(&mut self, bytes: Vec<u8>) -> Res<()> {
+        match String::from_utf8(bytes) {
+            Ok(s) => {
+                self.stack.push(Value::Str(Rc::new(s)));
+                Ok(())
+            }
+            Err(_) => self.inp.err("string is not valid UTF-8"),
+        }
+    }
+
+    fn intern_str(&mut self, s: &str) -> Arc<str> {
+        if let Some(a) = self.strings.get(s) {
+            return a.clone();
+        }
+        let a: Arc<str> = Arc::from(s);
+        self.strings.insert(s.to_string(), a.clone());
+        a
+    }
+
+    /// Compacts a complete value as its parent consumes it (see the module docs).
+    fn finish(&mut self, v: Value) -> Value {
+        match v.clone() {
+            Value::Dict(rc) => {
+                let id = {
+                    let b = rc.borrow();
+                    match &*b {
+                        Map::Frame(id) => return Value::Frame(*id),
+                        Map::Items(items) => self.frame_of(items),
+                    }
+                };
+                match id {
+                    Some(id) => {
+                        *rc.borrow_mut() = Map::Frame(id);
+                        Value::Frame(id)
+                    }
+                    None => v,
+                }
+            }
+            Value::List(rc) => {
+                let ids: Vec<u32> = {
+                    let b = rc.borrow();
+                    match &*b {
+                        Seq::Stack(id) => return Value::Stack(*id),
+                        Seq::Items(items) => {
+                            if items.is_empty() {
+                                return v;
+                            }
+                            let mut ids = Vec::with_capacity(items.len());
+                            for it in items {
+                                match it {
+                                    Value::Frame(f) => ids.push(*f),
+                                    _ => return v,
+                                }
+                            }
+                            ids
+                        }
+                    }
+                };
+                let id = match self.stack_index.get(ids.as_slice()) {
+                    Some(id) => *id,
+                    None => {
+                        let id = self.stacks.len() as u32;
+                        let b: Box<[u32]> = ids.into_boxed_slice();
+                        self.stacks.push(b.clone());
+                        self.stack_index.insert(b, id);
+                        id
+                    }
+                };
+                *rc.borrow_mut() = Seq::Stack(id);
+                Value::Stack(id)
+            }
+            _ => v,
+        }
+    }
+
+    /// If `items` is a stack-frame dict, interns it and returns its index.
+    fn frame_of(&mut self, items: &[(Value, Value)]) -> Option<u32> {
+        if items.len() < 3 {
+            return None;
+        }
+        let (mut filename, mut line, mut name) = (None, None, None);
+        for (k, v) in items {
+            let Value::Str(k) = k else { return None };
+            match (k.as_str(), v) {
+                ("filename", Value::Str(s)) => filename = Some(s.clone()),
+                ("name", Value::Str(s)) => name = Some(s.clone()),
+                ("line", Value::Int(i)) => line = Some(*i),
+                // 2.14 FX annotations (`augment_with_fx_traces`): not used here.
+                ("fx_node_op" | "fx_node_name" | "fx_original_trace", _) => {}
+                _ => return None,
+            }
+        }
+        let (filename, line, name) = (filename?, line?, name?);
+        let filename = self.intern_str(&filename);
+        let name = self.intern_str(&name);
+        let key = (
+            Arc::as_ptr(&filename) as *const u8 as usize,
+            line,
+            Arc::as_ptr(&name) as *const u8 as usize,
+        );
+        if let Some(id) = self.frame_index.get(&key) {
+            return Some(*id);
+        }
+        let id = self.frames.len() as u32;
+        self.frames.push(Frame {
+            filename,
+            line,
+            name,
+        });
+        self.frame_index.insert(key, id);
+        Some(id)
+    }
+
+    fn append_items(&mut self, list: &Value, items: Vec<Value>) -> Res<()> {
+        match list {
+            Value::List(rc) => {
+                let mut b = rc.borrow_mut();
+                match &mut *b {
+                    Seq::Items(v) => {
+                        v.extend(items);
+                        Ok(())
+                    }
+                    Seq::Stack(_) => self
+                        .inp
+                        .err("APPEND to a list that was already complete (unsupported pickle)"),
+                }
+            }
+            other => self.inp.err(format!(
+                "APPEND to a {} (corrupt pickle)",
+                other.type_name()
+            )),
+        }
+    }
+
+    fn set_items(&mut self, dict: &Value, items: Vec<(Value, Value)>) -> Res<()> {
+        match dict {
+            Value::Dict(rc) => {
+                let mut b = rc.borrow_mut();
+                match &mut *b {
+                    Map::Items(v) => {
+                        v.extend(items);
+                        Ok(())
+                    }
+                    Map::Frame(_) => self
+                        .inp
+                        .err("SETITEM on a dict that was already complete (unsupported pickle)"),
+                }
+            }
+            other => self.inp.err(format!(
+                "SETITEM on a {} (corrupt pickle)",
+                other.type_name()
+            )),
+        }
+    }
+
+    fn take_from(&mut self, at: usize) -> Vec<Value> {
+        let items: Vec<Value> = self.stack.drain(at..).collect();
+        items.into_iter().map(|v| self.finish(v)).collect()
+    }
+
+    fn run(&mut self) -> Res<Value> {
+        loop {
+            let code = self.inp.byte()?;
+            match code {
+                op::STOP => {
+                    let v = self.pop()?;
+                    return Ok(v);
+                }
+                op::BINGET => {
+                    let i = self.inp.byte()? as usize;
+                    let v = self.memo_get(i)?;
+                    self.stack.push(v);
+                }
+                op::LONG_BINGET => {
+                    let i = u32::from_le_bytes(self.inp.array()?) as usize;
+                    let v = self.memo_get(i)?;
+                    self.stack.push(v);
+                }
+                op::MEMOIZE => {
+                    let n = self.memo.len();
+                    self.memo_put(n)?;
+                }
+                op::BINPUT => {
+                    let i = self.inp.byte()? as usize;
+                    self.memo_put(i)?;
+                }
+                op::LONG_BINPUT => {
+                    let i = u32::from_le_bytes(self.inp.array()?) as usize;
+                    self.memo_put(i)?;
+                }
+                op::PUT => {
+                    let l = self.inp.line()?;
+                    let i: usize = match l.trim().parse() {
+                        Ok(i) => i,
+                        Err(_) => return self.inp.err("bad PUT index"),
+                    };
+                    self.memo_put(i)?;
+                }
+                op::GET => {
+                    let l = self.inp.line()?;
+                    let i: usize = match l.trim().parse() {
+                        Ok(i) => i,
+                        Err(_) => return self.inp.err("bad GET index"),
+                    };
+                    let v = self.memo_get(i)?;
+                    self.stack.push(v);
+                }
+                op::MARK => self.marks.push(self.stack.len()),
+                op::FRAME => {
+                    let _ = self.inp.array::<8>()?;
+                }
+                op::PROTO => {
+                    let _ = self.inp.byte()?;
+                }
+                op::EMPTY_DICT => self
+                    .stack
+                    .push(Value::Dict(Rc::new(RefCell::new(Map::Items(Vec::new()))))),
+                op::EMPTY_LIST => self
+                    .stack
+                    .push(Value::List(Rc::new(RefCell::new(Seq::Items(Vec::new()))))),
+                op::EMPTY_SET => self
+                    .stack
+                    .push(Value::List(Rc::new(RefCell::new(Seq::Items(Vec::new()))))),
+                op::EMPTY_TUPLE => self.stack.push(Value::Tuple(Rc::new(Vec::new()))),
+                op::SHORT_BINUNICODE => {
+                    let n = self.inp.byte()? as u64;
+                    let b = self.inp.bytes(n)?;
+                    self.push_str(b)?;
+                }
+                op::BINUNICODE => {
+                    let n = u32::from_le_bytes(self.inp.array()?) as u64;
+                    let b = self.inp.bytes(n)?;
+                    self.push_str(b)?;
+                }
+                op::BINUNICODE8 => {
+                    let n = u64::from_le_bytes(self.inp.array()?);
+                    let b = self.inp.bytes(n)?;
+                    self.push_str(b)?;
+                }
+                op::UNICODE => {
+                    // Protocol 0 raw-unicode-escape; snapshots never use it, accept plain text.
+                    let l = self.inp.line()?;
+                    self.stack.push(Value::Str(Rc::new(l)));
+                }
+                op::SHORT_BINSTRING => {
+                    let n = self.inp.byte()? as u64;
+                    let b = self.inp.bytes(n)?;
+                    self.stack.push(Value::Bytes(Rc::new(b)));
+                }
+                op::BINSTRING => {
+                    let n = u32::from_le_bytes(self.inp.array()?) as u64;
+                    let b = self.inp.bytes(n)?;
+                    self.stack.push(Value::Bytes(Rc::new(b)));
+                }
+                op::STRING => {
+                    let l = self.inp.line()?;
+                    let t = l.trim();
+                    let t = t
+                        .strip_prefix('\'')
+                        .and_then(|t| t.strip_suffix('\''))
+                        .or_else(|| t.strip_prefix('"').and_then(|t| t.strip_suffix('"')))
+                        .unwrap_or(t);
+                    self.stack
+                        .push(Value::Bytes(Rc::new(t.as_bytes().to_vec())));
+                }
+                op::SHORT_BINBYTES => {
+                    let n = self.inp.byte()? as u64;
+                    let b = self.inp.bytes(n)?;
+                    self.stack.push(Value::Bytes(Rc::new(b)));
+                }
+                op::BINBYTES => {
+                    let n = u32::from_le_bytes(self.inp.array()?) as u64;
+                    let b = self.inp.bytes(n)?;
+                    self.stack.push(Value::Bytes(Rc::new(b)));
+                }
+                op::BINBYTES8 | op::BYTEARRAY8 => {
+                    let n = u64::from_le_bytes(self.inp.array()?);
+                    let b = self.inp.bytes(n)?;
+                    self.stack.push(Value::Bytes(Rc::new(b)));
+                }
+                op::BININT1 => {
+                    let b = self.inp.byte()?;
+                    self.stack.push(Value::Int(b as i64));
+                }
+                op::BININT2 => {
+                    let b = u16::from_le_bytes(self.inp.array()?);
+                    self.stack.push(Value::Int(b as i64));
+                }
+                op::BININT => {
+                    let b = i32::from_le_bytes(self.inp.array()?);
+                    self.stack.push(Value::Int(b as i64));
+                }
+                op::LONG1 => {
+                    let n = self.inp.byte()? as u64;
+                    let b = self.inp.bytes(n)?;
+                    self.stack.push(bigint(b));
+                }
+                op::LONG4 => {
+                    let n = i32::from_le_bytes(self.inp.array()?);
+                    if n < 0 {
+                        return self.inp.err("negative LONG4 length");
+                    }
+                    let b = self.inp.bytes(n as u64)?;
+                    self.stack.push(bigint(b));
+                }
+                op::INT | op::LONG => {
+                    let l = self.inp.line()?;
+                    let t = l.trim().trim_end_matches('L');
+                    let v = match t {
+                        "00" => Value::Bool(false),
+                        "01" => Value::Bool(true),
+                        _ => match t.parse::<i64>() {
+                            Ok(i) => Value::Int(i),
+                            Err(_) => return self.inp.err(format!("bad integer '{t}'")),
+                        },
+                    };
+                    self.stack.push(v);
+                }
+                op::BINFLOAT => {
+                    let b = f64::from_be_bytes(self.inp.array()?);
+                    self.stack.push(Value::Float(b));
+                }
+                op::FLOAT => {
+                    let l = self.inp.line()?;
+                    match l.trim().parse::<f64>() {
+                        Ok(f) => self.stack.push(Value::Float(f)),
+                        Err(_) => return self.inp.err(format!("bad float '{l}'")),
+                    }
+                }
+                op::NONE => self.stack.push(Value::None),
+                op::NEWTRUE => self.stack.push(Value::Bool(true)),
+                op::NEWFALSE => self.stack.push(Value::Bool(false)),
+                op::TUPLE1 => {
+                    let a = self.pop()?;
+                    let a = self.finish(a);
+                    self.stack.push(Value::Tuple(Rc::new(vec![a])));
+                }
+                op::TUPLE2 => {
+                    let b = self.pop()?;
+                    let a = self.pop()?;
+                    let (a, b) = (self.finish(a), self.finish(b));
+                    self.stack.push(Value::Tuple(Rc::new(vec![a, b])));
+                }
+                op::TUPLE3 => {
+                    let c = self.pop()?;
+                    let b = self.pop()?;
+                    let a = self.pop()?;
+                    let (a, b, c) = (self.finish(a), self.finish(b), self.finish(c));
+                    self.stack.push(Value::Tuple(Rc::new(vec![a, b, c])));
+                }
+                op::TUPLE => {
+                    let m = self.pop_mark()?;
+                    let items = self.take_from(m);
+                    self.stack.push(Value::Tuple(Rc::new(items)));
+                }
+                op::LIST => {
+                    let m = self.pop_mark()?;
+                    let items = self.take_from(m);
+                    self.stack
+                        .push(Value::List(Rc::new(RefCell::new(Seq::Items(items)))));
+                }
+                op::FROZENSET => {
+                    let m = self.pop_mark()?;
+                    let items = self.take_from(m);
+                    self.stack
+                        .push(Value::List(Rc::new(RefCell::new(Seq::Items(items)))));
+                }
+                op::DICT => {
+                    let m = self.pop_mark()?;
+                    let items = self.take_from(m);
+                    let pairs = pairs(items).or_else(|e| self.inp.err(e))?;
+                    self.stack
+                        .push(Value::Dict(Rc::new(RefCell::new(Map::Items(pairs)))));
+                }
+                op::APPEND => {
+                    let v = self.pop()?;
+                    let v = self.finish(v);
+                    let list = self.top()?.clone();
+                    self.append_items(&list, vec![v])?;
+                }
+                op::APPENDS | op::ADDITEMS => {
+                    let m = self.pop_mark()?;
+                    let items = self.take_from(m);
+                    let list = self.top()?.clone();
+                    self.append_items(&list, items)?;
+                }
+                op::SETITEM => {
+                    let v = self.pop()?;
+                    let k = self.pop()?;
+                    let (k, v) = (self.finish(k), self.finish(v));
+                    let d = self.top()?.clone();
+                    self.set_items(&d, vec![(k, v)])?;
+                }
+                op::SETITEMS => {
+                    let m = self.pop_mark()?;
+                    let items = self.take_from(m);
+                    let pairs = pairs(items).or_else(|e| self.inp.err(e))?;
+                    let d = self.top()?.clone();
+                    self.set_items(&d, pairs)?;
+                }
+                op::POP => {
+                    // POP of the top item, or of everything down to a MARK when the top is a MARK.
+                    if self.marks.last() == Some(&self.stack.len()) {
+                        self.marks.pop();
+                    } else {
+                        let v = self.pop()?;
+                        drop_values([v]);
+                    }
+                }
+                op::POP_MARK => {
+                    let m = self.pop_mark()?;
+                    let items: Vec<Value> = self.stack.drain(m..).collect();
+                    drop_values(items);
+                }
+                op::DUP => {
+                    let v = self.top()?.clone();
+                    self.stack.push(v);
+                }
+                other => {
+                    self.inp.pos -= 1;
+                    return match refused_name(other) {
+                        Some(name) => self.inp.err(format!(
+                            "refusing pickle opcode {name}: a memory snapshot holds only plain data, \
+                             and oomdoc never executes code from a file"
+                        )),
+                        None => self
+                            .inp
+                            .err(format!("unknown pickle opcode 0x{other:02x} (corrupt pickle)")),
+                    };
+                }
+            }
+        }
+    }
+}
+
+fn pairs(items: Vec<Value>) -> Result<Vec<(Value, Value)>, String> {
+    if items.len() % 2 != 0 {
+        return Err("odd number of items for a dict (corrupt pickle)".into());
+    }
+    let mut out = Vec::with_capacity(items.len() / 2);
+    let mut it = items.into_iter();
+    while let (Some(k), Some(v)) = (it.next(), it.next()) {
+        out.push((k, v));
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dec(b: &[u8]) -> Res<Decoded> {
+        decode(b)
+    }
+
+    #[test]
+    fn decodes_plain_values() {
+        // pickle.dumps({'a': [1, -2, 3.5, None, True], 'b': (300, 70000)}, protocol=2)
+        let b = b"\x80\x02}q\x00(X\x01\x00\x00\x00aq\x01]q\x02(K\x01J\xfe\xff\xff\xffG@\x0c\x00\x00\x00\x00\x00\x00N\x88eX\x01\x00\x00\x00bq\x03M,\x01Jp\x11\x01\x00\x86q\x04u.";
+        let d = dec(b).unwrap();
+        let Value::Dict(rc) = &d.root else { panic!() };
+        let Map::Items(items) = &*rc.borrow() else {
+            panic!()
+        };
+        assert_eq!(items.len(), 2);
+        let Value::List(l) = &items[0].1 else {
+            panic!()
+        };
+        let Seq::Items(l) = &*l.borrow() else {
+            panic!()
+        };
+        assert!(matches!(l[1], Value::Int(-2)));
+        assert!(matches!(l[2], Value::Float(f) if f == 3.5));
+        assert!(matches!(l[4], Value::Bool(true)));
+    }
+
+    #[test]
+    fn refuses_code() {
+        // pickle.dumps(os.system) style: GLOBAL 'os system'
+        let b = b"\x80\x02cos\nsystem\nq\x00.";
+        let e = dec(b).err().unwrap();
+        assert!(e.msg.contains("GLOBAL"), "{}", e.msg);
+        assert_eq!(e.offset, 2);
+    }
+
+    #[test]
+    fn truncated_and_not_pickle() {
+        let e = dec(b"\x80\x04}q\x00(X\x05\x00\x00").err().unwrap();
+        assert!(e.msg.contains("truncated"));
+        let e = dec(b"hello").err().unwrap();
+        assert!(e.msg.contains("not a pickle"));
+        let e = dec(b"").err().unwrap();
+        assert!(e.msg.contains("empty"));
+        let e = dec(b"\x80\x04h\x05.").err().unwrap();
+        assert!(e.msg.contains("memo"));
+    }
+
+    #[test]
+    fn deep_nesting_does_not_overflow() {
+        // [[[...]]] one million deep via memo: ] MEMOIZE, then (] h<prev> a MEMOIZE)*
+        let mut b = vec![0x80, 4, b']', 0x94];
+        for i in 0..1_000_000u32 {
+            b.push(b']');
+            b.push(b'j');
+            b.extend_from_slice(&i.to_le_bytes());
+            b.push(b'a');
+            b.push(0x94);
+        }
+        b.push(b'.');
+        let d = dec(&b).unwrap();
+        drop_values([d.root]);
+    }
+
+    #[test]
+    fn frames_are_interned_and_shared() {
+        // [{'filename': 'a.py', 'line': 3, 'name': 'f'}] twice, second via memo
+        let mut b = vec![0x80, 4, b']', 0x94, b'(']; // outer list, memo 0
+        b.extend_from_slice(b"]\x94(}\x94(\x8c\x08filename\x94\x8c\x04a.py\x94\x8c\x04line\x94K\x03\x8c\x04name\x94\x8c\x01f\x94ue");
+        // memo: 0 outer, 1 inner list, 2 dict, 3 'filename', 4 'a.py', 5 'line', 6 'name', 7 'f'
+        b.extend_from_slice(b"h\x01e.");
+        let d = dec(&b).unwrap();
+        assert_eq!(d.frames.len(), 1);
+        assert_eq!(d.stacks.len(), 2);
+        let Value::List(rc) = &d.root else { panic!() };
+        let Seq::Items(items) = &*rc.borrow() else {
+            panic!()
+        };
+        assert!(matches!(items[0], Value::Stack(1)));
+        assert!(matches!(items[1], Value::Stack(1)));
+    }
+}

@@ -1,0 +1,139 @@
+//! The allocator simulator against the real CUDA caching allocator: replays the alloc/free streams
+//! of three real snapshots (H100, torch 2.11; converted by tests/fixtures/trace/convert_snapshots.py)
+//! and compares segments and reserved bytes. The figures are written to docs/accuracy.md.
+use std::io::Read;
+
+use oomdoc::memory::allocator::replay::{replay, Action, RealEvent, ReplayResult};
+use oomdoc::memory::allocator::AllocatorConfig;
+use serde_json::Value;
+
+struct Fixture {
+    events: Vec<RealEvent>,
+    live: Vec<(u64, u64)>,
+    segments: u64,
+    reserved: u64,
+    stats: Value,
+}
+
+fn load(name: &str) -> Fixture {
+    let path = format!("{}/tests/fixtures/trace/{name}", env!("CARGO_MANIFEST_DIR"));
+    let mut s = String::new();
+    flate2::read::GzDecoder::new(std::fs::File::open(&path).unwrap())
+        .read_to_string(&mut s)
+        .unwrap();
+    let v: Value = serde_json::from_str(&s).unwrap();
+    let events = v["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| RealEvent {
+            action: Action::parse(e[0].as_str().unwrap()),
+            addr: e[1].as_u64().unwrap(),
+            size: e[2].as_u64().unwrap(),
+            stream: e[3].as_u64().unwrap(),
+        })
+        .collect();
+    let segs = v["segments"].as_array().unwrap();
+    let mut live = Vec::new();
+    for s in segs {
+        for b in s["blocks"].as_array().unwrap() {
+            if b["state"] == "active_allocated" {
+                live.push((
+                    b["address"].as_u64().unwrap(),
+                    b["requested_size"].as_u64().unwrap(),
+                ));
+            }
+        }
+    }
+    Fixture {
+        events,
+        live,
+        segments: segs.len() as u64,
+        reserved: segs.iter().map(|s| s["total_size"].as_u64().unwrap()).sum(),
+        stats: v["stats"].clone(),
+    }
+}
+
+/// `set_per_process_memory_fraction(gib * GiB / total)` as the allocator applies it:
+/// `allowed_memory_maximum = size_t(fraction * total)` (CUDACachingAllocator.cpp), with the H100's
+/// total from calibration/meta.json.
+fn fraction_cap(gib: f64) -> u64 {
+    let total = 85_017_493_504f64;
+    let fraction = gib * (1u64 << 30) as f64 / total;
+    (fraction * total) as u64
+}
+
+fn run(name: &str, capacity: Option<u64>) -> (Fixture, ReplayResult) {
+    let f = load(name);
+    let cfg = AllocatorConfig {
+        capacity,
+        ..AllocatorConfig::default()
+    };
+    let r = replay(&f.events, &f.live, cfg);
+    eprintln!(
+        "{name}: real segments {} reserved {} peak {} | sim segments {} reserved {} peak {} retries {} oom_at {:?} (real {:?}) | stats peak {} retries {}",
+        f.segments,
+        f.reserved,
+        r.real.peak_reserved,
+        r.sim_final_segments,
+        r.sim.reserved,
+        r.sim.peak_reserved,
+        r.sim.num_alloc_retries,
+        r.sim_oom_at,
+        r.real.oom_at,
+        f.stats["reserved_peak"],
+        f.stats["num_alloc_retries"],
+    );
+    (f, r)
+}
+
+#[test]
+fn gpt2_training_history_replays_exactly() {
+    let (f, r) = run("snap_gpt2_bf16_b4_two_steps.json.gz", None);
+    assert_eq!(r.seeded_blocks, 0, "the stream is complete");
+    assert_eq!(r.real.final_reserved, f.reserved);
+    assert_eq!(r.sim.reserved, f.reserved);
+    assert_eq!(r.sim_final_segments, f.segments);
+    assert_eq!(r.sim.peak_reserved, r.real.peak_reserved);
+}
+
+#[test]
+fn gpt2_capped_8gib_ooms_at_the_same_request() {
+    let (f, r) = run(
+        "snap_gpt2_fp32_b8_oom_8GiB.json.gz",
+        Some(fraction_cap(8.0)),
+    );
+    assert_eq!(r.sim_final_segments, f.segments);
+    assert_eq!(r.sim.reserved, f.reserved);
+    // the oom entry directly follows the last alloc the real allocator could serve
+    assert_eq!(r.sim_oom_at, r.real.oom_at);
+    assert_eq!(
+        r.sim.num_alloc_retries,
+        f.stats["num_alloc_retries"].as_u64().unwrap()
+    );
+}
+
+#[test]
+fn navdp_capped_23_55gib_ooms_at_the_same_request() {
+    let (f, r) = run(
+        "snap_navdp_fp32_b16_oom_23.55GiB.json.gz",
+        Some(fraction_cap(23.55)),
+    );
+    assert_eq!(r.sim_final_segments, f.segments);
+    assert_eq!(r.sim.reserved, f.reserved);
+    assert_eq!(r.sim_oom_at, r.real.oom_at);
+    assert_eq!(
+        r.sim.num_alloc_retries,
+        f.stats["num_alloc_retries"].as_u64().unwrap()
+    );
+}
+
+#[test]
+fn seeding_covers_a_history_that_starts_mid_run() {
+    // drop the first half of the stream: frees of older blocks must not break the replay
+    let f = load("snap_gpt2_bf16_b4_two_steps.json.gz");
+    let half = &f.events[f.events.len() / 2..];
+    let r = replay(half, &f.live, AllocatorConfig::default());
+    assert!(r.seeded_blocks > 0);
+    assert!(r.sim_oom_at.is_none());
+}
