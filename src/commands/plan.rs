@@ -36,10 +36,9 @@ pub struct Args {
 }
 
 pub fn run(args: &Args, ctx: &Ctx) -> anyhow::Result<u8> {
-    let gpu = args
-        .gpu
-        .resolve()?
-        .context("plan needs a target GPU: --gpu NAME (see `oomdoc gpu --list`) or --gpu-memory SIZE")?;
+    let gpu = args.gpu.resolve()?.context(
+        "plan needs a target GPU: --gpu NAME (see `oomdoc gpu --list`) or --gpu-memory SIZE",
+    )?;
     let w = crate::model::resolve(&args.model, Path::new("."), &args.knobs)?;
     let base = w.resolve_knobs(&args.knobs)?;
     // Step-time rates: the named GPU's; with only --gpu-memory, the H100's (speeds stay relative).
@@ -63,10 +62,15 @@ pub fn run(args: &Args, ctx: &Ctx) -> anyhow::Result<u8> {
         ("allocator_overhead", c.allocator_overhead),
     ]
     .into_iter()
-    .map(|(n, b)| Component { name: n.into(), bytes: b })
+    .map(|(n, b)| Component {
+        name: n.into(),
+        bytes: b,
+    })
     .collect();
     let batch_bytes = est.components.batch / (base.batch * base.grad_accum).max(1) * base.batch;
-    let host = args.num_workers.map(|n| HostMemory::new(n, args.prefetch_factor, args.pin_memory, batch_bytes));
+    let host = args
+        .num_workers
+        .map(|n| HostMemory::new(n, args.prefetch_factor, args.pin_memory, batch_bytes));
     let gpu_summary = GpuSummary {
         name: gpu.name.clone(),
         memory_bytes: gpu.memory_bytes,

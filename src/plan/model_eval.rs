@@ -32,7 +32,8 @@ fn optimizer_bytes_per_param(o: Optimizer) -> f64 {
 pub fn step_cost(w: &Workload, k: &Knobs) -> StepCost {
     let t = w.trace(Mode::of(k.precision), k.attention);
     let ck = crate::memory::checkpoint_flags(t, k);
-    let bytes_of = |ts: &[crate::model::graph::T]| -> f64 { ts.iter().map(|x| t.info(*x).bytes()).sum() };
+    let bytes_of =
+        |ts: &[crate::model::graph::T]| -> f64 { ts.iter().map(|x| t.info(*x).bytes()).sum() };
     let mut launches = 0.0;
     let ops = t
         .ops
@@ -40,10 +41,17 @@ pub fn step_cost(w: &Workload, k: &Knobs) -> StepCost {
         .map(|o| {
             let passes = if ck[o.stage] { 4.0 } else { 3.0 };
             launches += passes;
-            OpCost { flops: passes * o.flops, bytes: passes * (bytes_of(&o.inputs) + bytes_of(&o.outputs)) }
+            OpCost {
+                flops: passes * o.flops,
+                bytes: passes * (bytes_of(&o.inputs) + bytes_of(&o.outputs)),
+            }
         })
         .collect();
-    StepCost { ops, launches, optimizer_bytes: step_cost_optimizer_bytes(w, k) }
+    StepCost {
+        ops,
+        launches,
+        optimizer_bytes: step_cost_optimizer_bytes(w, k),
+    }
 }
 
 pub struct ModelEvaluator<'a> {
@@ -58,15 +66,35 @@ pub struct ModelEvaluator<'a> {
 }
 
 impl<'a> ModelEvaluator<'a> {
-    pub fn new(workload: &'a Workload, gpu: &'a TargetGpu, rates: &'static GpuSpec, coefficients: Coefficients) -> Self {
-        ModelEvaluator { workload, gpu, rates, coefficients, cache: RefCell::new(HashMap::new()) }
+    pub fn new(
+        workload: &'a Workload,
+        gpu: &'a TargetGpu,
+        rates: &'static GpuSpec,
+        coefficients: Coefficients,
+    ) -> Self {
+        ModelEvaluator {
+            workload,
+            gpu,
+            rates,
+            coefficients,
+            cache: RefCell::new(HashMap::new()),
+        }
     }
 
     /// Predicted seconds per optimizer step.
     pub fn step_time(&self, k: &Knobs) -> f64 {
         let t = self.workload.trace(Mode::of(k.precision), k.attention);
-        let key = (k.precision, k.attention, crate::memory::checkpoint_flags(t, k));
-        let unit = Knobs { batch: 1, grad_accum: 1, optimizer: k.optimizer, ..k.clone() };
+        let key = (
+            k.precision,
+            k.attention,
+            crate::memory::checkpoint_flags(t, k),
+        );
+        let unit = Knobs {
+            batch: 1,
+            grad_accum: 1,
+            optimizer: k.optimizer,
+            ..k.clone()
+        };
         let (per_sample, launches) = *self.cache.borrow_mut().entry(key).or_insert_with(|| {
             let cost = step_cost(self.workload, &unit);
             let terms = self.coefficients.terms(&cost, &unit, self.rates);
@@ -80,8 +108,13 @@ impl<'a> ModelEvaluator<'a> {
 }
 
 fn step_cost_optimizer_bytes(w: &Workload, k: &Knobs) -> f64 {
-    let param_scale = if Mode::of(k.precision) == Mode::HalfTrue { 0.5 } else { 1.0 };
-    w.trainable_params as f64 * optimizer_bytes_per_param(k.optimizer) * param_scale / k.gpus.max(1) as f64
+    let param_scale = if Mode::of(k.precision) == Mode::HalfTrue {
+        0.5
+    } else {
+        1.0
+    };
+    w.trainable_params as f64 * optimizer_bytes_per_param(k.optimizer) * param_scale
+        / k.gpus.max(1) as f64
 }
 
 impl Evaluator for ModelEvaluator<'_> {
@@ -97,7 +130,12 @@ impl Evaluator for ModelEvaluator<'_> {
 }
 
 /// The knobs `plan` searches for this workload on this GPU.
-pub fn search_space(w: &Workload, base: &Knobs, gpu: Option<&GpuSpec>, allow_batch_change: bool) -> SearchSpace {
+pub fn search_space(
+    w: &Workload,
+    base: &Knobs,
+    gpu: Option<&GpuSpec>,
+    allow_batch_change: bool,
+) -> SearchSpace {
     let bf16 = gpu.map(|g| g.bf16).unwrap_or(true);
     let tf32 = gpu.map(|g| g.tf32_tflops > 0.0).unwrap_or(true);
     let mut precisions = vec![base.precision, Precision::Fp32];
@@ -108,7 +146,11 @@ pub fn search_space(w: &Workload, base: &Knobs, gpu: Option<&GpuSpec>, allow_bat
         precisions.push(Precision::Bf16Mixed);
         precisions.push(Precision::Bf16True);
     }
-    precisions.push(Precision::Fp16Mixed);
+    // fp16 autocast saves what bf16 saves but needs loss scaling and can overflow: only where
+    // the GPU has no bf16.
+    if !bf16 {
+        precisions.push(Precision::Fp16Mixed);
+    }
     dedup(&mut precisions);
 
     let has_attention = w.compute_profile(base).attention_matrix_elems_per_sample > 0.0;
@@ -118,12 +160,21 @@ pub fn search_space(w: &Workload, base: &Knobs, gpu: Option<&GpuSpec>, allow_bat
     }
     dedup(&mut attentions);
 
-    let mut checkpointing = vec![(base.checkpointing, base.checkpoint_modules.clone()), (Checkpointing::None, vec![]), (Checkpointing::Full, vec![])];
+    let mut checkpointing = vec![
+        (base.checkpointing, base.checkpoint_modules.clone()),
+        (Checkpointing::None, vec![]),
+        (Checkpointing::Full, vec![]),
+    ];
     let groups = w.module_groups();
     if groups.len() > 1 && groups.len() <= 4 {
         // every proper, non-empty subset of the repeated-block groups
         for mask in 1..(1u32 << groups.len()) - 1 {
-            let sel: Vec<String> = groups.iter().enumerate().filter(|(i, _)| mask & (1 << i) != 0).map(|(_, g)| g.clone()).collect();
+            let sel: Vec<String> = groups
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| mask & (1 << i) != 0)
+                .map(|(_, g)| g.clone())
+                .collect();
             checkpointing.push((Checkpointing::Selective, sel));
         }
     }
@@ -137,7 +188,13 @@ pub fn search_space(w: &Workload, base: &Knobs, gpu: Option<&GpuSpec>, allow_bat
     dedup(&mut optimizers);
 
     let shardings = if base.gpus > 1 {
-        vec![Sharding::None, Sharding::Zero1, Sharding::Zero2, Sharding::Zero3, Sharding::Fsdp]
+        vec![
+            Sharding::None,
+            Sharding::Zero1,
+            Sharding::Zero2,
+            Sharding::Zero3,
+            Sharding::Fsdp,
+        ]
     } else {
         vec![base.sharding]
     };

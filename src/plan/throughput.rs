@@ -53,7 +53,9 @@ pub fn peak_rate(gpu: &GpuSpec, p: Precision) -> (f64, bool) {
         Precision::Fp32 => (gpu.fp32_tflops, false),
         Precision::Tf32 if gpu.tf32_tflops > 0.0 => (gpu.tf32_tflops, true),
         Precision::Tf32 => (gpu.fp32_tflops, false),
-        Precision::Bf16Mixed | Precision::Bf16True if gpu.bf16_tflops > 0.0 => (gpu.bf16_tflops, true),
+        Precision::Bf16Mixed | Precision::Bf16True if gpu.bf16_tflops > 0.0 => {
+            (gpu.bf16_tflops, true)
+        }
         // No bf16 units (T4, V100): bf16 matmuls are emulated at about the fp32 rate.
         Precision::Bf16Mixed | Precision::Bf16True => (gpu.fp32_tflops, false),
         Precision::Fp16Mixed | Precision::Fp16True => (gpu.fp16_tflops, true),
@@ -63,7 +65,9 @@ pub fn peak_rate(gpu: &GpuSpec, p: Precision) -> (f64, bool) {
 
 /// Seconds per sample of the ops, at the given inverse efficiencies.
 pub fn per_sample_time(ops: &[OpCost], compute_per_flop: f64, memory_per_byte: f64) -> f64 {
-    ops.iter().map(|o| (o.flops * compute_per_flop).max(o.bytes * memory_per_byte)).sum()
+    ops.iter()
+        .map(|o| (o.flops * compute_per_flop).max(o.bytes * memory_per_byte))
+        .sum()
 }
 
 /// The step time split into the part that scales with the coefficients' linear terms.
@@ -106,7 +110,10 @@ pub struct FitRow<'a> {
 /// Sum of squared relative errors, with the two linear coefficients (launch, optimizer) solved
 /// by non-negative least squares for the given three roofline coefficients.
 fn objective(rows: &[FitRow], gpu: &GpuSpec, c: &mut Coefficients) -> f64 {
-    let terms: Vec<(Terms, f64)> = rows.iter().map(|r| (c.terms(r.cost, r.knobs, gpu), r.measured_s)).collect();
+    let terms: Vec<(Terms, f64)> = rows
+        .iter()
+        .map(|r| (c.terms(r.cost, r.knobs, gpu), r.measured_s))
+        .collect();
     // residual r_i = (roofline + L·launch + O·opt − t)/t; minimise over L, O >= 0 (2x2 normal equations)
     let (mut a11, mut a12, mut a22, mut b1, mut b2) = (0.0, 0.0, 0.0, 0.0, 0.0);
     for (t, m) in &terms {
@@ -118,23 +125,45 @@ fn objective(rows: &[FitRow], gpu: &GpuSpec, c: &mut Coefficients) -> f64 {
         b2 += x2 * y;
     }
     let det = a11 * a22 - a12 * a12;
-    let (mut l, mut o) = if det.abs() > 1e-30 { ((b1 * a22 - b2 * a12) / det, (a11 * b2 - a12 * b1) / det) } else { (0.0, 0.0) };
+    let (mut l, mut o) = if det.abs() > 1e-30 {
+        ((b1 * a22 - b2 * a12) / det, (a11 * b2 - a12 * b1) / det)
+    } else {
+        (0.0, 0.0)
+    };
     if l < 0.0 || o < 0.0 {
         // one of them on the boundary: best single-variable solutions
         let l_only = if a11 > 0.0 { (b1 / a11).max(0.0) } else { 0.0 };
         let o_only = if a22 > 0.0 { (b2 / a22).max(0.0) } else { 0.0 };
-        let f = |l: f64, o: f64| terms.iter().map(|(t, m)| ((t.roofline + l * t.launches + o * t.optimizer - m) / m).powi(2)).sum::<f64>();
-        (l, o) = if f(l_only, 0.0) <= f(0.0, o_only) { (l_only, 0.0) } else { (0.0, o_only) };
+        let f = |l: f64, o: f64| {
+            terms
+                .iter()
+                .map(|(t, m)| ((t.roofline + l * t.launches + o * t.optimizer - m) / m).powi(2))
+                .sum::<f64>()
+        };
+        (l, o) = if f(l_only, 0.0) <= f(0.0, o_only) {
+            (l_only, 0.0)
+        } else {
+            (0.0, o_only)
+        };
     }
     c.launch = l;
     c.optimizer = o;
-    terms.iter().map(|(t, m)| ((t.roofline + l * t.launches + o * t.optimizer - m) / m).powi(2)).sum()
+    terms
+        .iter()
+        .map(|(t, m)| ((t.roofline + l * t.launches + o * t.optimizer - m) / m).powi(2))
+        .sum()
 }
 
 /// Fits the coefficients: golden-section search on the log of each roofline coefficient in turn
 /// (the max() makes the problem non-linear), the linear ones solved exactly inside.
 pub fn fit(rows: &[FitRow], gpu: &GpuSpec) -> Coefficients {
-    let mut c = Coefficients { tensor_core: 2.0, cuda_core: 1.5, memory: 1.5, launch: 0.0, optimizer: 1.0 };
+    let mut c = Coefficients {
+        tensor_core: 2.0,
+        cuda_core: 1.5,
+        memory: 1.5,
+        launch: 0.0,
+        optimizer: 1.0,
+    };
     let set = |c: &mut Coefficients, j: usize, v: f64| match j {
         0 => c.tensor_core = v,
         1 => c.cuda_core = v,
@@ -200,15 +229,27 @@ mod tests {
     #[test]
     fn fit_recovers_known_coefficients() {
         let g = crate::gpu::lookup("h100").unwrap();
-        let truth = Coefficients { tensor_core: 3.0, cuda_core: 1.4, memory: 2.0, launch: 2e-5, optimizer: 1.5 };
+        let truth = Coefficients {
+            tensor_core: 3.0,
+            cuda_core: 1.4,
+            memory: 2.0,
+            launch: 2e-5,
+            optimizer: 1.5,
+        };
         let mut costs = Vec::new();
         let mut ks = Vec::new();
         for i in 0..24 {
             let f = i as f64;
             costs.push(StepCost {
                 ops: vec![
-                    OpCost { flops: 1e9 * (1.0 + f), bytes: 1e6 * (1.0 + f % 3.0) },
-                    OpCost { flops: 0.0, bytes: 5e7 * (1.0 + f % 5.0) },
+                    OpCost {
+                        flops: 1e9 * (1.0 + f),
+                        bytes: 1e6 * (1.0 + f % 3.0),
+                    },
+                    OpCost {
+                        flops: 0.0,
+                        bytes: 5e7 * (1.0 + f % 5.0),
+                    },
                 ],
                 launches: 500.0 * (1.0 + f % 4.0),
                 optimizer_bytes: 1e9 * (1.0 + f % 2.0),
@@ -219,16 +260,32 @@ mod tests {
         let rows: Vec<FitRow> = costs
             .iter()
             .zip(&ks)
-            .map(|(c, k)| FitRow { cost: c, knobs: k, measured_s: truth.step_time(c, k, g) })
+            .map(|(c, k)| FitRow {
+                cost: c,
+                knobs: k,
+                measured_s: truth.step_time(c, k, g),
+            })
             .collect();
         let c = fit(&rows, g);
-        let err: f64 = rows.iter().map(|r| (c.step_time(r.cost, r.knobs, g) / r.measured_s - 1.0).abs()).fold(0.0, f64::max);
+        let err: f64 = rows
+            .iter()
+            .map(|r| (c.step_time(r.cost, r.knobs, g) / r.measured_s - 1.0).abs())
+            .fold(0.0, f64::max);
         assert!(err < 0.01, "max relative error {err}, fitted {c:?}");
     }
 
     #[test]
     fn roofline_takes_the_slower_of_compute_and_memory() {
-        let ops = [OpCost { flops: 100.0, bytes: 1.0 }, OpCost { flops: 0.0, bytes: 10.0 }];
+        let ops = [
+            OpCost {
+                flops: 100.0,
+                bytes: 1.0,
+            },
+            OpCost {
+                flops: 0.0,
+                bytes: 10.0,
+            },
+        ];
         assert_eq!(per_sample_time(&ops, 1.0, 1.0), 110.0);
         assert_eq!(per_sample_time(&ops, 0.01, 1.0), 1.0 + 10.0);
     }

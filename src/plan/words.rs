@@ -74,7 +74,7 @@ crate::catalogue! {
         Cons => ("Cons", "缺点"),
         How => ("How", "实施"),
         Advice => ("Advice", "建议"),
-        SolPrecision => ("Mixed precision: {}", "混合精度训练：{}"),
+        SolPrecision => ("Precision {}", "精度改为{}（混合精度训练）"),
         SolAttention => ("Fused attention (scaled_dot_product_attention)", "融合注意力（scaled_dot_product_attention）"),
         SolCkptFull => ("Gradient checkpointing of every repeated block", "对所有重复块启用梯度检查点"),
         SolCkptSel => ("Gradient checkpointing of {} only", "仅对{}启用选择性检查点"),
