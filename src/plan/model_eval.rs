@@ -54,6 +54,9 @@ pub fn step_cost(w: &Workload, k: &Knobs) -> StepCost {
     }
 }
 
+/// What the per-sample step time depends on: precision, attention and which stages are checkpointed.
+type StepKey = (Precision, Attention, Vec<bool>);
+
 pub struct ModelEvaluator<'a> {
     pub workload: &'a Workload,
     pub gpu: &'a TargetGpu,
@@ -62,7 +65,7 @@ pub struct ModelEvaluator<'a> {
     pub coefficients: Coefficients,
     /// Step time of one sample of one micro-step, and the launches, per (precision, attention,
     /// checkpointing): the rest scales linearly with batch and accumulation.
-    cache: RefCell<HashMap<(Precision, Attention, Vec<bool>), (f64, f64)>>,
+    cache: RefCell<HashMap<StepKey, (f64, f64)>>,
 }
 
 impl<'a> ModelEvaluator<'a> {
