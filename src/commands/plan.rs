@@ -1,9 +1,94 @@
-//! `oomdoc plan`.
+//! `oomdoc plan`: search the knobs for a model on a GPU and write the whole analysis.
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+
+use crate::gpu::GpuArgs;
+use crate::knobs::KnobArgs;
+use crate::plan::analysis::{self, Component, GpuSummary, HostMemory, ModelSummary};
+use crate::plan::model_eval::{search_space, ModelEvaluator};
 use crate::report::Ctx;
 
 #[derive(clap::Args, Debug, Clone)]
-pub struct Args {}
+pub struct Args {
+    /// The model: preset:NAME, hf:PATH/config.json, safetensors:PATH, trace:PATH or a .toml workload.
+    #[arg(long)]
+    pub model: String,
+    #[command(flatten)]
+    pub knobs: Box<KnobArgs>,
+    #[command(flatten)]
+    pub gpu: Box<GpuArgs>,
+    /// The training log with the out-of-memory error, for the "current state" section.
+    #[arg(long)]
+    pub log: Option<PathBuf>,
+    /// Also consider smaller effective batches (they need a learning-rate change).
+    #[arg(long)]
+    pub allow_batch_change: bool,
+    /// DataLoader workers, for the host-memory section.
+    #[arg(long)]
+    pub num_workers: Option<u64>,
+    /// DataLoader prefetch_factor (PyTorch's default is 2).
+    #[arg(long, default_value_t = 2)]
+    pub prefetch_factor: u64,
+    /// DataLoader pin_memory.
+    #[arg(long)]
+    pub pin_memory: bool,
+}
 
-pub fn run(_args: &Args, _ctx: &Ctx) -> anyhow::Result<u8> {
-    anyhow::bail!("'plan' is not implemented yet")
+pub fn run(args: &Args, ctx: &Ctx) -> anyhow::Result<u8> {
+    let gpu = args.gpu.resolve()?.context(
+        "plan needs a target GPU: --gpu NAME (see `oomdoc gpu --list`) or --gpu-memory SIZE",
+    )?;
+    let w = crate::model::resolve(&args.model, Path::new("."), &args.knobs)?;
+    let base = w.resolve_knobs(&args.knobs)?;
+    // Step-time rates: the named GPU's; with only --gpu-memory, the H100's (speeds stay relative).
+    let rates = match gpu.spec {
+        Some(s) => s,
+        None => crate::gpu::lookup("h100")?,
+    };
+    let eval = ModelEvaluator::new(&w, &gpu, rates, crate::plan::calibrate::FITTED);
+    let space = search_space(&w, &base, gpu.spec, args.allow_batch_change);
+    let est = crate::memory::estimate_on(&w, &base, Some(&gpu))?;
+    let c = &est.components;
+    let components = [
+        ("parameters", c.parameters),
+        ("gradients", c.gradients),
+        ("optimizer_state", c.optimizer_state),
+        ("activations", c.activations),
+        ("transient", c.transient),
+        ("workspace", c.workspace),
+        ("batch", c.batch),
+        ("outside_pytorch", c.outside_pytorch),
+        ("allocator_overhead", c.allocator_overhead),
+    ]
+    .into_iter()
+    .map(|(n, b)| Component {
+        name: n.into(),
+        bytes: b,
+    })
+    .collect();
+    let batch_bytes = est.components.batch / (base.batch * base.grad_accum).max(1) * base.batch;
+    let host = args
+        .num_workers
+        .map(|n| HostMemory::new(n, args.prefetch_factor, args.pin_memory, batch_bytes));
+    let gpu_summary = GpuSummary {
+        name: gpu.name.clone(),
+        memory_bytes: gpu.memory_bytes,
+        bf16: gpu.spec.map(|s| s.bf16),
+        compute_capability: gpu.spec.map(|s| s.compute_capability),
+    };
+    let model = ModelSummary {
+        name: w.name.clone(),
+        params: w.params,
+        trainable_params: w.trainable_params,
+        input_bytes_per_sample: est.components.batch / (base.batch * base.grad_accum).max(1),
+    };
+    let mut plan = analysis::build(&eval, &base, &space, gpu_summary, model, components, host)?;
+    if let Some(log) = &args.log {
+        let (state, none) = crate::plan::log::read(log)?;
+        plan.log = state;
+        plan.log_without_event = none;
+    }
+    ctx.emit(&plan, |lang| crate::plan::report::document(&plan, lang))?;
+    Ok(if plan.nothing_fits { 1 } else { 0 })
 }

@@ -183,7 +183,8 @@ pub static CATALOGUE: &[GpuSpec] = &[
     // RTX 3090 / A5000 24 GB: 23.55 GiB (the seed's log; an RTX A5000 measurement in a public report,
     // "A5000 24GB (usable 23.55 GiB)"; recent RTX 3090 logs print the same). Older drivers print
     // 23.69-23.70 GiB for the RTX 3090 (GaoLii/DSP#10, JiaweiLian/AP-PA#3): a 0.15 GiB spread.
-    // GA102 whitepaper: 35.6 TFLOP/s fp16/bf16 with fp32 accumulate (GeForce rate), 17.8 tf32, 35.6 fp32, 936 GB/s.
+    // NVIDIA Ampere GA102 whitepaper, RTX 3090 column: peak FP16/BF16 tensor TFLOP/s with FP32
+    // accumulate 71 (dense; 142 sparse), TF32 tensor 35.6, FP32 35.6, 936 GB/s.
     GpuSpec {
         id: "rtx3090",
         name: "NVIDIA GeForce RTX 3090",
@@ -191,9 +192,9 @@ pub static CATALOGUE: &[GpuSpec] = &[
         compute_capability: (8, 6),
         vendor: "nvidia",
         bf16: true,
-        bf16_tflops: 35.6,
-        fp16_tflops: 35.6,
-        tf32_tflops: 17.8,
+        bf16_tflops: 71.0,
+        fp16_tflops: 71.0,
+        tf32_tflops: 35.6,
         fp32_tflops: 35.6,
         bandwidth_gbs: 936.0,
         aliases: &[

@@ -1,2 +1,335 @@
-//! Memory of a training step: analytic components and the caching-allocator simulation.
+//! Memory of a training step: analytic components and the caching-allocator model.
+//!
+//! `estimate` walks one training step over the traced forward pass of the workload:
+//! forward (saved tensors accumulate, temporaries come and go), backward (saved tensors are
+//! released op by op while activation and parameter gradients appear; checkpointed blocks are
+//! recomputed first), the optimizer step (state and its temporaries). Each point of that walk is
+//! linear in the batch, so a profile is computed once per (precision, attention, checkpointing)
+//! and reused for every batch size, optimizer and accumulation.
 pub mod allocator;
+pub mod optimizer;
+pub mod report;
+pub mod reserved;
+pub mod sim;
+pub mod validate;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::gpu::TargetGpu;
+use crate::knobs::{Attention, Checkpointing, Knobs, Sharding};
+use crate::model::graph::{Mode, Trace};
+use crate::model::{module_matches, Workload};
+use crate::units::MIB;
+
+pub use sim::{Point, Profile};
+
+/// Profiles already computed for a workload.
+pub type ProfileCache = HashMap<(Mode, Attention, Vec<bool>), Arc<Profile>>;
+
+/// cuBLAS + cuBLASLt workspaces, allocated through the caching allocator at the first matmul
+/// and kept: measured 65-66 MiB (`a0` of the calibration rows, H100, torch 2.11 + CUDA 13).
+pub const CUBLAS_WORKSPACE_BYTES: u64 = 65 * MIB;
+
+/// Memory outside PyTorch's allocator in a training process (CUDA context, loaded kernels of
+/// torch/cuBLAS/cuDNN): device_used_after - reserved_after of the calibration rows is 0.75-0.77 GiB
+/// on the H100 (CUDA 13); 0.527 GiB right after CUDA initialises. Older generations load fewer
+/// kernels: ~0.5 GiB is typical of Ampere/Ada training processes in public OOM logs.
+pub fn outside_pytorch_bytes(gpu: Option<&TargetGpu>) -> u64 {
+    let cc = gpu.and_then(|g| g.spec).map(|s| s.compute_capability);
+    match cc {
+        Some((major, _)) if major < 9 => 512 * MIB,
+        _ => 776 * MIB,
+    }
+}
+
+/// The peak of one training step, by component (the JSON of `oomdoc estimate`).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Estimate {
+    /// `torch.cuda.max_memory_allocated()` over a step.
+    pub peak_allocated_bytes: u64,
+    /// `torch.cuda.max_memory_reserved()` over a step.
+    pub peak_reserved_bytes: u64,
+    /// Reserved + memory outside PyTorch: what the device must hold.
+    pub device_total_bytes: u64,
+    pub components: Components,
+    /// Whether `device_total_bytes` fits the GPU's memory (only when a GPU is given).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub fits: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub gpu: Option<GpuFit>,
+    pub workload: WorkloadSummary,
+    /// Where the peak happens.
+    pub peak_phase: Phase,
+    /// Finer items of the components.
+    pub details: Details,
+}
+
+/// Components at the peak; they add up to `device_total_bytes`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Default)]
+pub struct Components {
+    /// Weights and buffers.
+    pub parameters: u64,
+    /// `.grad` of trainable parameters alive at the peak.
+    pub gradients: u64,
+    pub optimizer_state: u64,
+    /// Tensors autograd keeps for backward at the peak, and autocast's cached weight copies.
+    pub activations: u64,
+    /// Temporaries at the peak: activation gradients, recomputed blocks, loss and optimizer
+    /// temporaries, kernel scratch.
+    pub transient: u64,
+    /// cuBLAS/cuBLASLt workspaces (and cuDNN workspace at the peak).
+    pub workspace: u64,
+    /// The input batch(es) of the step.
+    pub batch: u64,
+    /// CUDA context and libraries, outside PyTorch's allocator.
+    pub outside_pytorch: u64,
+    /// Reserved minus allocated: segment rounding and cached blocks that do not fit later requests.
+    pub allocator_overhead: u64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Default)]
+pub struct Details {
+    pub autocast_weight_cache: u64,
+    pub activation_gradients: u64,
+    pub saved_activations_end_of_forward: u64,
+    /// Largest single allocation of the step (what fragmentation must make room for).
+    pub largest_allocation: u64,
+    pub optimizer_step_peak: u64,
+    pub forward_peak: u64,
+    pub backward_peak: u64,
+}
+
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum Phase {
+    #[default]
+    Forward,
+    Backward,
+    OptimizerStep,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct GpuFit {
+    pub name: String,
+    pub memory_bytes: u64,
+    /// memory - device_total (negative: short by that much).
+    pub headroom_bytes: i64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct WorkloadSummary {
+    pub name: String,
+    pub source: String,
+    pub params: u64,
+    pub trainable_params: u64,
+    pub knobs: Knobs,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub seq_len: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub image_size: Option<u64>,
+}
+
+/// Which stages of the trace run under `torch.utils.checkpoint`.
+pub fn checkpoint_flags(t: &Trace, knobs: &Knobs) -> Vec<bool> {
+    t.stages
+        .iter()
+        .map(|s| match knobs.checkpointing {
+            Checkpointing::None => false,
+            Checkpointing::Full => s.repeated,
+            Checkpointing::Selective => knobs
+                .checkpoint_modules
+                .iter()
+                .any(|m| module_matches(m, &s.group) || module_matches(m, &s.path)),
+        })
+        .collect()
+}
+
+/// Per-sample bytes each stage saves for backward (no checkpointing).
+pub fn saved_by_stage(t: &Trace) -> Vec<f64> {
+    let mut out = vec![0.0; t.stages.len()];
+    for ti in &t.tensors {
+        if ti.base.is_some() || ti.producer == usize::MAX {
+            continue;
+        }
+        if let Some(&first) = ti.savers.iter().min() {
+            out[t.ops[first].stage] += ti.bytes();
+        }
+    }
+    out
+}
+
+fn profile(w: &Workload, knobs: &Knobs) -> Arc<Profile> {
+    let mode = Mode::of(knobs.precision);
+    let t = w.trace(mode, knobs.attention);
+    let ck = checkpoint_flags(t, knobs);
+    let key = (mode, knobs.attention, ck);
+    if let Ok(c) = w.cache.lock() {
+        if let Some(p) = c.get(&key) {
+            return p.clone();
+        }
+    }
+    let p = Arc::new(sim::simulate(t, &key.2));
+    if let Ok(mut c) = w.cache.lock() {
+        c.insert(key, p.clone());
+    }
+    p
+}
+
+/// Peak memory of one training step of `w` with `knobs`.
+pub fn estimate(w: &Workload, knobs: &Knobs) -> Result<Estimate> {
+    estimate_on(w, knobs, None)
+}
+
+/// `estimate` with a target GPU (sets `fits` and the context size of that generation).
+pub fn estimate_on(w: &Workload, knobs: &Knobs, gpu: Option<&TargetGpu>) -> Result<Estimate> {
+    if knobs.batch == 0 || knobs.grad_accum == 0 {
+        return Err(Error::input("--batch and --grad-accum must be at least 1"));
+    }
+    let mode = Mode::of(knobs.precision);
+    let prof = profile(w, knobs);
+    let t = w.trace(mode, knobs.attention);
+    let pbytes = mode.param_dt().bytes();
+    let b = knobs.batch as f64;
+    let accum = knobs.grad_accum;
+    let gpus = knobs.gpus.max(1) as f64;
+
+    // parameters, gradients, optimizer (sharded by ZeRO/FSDP over the data-parallel group)
+    let (p_shard, g_shard, o_shard) = match knobs.sharding {
+        Sharding::None => (1.0, 1.0, 1.0),
+        Sharding::Zero1 => (1.0, 1.0, gpus),
+        Sharding::Zero2 => (1.0, gpus, gpus),
+        Sharding::Zero3 | Sharding::Fsdp => (gpus, gpus, gpus),
+    };
+    let param_bytes = (w.params as f64 * pbytes / p_shard) as u64 + w.buffer_bytes;
+    let grad_total = prof.pgrad_total * pbytes / g_shard;
+    let opt = optimizer::optimizer_memory(&t.params, knobs.optimizer, mode);
+    let opt_state = opt.state_bytes / o_shard;
+    let batch_bytes = (t.input_bytes * b) as u64 * accum;
+
+    // fwd/bwd points: act*b + casts + grads; pick the largest
+    let mut best = (f64::MIN, Point::default());
+    let mut fwd_peak = 0.0f64;
+    let mut bwd_peak = 0.0f64;
+    for p in &prof.points {
+        let grads = if accum > 1 {
+            grad_total
+        } else {
+            p.pgrad * pbytes / g_shard
+        };
+        let v = (p.saved + p.transient) * b + p.casts + grads;
+        if p.phase == Phase::Forward {
+            fwd_peak = fwd_peak.max(v);
+        } else {
+            bwd_peak = bwd_peak.max(v);
+        }
+        if v > best.0 {
+            best = (v, p.clone());
+        }
+    }
+    let common =
+        param_bytes as f64 + opt_state + batch_bytes as f64 + CUBLAS_WORKSPACE_BYTES as f64;
+    let opt_step = grad_total + opt.step_temp_bytes / o_shard;
+    let (peak_alloc, phase) = if opt_step > best.0 {
+        (common + opt_step, Phase::OptimizerStep)
+    } else {
+        (common + best.0, best.1.phase)
+    };
+    let peak_alloc = peak_alloc.max(0.0) as u64;
+
+    let mut c = Components {
+        parameters: param_bytes,
+        optimizer_state: opt_state as u64,
+        batch: batch_bytes,
+        workspace: CUBLAS_WORKSPACE_BYTES,
+        ..Default::default()
+    };
+    if phase == Phase::OptimizerStep {
+        c.gradients = grad_total as u64;
+        c.transient = (opt.step_temp_bytes / o_shard) as u64;
+    } else {
+        let p = &best.1;
+        c.gradients = if accum > 1 {
+            grad_total
+        } else {
+            p.pgrad * pbytes / g_shard
+        } as u64;
+        c.activations = (p.saved * b + p.casts) as u64;
+        c.transient = (p.transient * b) as u64;
+    }
+    let alloc_sum = c.parameters
+        + c.gradients
+        + c.optimizer_state
+        + c.activations
+        + c.transient
+        + c.workspace
+        + c.batch;
+    // rounding differences go to transient so that the parts add up
+    if alloc_sum < peak_alloc {
+        c.transient += peak_alloc - alloc_sum;
+    }
+    let largest = (prof.largest_alloc * b) as u64;
+    let live: Vec<(u64, u32)> = if phase == Phase::OptimizerStep {
+        Vec::new()
+    } else {
+        prof.saved_sizes
+            .iter()
+            .map(|&(s, n)| ((s * b) as u64, n))
+            .collect()
+    };
+    let reserved = reserved::reserved(&reserved::Inputs {
+        peak_allocated: peak_alloc,
+        largest_allocation: largest,
+        live: &live,
+        conv_output_max: (prof.conv_output_max * b) as u64,
+        freed_small: if phase == Phase::Backward {
+            (prof.casts_total - best.1.casts).max(0.0) as u64
+        } else {
+            0
+        },
+    });
+    c.allocator_overhead = reserved.saturating_sub(peak_alloc);
+    c.outside_pytorch = outside_pytorch_bytes(gpu);
+    let device_total = reserved + c.outside_pytorch;
+    let gpu_fit = gpu.map(|g| GpuFit {
+        name: g.name.clone(),
+        memory_bytes: g.memory_bytes,
+        headroom_bytes: g.memory_bytes as i64 - device_total as i64,
+    });
+    let (seq_len, image_size) = match &w.arch {
+        crate::model::arch::Arch::Lm(_) | crate::model::arch::Arch::T5(_) => {
+            (Some(w.shape.seq_len), None)
+        }
+        _ => (None, Some(w.shape.image)),
+    };
+    Ok(Estimate {
+        peak_allocated_bytes: peak_alloc,
+        peak_reserved_bytes: reserved,
+        device_total_bytes: device_total,
+        components: c,
+        fits: gpu.map(|g| device_total <= g.memory_bytes),
+        gpu: gpu_fit,
+        workload: WorkloadSummary {
+            name: w.name.clone(),
+            source: w.source.clone(),
+            params: w.params,
+            trainable_params: w.trainable_params,
+            knobs: knobs.clone(),
+            seq_len,
+            image_size,
+        },
+        peak_phase: phase,
+        details: Details {
+            autocast_weight_cache: prof.casts_total as u64,
+            activation_gradients: (best.1.act_grads * b) as u64,
+            saved_activations_end_of_forward: (prof.saved_end * b) as u64,
+            largest_allocation: largest,
+            optimizer_step_peak: (common + opt_step) as u64,
+            forward_peak: (common + fwd_peak) as u64,
+            backward_peak: (common + bwd_peak) as u64,
+        },
+    })
+}

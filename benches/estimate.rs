@@ -1,0 +1,47 @@
+//! One estimate (workload resolved once, as `plan` uses it) and `validate` of the calibration file.
+use std::path::Path;
+
+use criterion::{criterion_group, criterion_main, Criterion};
+use oomdoc::knobs::{KnobArgs, Precision};
+
+fn bench(c: &mut Criterion) {
+    let args = KnobArgs::default();
+    let w = oomdoc::model::resolve("preset:navdp", Path::new("."), &args).unwrap();
+    let k = w.resolve_knobs(&args).unwrap();
+    // first call walks the trace; later ones reuse the cached profile
+    oomdoc::memory::estimate(&w, &k).unwrap();
+    c.bench_function("estimate navdp (profile cached)", |b| {
+        b.iter(|| oomdoc::memory::estimate(&w, &k).unwrap())
+    });
+    c.bench_function("estimate navdp, new batch and precision each time", |b| {
+        let mut i = 0u64;
+        b.iter(|| {
+            i += 1;
+            let mut k = k.clone();
+            k.batch = 1 + i % 64;
+            k.precision = if i % 2 == 0 {
+                Precision::Fp32
+            } else {
+                Precision::Bf16Mixed
+            };
+            oomdoc::memory::estimate(&w, &k).unwrap()
+        })
+    });
+    c.bench_function("resolve + estimate gpt2 (cold)", |b| {
+        b.iter(|| {
+            let w = oomdoc::model::resolve("preset:gpt2", Path::new("."), &args).unwrap();
+            let k = w.resolve_knobs(&args).unwrap();
+            oomdoc::memory::estimate(&w, &k).unwrap()
+        })
+    });
+    let file = Path::new("tests/fixtures/calibration/measurements-h100-torch2.11.jsonl");
+    let mut g = c.benchmark_group("validate");
+    g.sample_size(10);
+    g.bench_function("validate calibration (46 rows)", |b| {
+        b.iter(|| oomdoc::memory::validate::validate_file(file).unwrap())
+    });
+    g.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);

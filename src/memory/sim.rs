@@ -1,0 +1,356 @@
+//! Walks one training step over a trace: forward, then backward op by op in reverse, and records
+//! the memory at every op as (per-sample bytes, absolute bytes) so that any batch size can be
+//! evaluated without walking again.
+use std::collections::HashSet;
+
+use serde::Serialize;
+
+use super::Phase;
+use crate::model::graph::Trace;
+
+/// Memory at one point of the step.
+#[derive(Clone, Debug, Default, Serialize, PartialEq)]
+pub struct Point {
+    pub phase: Phase,
+    /// Saved tensors alive, bytes per sample.
+    pub saved: f64,
+    /// Temporaries alive (activation gradients, recomputation, outputs not saved), bytes per sample.
+    pub transient: f64,
+    /// The activation-gradient part of `transient`, bytes per sample.
+    pub act_grads: f64,
+    /// autocast weight casts alive, bytes (not per sample).
+    pub casts: f64,
+    /// Parameter-gradient elements alive.
+    pub pgrad: f64,
+}
+
+/// The walk's result for one (precision, attention, checkpointing).
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Profile {
+    /// Points on the upper hull: the only candidates for the peak at any batch size.
+    pub points: Vec<Point>,
+    /// Trainable parameter elements (one gradient each).
+    pub pgrad_total: f64,
+    /// autocast weight cache at the end of forward, bytes.
+    pub casts_total: f64,
+    /// Saved tensors at the end of forward, bytes per sample.
+    pub saved_end: f64,
+    /// Largest single tensor, bytes per sample.
+    pub largest_alloc: f64,
+    /// Bytes per sample allocated and freed again during the step (temporaries).
+    pub churn: f64,
+    /// Sizes (bytes per sample) of the tensors kept at the end of forward, with their counts:
+    /// the live set around the peak, for the allocator's rounding (`reserved.rs`).
+    pub saved_sizes: Vec<(f64, u32)>,
+    /// Largest overlapping-convolution output, bytes per sample (see `reserved.rs`).
+    pub conv_output_max: f64,
+}
+
+pub fn simulate(t: &Trace, ck: &[bool]) -> Profile {
+    let nt = t.tensors.len();
+    let nops = t.ops.len();
+    let counted = |i: usize| t.tensors[i].base.is_none() && t.tensors[i].producer != usize::MAX;
+    let bytes = |i: usize| t.tensors[i].bytes();
+
+    // which tensors stay for backward, and after which op's backward they go
+    let mut retained = vec![false; nt];
+    let mut release = vec![usize::MAX; nt];
+    for (i, ti) in t.tensors.iter().enumerate() {
+        if !counted(i) {
+            continue;
+        }
+        for &s in &ti.savers {
+            if !ck[t.ops[s].stage] {
+                retained[i] = true;
+                release[i] = release[i].min(s);
+            }
+        }
+    }
+    // stage segments (contiguous op ranges of one stage instance)
+    let mut segs: Vec<(usize, usize, usize)> = Vec::new(); // (stage, start, end)
+    for (i, op) in t.ops.iter().enumerate() {
+        match segs.last_mut() {
+            Some(s) if s.0 == op.stage && s.2 == i => s.2 = i + 1,
+            _ => segs.push((op.stage, i, i + 1)),
+        }
+    }
+    // inputs of checkpointed segments are kept by `checkpoint` until that segment's backward
+    for &(st, a, b) in &segs {
+        if !ck[st] {
+            continue;
+        }
+        for i in a..b {
+            for inp in &t.ops[i].inputs {
+                let r = t.root(*inp).0;
+                let p = t.tensors[r].producer;
+                if counted(r) && (p < a || p >= b) {
+                    retained[r] = true;
+                    release[r] = release[r].min(a);
+                }
+            }
+        }
+    }
+
+    // ---------------------------------------------------------------- forward
+    let mut frees: Vec<Vec<usize>> = vec![Vec::new(); nops];
+    let mut pinned: Vec<usize> = Vec::new();
+    for (i, &kept) in retained.iter().enumerate() {
+        if !counted(i) || kept {
+            continue;
+        }
+        if t.tensors[i].pinned {
+            pinned.push(i);
+        } else {
+            let lu = t.tensors[i].last_use.max(t.tensors[i].producer);
+            frees[lu.min(nops - 1)].push(i);
+        }
+    }
+    let mut pts: Vec<Point> = Vec::with_capacity(2 * nops);
+    let mut live = 0.0;
+    let mut live_saved = 0.0;
+    let mut casts = 0.0;
+    let mut largest = 0.0f64;
+    let mut churn = 0.0;
+    for (i, op) in t.ops.iter().enumerate() {
+        for o in &op.outputs {
+            if counted(o.0) && t.tensors[o.0].producer == i {
+                live += bytes(o.0);
+                largest = largest.max(bytes(o.0));
+                if retained[o.0] {
+                    live_saved += bytes(o.0);
+                } else {
+                    churn += bytes(o.0);
+                }
+            }
+        }
+        casts += op.weight_cast_bytes;
+        pts.push(Point {
+            phase: Phase::Forward,
+            saved: live_saved,
+            transient: live - live_saved + op.fwd_extra,
+            act_grads: 0.0,
+            casts,
+            pgrad: 0.0,
+        });
+        for &j in &frees[i] {
+            live -= bytes(j);
+        }
+    }
+    let _pinned_freed_at_end: f64 = pinned.iter().map(|&j| bytes(j)).sum();
+    let saved_end = live_saved;
+    let mut sizes: Vec<(f64, u32)> = Vec::new();
+    for (i, &kept) in retained.iter().enumerate() {
+        if kept {
+            let b = bytes(i);
+            match sizes.iter_mut().find(|(s, _)| (*s - b).abs() < 0.5) {
+                Some(e) => e.1 += 1,
+                None => sizes.push((b, 1)),
+            }
+        }
+    }
+    let casts_total = casts;
+
+    // ---------------------------------------------------------------- backward
+    let mut alive = retained.clone();
+    let mut grad = vec![false; nt];
+    let mut grad_done = vec![false; nt];
+    let mut live_grad = 0.0;
+    let mut pgrad = 0.0;
+    let mut keys: HashSet<u32> = HashSet::new();
+    // casts of checkpointed ops were only in autocast's cache: gone at the end of forward
+    let mut casts_alive: f64 = t
+        .ops
+        .iter()
+        .filter(|o| !ck[o.stage])
+        .map(|o| o.weight_cast_bytes)
+        .sum();
+    let mut recomputed_casts = vec![false; nops];
+    let mut rel_at: Vec<Vec<usize>> = vec![Vec::new(); nops];
+    for j in 0..nt {
+        if retained[j] && release[j] < nops {
+            rel_at[release[j]].push(j);
+        }
+    }
+    for &(st, a, b) in segs.iter().rev() {
+        if ck[st] {
+            // non-reentrant checkpoint: the segment's forward runs again, keeping what its
+            // backward needs
+            let mut local = 0.0f64;
+            let mut peak_local = 0.0f64;
+            let mut kept = 0.0;
+            let mut seg_casts = 0.0;
+            for i in a..b {
+                for o in &t.ops[i].outputs {
+                    if counted(o.0) && t.tensors[o.0].producer == i {
+                        local += bytes(o.0);
+                    }
+                }
+                seg_casts += t.ops[i].weight_cast_bytes;
+                peak_local = peak_local.max(local);
+                for o in &t.ops[i].outputs {
+                    let j = o.0;
+                    if !counted(j) || t.tensors[j].producer != i {
+                        continue;
+                    }
+                    let saved_here = t.tensors[j].savers.iter().any(|&s| s >= a && s < b);
+                    if saved_here && !alive[j] {
+                        alive[j] = true;
+                        kept += bytes(j);
+                        let r = t.tensors[j]
+                            .savers
+                            .iter()
+                            .copied()
+                            .filter(|&s| s >= a && s < b)
+                            .min()
+                            .unwrap_or(i);
+                        rel_at[r].push(j);
+                    }
+                }
+                // temporaries of the recomputation die at their last use inside the segment
+                let mut dead = 0.0;
+                for o in &t.ops[i].inputs {
+                    let r = t.root(*o).0;
+                    let ti = &t.tensors[r];
+                    if counted(r)
+                        && ti.producer >= a
+                        && ti.producer < b
+                        && ti.last_use == i
+                        && !ti.savers.iter().any(|&s| s >= a && s < b)
+                    {
+                        dead += bytes(r);
+                    }
+                }
+                local -= dead;
+            }
+            recomputed_casts[a..b].iter_mut().for_each(|r| *r = true);
+            pts.push(Point {
+                phase: Phase::Backward,
+                saved: live_saved,
+                transient: live_grad + peak_local,
+                act_grads: live_grad,
+                casts: casts_alive + seg_casts,
+                pgrad,
+            });
+            live_saved += kept;
+            casts_alive += seg_casts;
+        }
+        for i in (a..b).rev() {
+            let op = &t.ops[i];
+            for inp in &op.inputs {
+                let r = t.root(*inp).0;
+                if counted(r) && t.tensors[r].requires_grad && !grad[r] && !grad_done[r] {
+                    grad[r] = true;
+                    live_grad += bytes(r);
+                }
+            }
+            if op.param_grad_elems > 0.0 {
+                let fresh = match op.param_key {
+                    Some(k) => keys.insert(k),
+                    None => true,
+                };
+                if fresh {
+                    pgrad += op.param_grad_elems;
+                }
+            }
+            pts.push(Point {
+                phase: Phase::Backward,
+                saved: live_saved,
+                transient: live_grad + op.bwd_extra,
+                act_grads: live_grad,
+                casts: casts_alive,
+                pgrad,
+            });
+            for o in &op.outputs {
+                let j = o.0;
+                if grad[j] && !op.inputs.iter().any(|x| x.0 == j) {
+                    grad[j] = false;
+                    grad_done[j] = true;
+                    live_grad -= bytes(j);
+                }
+            }
+            if !ck[st] || recomputed_casts[i] {
+                casts_alive -= op.weight_cast_bytes;
+            }
+            for &j in &rel_at[i] {
+                if alive[j] {
+                    alive[j] = false;
+                    live_saved -= bytes(j);
+                }
+            }
+        }
+    }
+    let pgrad_total: f64 = t
+        .params
+        .iter()
+        .filter(|p| p.trainable)
+        .map(|p| p.elems() as f64)
+        .sum();
+
+    Profile {
+        points: hull(pts, pgrad_total),
+        pgrad_total,
+        casts_total,
+        saved_end,
+        largest_alloc: largest,
+        churn,
+        saved_sizes: sizes,
+        conv_output_max: t.conv_output_max,
+    }
+}
+
+/// Keeps the points that can be the maximum of `b * (saved + transient) + casts + g * pgrad` for
+/// some batch `b >= 0` and gradient byte size `g` in {0, 2, 4} (accumulation keeps all gradients:
+/// `g = 0` on the per-point part).
+fn hull(pts: Vec<Point>, _pgrad_total: f64) -> Vec<Point> {
+    let mut keep: Vec<bool> = vec![false; pts.len()];
+    for g in [0.0, 2.0, 4.0] {
+        let mut idx: Vec<usize> = (0..pts.len()).collect();
+        let x = |p: &Point| p.saved + p.transient;
+        let y = |p: &Point| p.casts + g * p.pgrad;
+        idx.sort_by(|&a, &b| {
+            x(&pts[a])
+                .partial_cmp(&x(&pts[b]))
+                .unwrap_or(std::cmp::Ordering::Equal)
+                .then(
+                    y(&pts[a])
+                        .partial_cmp(&y(&pts[b]))
+                        .unwrap_or(std::cmp::Ordering::Equal),
+                )
+        });
+        // upper hull (monotone chain), then keep the part where the slope is >= 0 in y vs x
+        // from the right end: maxima of b*x + y with b >= 0 lie on it
+        let mut h: Vec<usize> = Vec::new();
+        for &i in &idx {
+            while h.len() >= 2 {
+                let (o, a) = (&pts[h[h.len() - 2]], &pts[h[h.len() - 1]]);
+                let c = &pts[i];
+                let cross = (x(a) - x(o)) * (y(c) - y(o)) - (y(a) - y(o)) * (x(c) - x(o));
+                if cross >= 0.0 {
+                    h.pop();
+                } else {
+                    break;
+                }
+            }
+            h.push(i);
+        }
+        // from the max-y point to the right end
+        let top = h
+            .iter()
+            .enumerate()
+            .max_by(|a, b| {
+                y(&pts[*a.1])
+                    .partial_cmp(&y(&pts[*b.1]))
+                    .unwrap_or(std::cmp::Ordering::Equal)
+            })
+            .map(|(k, _)| k)
+            .unwrap_or(0);
+        for &i in &h[top..] {
+            keep[i] = true;
+        }
+    }
+    pts.into_iter()
+        .zip(keep)
+        .filter(|(_, k)| *k)
+        .map(|(p, _)| p)
+        .collect()
+}

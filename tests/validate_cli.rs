@@ -1,0 +1,58 @@
+//! `oomdoc validate` on the calibration file.
+use std::process::Command;
+
+fn oomdoc(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_oomdoc"))
+        .args(args)
+        .env("LANG", "C")
+        .output()
+        .expect("run oomdoc");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+const FILE: &str = "tests/fixtures/calibration/measurements-h100-torch2.11.jsonl";
+
+#[test]
+fn calibration_rows_are_estimated_closely() {
+    let (code, out, err) = oomdoc(&["--format", "json", "validate", FILE]);
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["rows"].as_array().unwrap().len(), 46);
+    // what docs/accuracy.md reports; a regression shows here
+    assert!(v["alloc"]["median_abs"].as_f64().unwrap() < 0.02);
+    assert!(v["alloc"]["max_abs"].as_f64().unwrap() < 0.15);
+    assert!(v["reserved"]["median_abs"].as_f64().unwrap() <= 0.05);
+    assert!(v["reserved"]["max_abs"].as_f64().unwrap() < 0.25);
+}
+
+#[test]
+fn text_table_and_skipped_rows() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("models")).unwrap();
+    std::fs::copy(
+        "tests/fixtures/calibration/models/gpt2-124m.config.json",
+        dir.path().join("models/gpt2-124m.config.json"),
+    )
+    .unwrap();
+    let rows = std::fs::read_to_string(FILE).unwrap();
+    let gpt = rows.lines().find(|l| l.contains("gpt2-124m")).unwrap();
+    let text = format!(
+        "{gpt}\n{{\"workload\": \"x\", \"error\": \"OutOfMemoryError: CUDA out of memory\"}}\n{{\"workload\": \"y\", \"peak_alloc\": 1}}\n"
+    );
+    let f = dir.path().join("m.jsonl");
+    std::fs::write(&f, text).unwrap();
+    let (code, out, err) = oomdoc(&["validate", f.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("1 rows compared, 2 skipped"), "{out}");
+    assert!(out.contains("under-estimates beyond 5%"), "{out}");
+    assert!(out.contains("no estimate_args"), "{out}");
+
+    std::fs::write(&f, "not json\n").unwrap();
+    let (code, _, err) = oomdoc(&["validate", f.to_str().unwrap()]);
+    assert_eq!(code, 2);
+    assert!(err.contains(":1:"), "{err}");
+}
