@@ -254,6 +254,8 @@ pub struct Fragmentation {
 pub struct TimePoint {
     /// time_us since the first entry, or the event index when the trace has no times.
     pub t: i64,
+    /// Index of the trace entry.
+    pub index: usize,
     pub allocated: u64,
     pub reserved: u64,
     /// Bytes per category in `Category::ALL` order.
@@ -881,6 +883,7 @@ pub fn analyse(snap: &Snapshot) -> Analysis {
             if let Some((j, tot, by)) = best.take() {
                 points.push(TimePoint {
                     t: t_of(j),
+                    index: j,
                     allocated: tot,
                     reserved: reserved_after[j],
                     by_category: by,

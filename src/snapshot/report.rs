@@ -158,7 +158,11 @@ pub fn short(path: &str) -> &str {
 
 /// GiB with one decimal, for the headline sentence.
 fn gib1(n: u64) -> String {
-    format!("{:.1} GiB", n as f64 / GIB as f64)
+    if n >= GIB {
+        format!("{:.1} GiB", n as f64 / GIB as f64)
+    } else {
+        bytes(n)
+    }
 }
 
 fn pct0(r: f64) -> String {
