@@ -316,3 +316,45 @@ fn markdown_zh_and_html() {
         "{http:?}"
     );
 }
+
+#[test]
+fn source_lines_name_the_blocks() {
+    let src = fixture("src");
+    let out = oomdoc(&[
+        "snapshot",
+        fixture(NAVDP).to_str().unwrap(),
+        "--source",
+        src.to_str().unwrap(),
+    ]);
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        text.contains("About 97% of the memory at the OOM (22.4 GiB of 23.1 GiB) was allocated inside Block.forward"),
+        "{text}"
+    );
+    assert!(text.contains("in ViTS14.forward (navdp_model.py:79)"));
+    assert!(text.contains("navdp_model.py:42 (Attention.forward): o = ((q * self.scale) @ k.transpose(-2, -1)).softmax(dim=-1) @ v"));
+    // --no-source reads nothing.
+    let out = oomdoc(&[
+        "snapshot",
+        fixture(NAVDP).to_str().unwrap(),
+        "--source",
+        src.to_str().unwrap(),
+        "--no-source",
+    ]);
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(!text.contains("Block.forward"));
+}
+
+#[test]
+fn library_lines_for_a_transformers_model() {
+    let j = json_of(&fixture(GPT2_OOM));
+    // The user's own line is the model call; inside transformers the GELU holds the most.
+    assert_eq!(j["top_sites"][0]["line"], 52);
+    let lib = &j["library_sites"][0];
+    assert!(lib["file"]
+        .as_str()
+        .unwrap()
+        .ends_with("transformers/activations.py"));
+    assert!(j["top_sites"][0]["kind"] == "other");
+}

@@ -16,6 +16,7 @@ mod convert;
 pub mod html;
 pub mod pickle;
 pub mod report;
+pub mod source;
 
 use std::io::Read;
 use std::path::Path;
