@@ -187,15 +187,27 @@ impl Cx {
 
     fn dict_form(&mut self, root: &Value) -> Res<Parts> {
         let top = || "top level".to_string();
+        // Take the traces out of the tree first, so that each entry's dict is freed as soon as it
+        // has been converted (nothing else refers to it once the memo is gone).
+        let traces_v: Option<Value> = match root {
+            Value::Dict(rc) => match &mut *rc.borrow_mut() {
+                Map::Items(items) => items
+                    .iter_mut()
+                    .find(|(k, _)| matches!(k, Value::Str(s) if s.as_str() == "device_traces"))
+                    .map(|(_, v)| std::mem::replace(v, Value::None)),
+                Map::Frame(_) => None,
+            },
+            _ => None,
+        };
         let it = items(root, &top)?;
         let segs_v = get(&it, "segments").ok_or(
             "the top-level dict has no 'segments' key (is this a torch.cuda.memory._snapshot() dump?)",
         )?;
         let segments = self.segments(segs_v)?;
         let mut device_traces = Vec::new();
-        if let Some(tr) = get(&it, "device_traces") {
+        if let Some(tr) = traces_v {
             let p = || "device_traces".to_string();
-            for (dev, list) in list_items(tr, &p)?.into_iter().enumerate() {
+            for (dev, list) in take_list(tr, &p)?.into_iter().enumerate() {
                 let pd = || format!("device_traces[{dev}]");
                 let entries = take_list(list, &pd)?;
                 let mut out = Vec::with_capacity(entries.len());

@@ -21,6 +21,7 @@ catalogue! { enum H {
     Heading => ("Memory snapshot: {}", "显存快照：{}"),
     Timeline => ("Memory over time (allocated, by category; dashed: reserved)", "显存随时间变化（已分配，按类别；虚线：预留）"),
     Sites => ("Top allocation sites ({})", "分配最多的代码位置（{}）"),
+    LibSites => ("Inside libraries ({}): the innermost library line under your own line", "库代码内部（{}）：你的代码行之下最内层的库代码行"),
     SegMap => ("Segment map (address order; each row is an equal slice of the reserved memory)", "段映射（按地址排列；每行是预留显存的等份）"),
     Free => ("free (inactive)", "空闲（未使用）"),
     Pending => ("awaiting a stream", "等待流释放"),
@@ -69,6 +70,8 @@ struct SiteData {
     shown: String,
     category: usize,
     kind: String,
+    /// Source text and qualified name, when found.
+    code: String,
 }
 
 #[derive(Serialize)]
@@ -145,6 +148,10 @@ pub fn page(a: &Analysis, file: &str, lang: Lang) -> String {
                     .and_then(|k| kind_name(k, lang))
                     .unwrap_or("")
                     .to_string(),
+                code: match (&s.qualname, &s.code) {
+                    (Some(q), Some(c)) => format!("{q}: {c}"),
+                    _ => String::new(),
+                },
             })
             .collect(),
         segments: a
@@ -245,6 +252,23 @@ pub fn page(a: &Analysis, file: &str, lang: Lang) -> String {
         "<h2>{}</h2><div id=\"sites\" class=\"chart\"></div>\n",
         esc(&fill(H::Sites.text(lang), &[&moment]))
     ));
+    if !a.library_sites.is_empty() {
+        h.push_str(&format!(
+            "<h2>{}</h2><table class=\"kv\" id=\"library-sites\">",
+            esc(&fill(H::LibSites.text(lang), &[&moment]))
+        ));
+        for s in &a.library_sites {
+            h.push_str(&format!(
+                "<tr><th>{}:{} {}</th><td>{}</td><td>&nbsp;{:.1}%</td></tr>",
+                esc(short(&s.file)),
+                s.line,
+                esc(&s.function),
+                esc(&bytes(s.bytes)),
+                s.share * 100.0
+            ));
+        }
+        h.push_str("</table>\n");
+    }
     h.push_str(&format!(
         "<h2>{}</h2><div id=\"segmap\" class=\"chart\"></div>\n",
         esc(H::SegMap.text(lang))
@@ -387,7 +411,7 @@ const JS: &str = r##"
         var t = el("text", { x: lw - 8, y: y + 15, "text-anchor": "end" }, svg); t.textContent = s.label;
         var bw = Math.max(1, s.bytes / max * (w - lw - 230));
         var r = el("rect", { x: lw, y: y + 3, width: bw, height: rowh - 6, fill: D.categories[s.category][1], "class": "site-bar" }, svg);
-        var ti = el("title", {}, r); ti.textContent = s.label + " " + s.shown;
+        var ti = el("title", {}, r); ti.textContent = s.label + " " + s.shown + (s.code ? "\n" + s.code : "");
         var v = el("text", { x: lw + bw + 6, y: y + 15 }, svg);
         v.textContent = s.shown + (s.kind ? " · " + s.kind : "");
       });
