@@ -88,6 +88,13 @@ catalogue! { pub enum W {
     FragRatio => ("Fragmentation (1 - largest free / all free)", "碎片程度（1 - 最大空闲块 / 全部空闲）"),
     BlocksIn => ("{0} in {1} blocks", "{1} 个块共 {0}"),
     Timeline => ("Timeline (allocated memory)", "时间线（已分配显存）"),
+    FragSegments => ("Segments with the most free space:", "空闲空间最多的段："),
+    ColSegment => ("segment", "段"),
+    ColPool => ("pool", "池"),
+    ColSize => ("size", "大小"),
+    ColFree => ("free", "空闲"),
+    ColFreeBlocks => ("free blocks", "空闲块数"),
+    ColLargest => ("largest free block", "最大空闲块"),
     TimelinePeak => ("Peak {0} at {1}.", "峰值 {0}，时间 {1}。"),
     How => ("How the categories are inferred", "类别如何推断"),
     HowText => (
@@ -509,6 +516,36 @@ pub fn document(a: &Analysis, file: &str, lang: Lang) -> Document {
             pct(f.fragmentation_ratio),
         ),
     ]);
+
+    if !f.segments.is_empty() {
+        d.para(W::FragSegments.text(lang));
+        let rows = f
+            .segments
+            .iter()
+            .take(5)
+            .map(|s| {
+                vec![
+                    format!("0x{:x}", s.address),
+                    s.segment_type.clone(),
+                    bytes(s.total_size),
+                    bytes(s.free_bytes),
+                    s.free_blocks.to_string(),
+                    bytes(s.largest_free_block_bytes),
+                ]
+            })
+            .collect();
+        d.table(
+            vec![
+                W::ColSegment.text(lang).into(),
+                W::ColPool.text(lang).into(),
+                W::ColSize.text(lang).into(),
+                W::ColFree.text(lang).into(),
+                W::ColFreeBlocks.text(lang).into(),
+                W::ColLargest.text(lang).into(),
+            ],
+            rows,
+        );
+    }
 
     if a.timeline.points.len() > 1 {
         d.heading(2, W::Timeline.text(lang));
