@@ -856,7 +856,8 @@ pub fn analyse(snap: &Snapshot) -> Analysis {
                 let Some(at) = a.at else {
                     return Category::Gradients;
                 };
-                let run = runs.iter().find(|r| r.0 <= at && at <= r.1);
+                let n = runs.partition_point(|r| r.0 <= at);
+                let run = n.checked_sub(1).map(|j| &runs[j]).filter(|r| at <= r.1);
                 match (run, a.free) {
                     (Some(r), Some(f)) if f <= r.1 => Category::Temporaries,
                     (Some(r), None) if r.1 >= usize::MAX / 2 => Category::Temporaries,
@@ -870,7 +871,8 @@ pub fn analyse(snap: &Snapshot) -> Analysis {
                 match a.free {
                     None => Category::Activations,
                     Some(f) => {
-                        let next_bwd = runs.iter().find(|r| r.0 > at).map(|r| r.0);
+                        let n = runs.partition_point(|r| r.0 <= at);
+                        let next_bwd = runs.get(n).map(|r| r.0);
                         match next_bwd {
                             Some(b) if f > b => Category::Activations,
                             _ => Category::Temporaries,
@@ -901,17 +903,20 @@ pub fn analyse(snap: &Snapshot) -> Analysis {
         .collect();
 
     // Timeline sweep: allocated per category after each event.
-    let mut starts: Vec<Vec<usize>> = vec![Vec::new(); trace.len() + 1];
-    let mut ends: Vec<Vec<usize>> = vec![Vec::new(); trace.len() + 1];
+    // Each trace index starts at most one allocation (its alloc entry) and ends at most one (its
+    // free entry, or an alloc that replaced a lost free).
+    const NONE: u32 = u32::MAX;
+    let mut start_of: Vec<u32> = vec![NONE; trace.len()];
+    let mut end_of: Vec<u32> = vec![NONE; trace.len()];
     let mut cur = [0u64; 6];
     for (k, a) in allocs.iter().enumerate() {
         match a.at {
-            Some(i) => starts[i].push(k),
+            Some(i) => start_of[i] = k as u32,
             None => cur[cats[k].idx()] += a.size,
         }
         if let Some(f) = a.free {
-            if f < ends.len() {
-                ends[f].push(k);
+            if f < end_of.len() {
+                end_of[f] = k as u32;
             }
         }
     }
@@ -941,10 +946,12 @@ pub fn analyse(snap: &Snapshot) -> Analysis {
     let mut best: Option<(usize, u64, [u64; 6])> = None;
     let mut peak = (0u64, 0usize);
     for i in 0..trace.len() {
-        for &k in &starts[i] {
+        if start_of[i] != NONE {
+            let k = start_of[i] as usize;
             cur[cats[k].idx()] += allocs[k].size;
         }
-        for &k in &ends[i] {
+        if end_of[i] != NONE {
+            let k = end_of[i] as usize;
             let c = cats[k].idx();
             cur[c] = cur[c].saturating_sub(allocs[k].size);
         }
