@@ -45,6 +45,11 @@ const MIN_BLOCK_SIZE: u64 = 512;
 /// A scope that holds at least this share of the memory at the moment is "where it went"
 /// (chosen so that a single dominant call site is named; a report convention, not a measurement).
 const SCOPE_SHARE: f64 = 0.80;
+/// A line is named after its operators (attention, MLP, ...) when they hold at least half of its
+/// memory, and each part of a two-part kind (softmax + matmul, linear + activation) at least 10%
+/// (report conventions, chosen so that a whole-model call is not named after one of its layers).
+const KIND_SHARE: f64 = 0.5;
+const MIN_PART: f64 = 0.10;
 /// Number of sites reported.
 const TOP_SITES: usize = 15;
 /// Timeline points kept (each keeps the maximum of its bucket, so peaks survive downsampling).
@@ -176,6 +181,8 @@ pub struct Oom {
     pub phase: Phase,
     /// The user's line that asked for the memory.
     pub site: Option<SourceLine>,
+    /// Its text and enclosing names, when the source was found.
+    pub site_source: Option<super::source::SourceInfo>,
     /// The largest free block of the segments at the OOM (snapshot state when nothing followed).
     pub largest_free_block_bytes: u64,
     /// Reserved but unallocated bytes at the OOM.
@@ -208,6 +215,10 @@ pub struct Site {
     pub kind: Option<SiteKind>,
     /// ATen operators beneath the line, biggest first (empty when no C++ frames were recorded).
     pub ops: Vec<OpBytes>,
+    /// The line's text, when the source file was found (`--source`).
+    pub code: Option<String>,
+    /// Enclosing class/function names from the source (`Block.forward`).
+    pub qualname: Option<String>,
 }
 
 /// The most specific user frame that holds most of the memory (at least 80%).
@@ -215,12 +226,19 @@ pub struct Site {
 pub struct Scope {
     /// The call site: the frame through which the memory was allocated.
     pub caller: SourceLine,
+    /// The frame that called the caller's function (most of the bytes), if one holds 90% of them.
+    pub outer: Option<SourceLine>,
+    /// Its class-qualified name from the source.
+    pub outer_qualname: Option<String>,
     /// The function(s) it called, with the lines inside them that allocated.
     pub callee_function: Option<String>,
     pub callee_file: Option<String>,
     pub callee_lines: Vec<i64>,
     pub bytes: u64,
     pub share: f64,
+    /// From the source, when found: the callee's class-qualified name and the caller's line.
+    pub callee_qualname: Option<String>,
+    pub caller_source: Option<super::source::SourceInfo>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -254,6 +272,8 @@ pub struct Fragmentation {
 pub struct TimePoint {
     /// time_us since the first entry, or the event index when the trace has no times.
     pub t: i64,
+    /// Index of the trace entry.
+    pub index: usize,
     pub allocated: u64,
     pub reserved: u64,
     /// Bytes per category in `Category::ALL` order.
@@ -321,6 +341,9 @@ pub struct Analysis {
     pub moment: Moment,
     pub categories: Categories,
     pub top_sites: Vec<Site>,
+    /// For memory whose own line calls into a third-party library (transformers, timm...): the
+    /// innermost line inside that library, biggest first.
+    pub library_sites: Vec<Site>,
     pub scope: Option<Scope>,
     pub fragmentation: Fragmentation,
     pub timeline: Timeline,
@@ -346,6 +369,19 @@ pub fn is_user_frame(f: &Frame) -> bool {
         || p.contains("/torch/")
         || p.contains("/lib/python3")
         || p.contains("/lib64/python3"))
+}
+
+/// Is this a frame of a third-party Python package other than torch (transformers, timm, ...)?
+pub fn is_library_frame(f: &Frame) -> bool {
+    let p: &str = &f.filename;
+    if !p.ends_with(".py") {
+        return false;
+    }
+    let p = p.replace('\\', "/");
+    (p.contains("site-packages/") || p.contains("dist-packages/"))
+        && !p.contains("-packages/torch/")
+        && !p.contains("-packages/torchvision/")
+        && !p.contains("-packages/torchaudio/")
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -477,36 +513,66 @@ fn normalise_op(op: &str) -> String {
     s.trim_start_matches('_').to_string()
 }
 
-fn site_kind(ops: &[OpBytes]) -> Option<SiteKind> {
-    if ops.is_empty() {
+/// A line's kind, when the operators that define it hold most of its memory (`KIND_SHARE`).
+/// `total` is the line's bytes (allocations without a recorded operator count against every kind).
+fn site_kind(ops: &[OpBytes], total: u64) -> Option<SiteKind> {
+    if ops.is_empty() || total == 0 {
         return None;
     }
-    let has = |names: &[&str]| ops.iter().any(|o| names.iter().any(|n| o.op.contains(n)));
-    let fused = has(&[
+    let share = |names: &[&str]| -> f64 {
+        let b: u64 = ops
+            .iter()
+            .filter(|o| names.iter().any(|n| o.op.contains(n)))
+            .map(|o| o.bytes)
+            .sum();
+        b as f64 / total as f64
+    };
+    const FUSED: &[&str] = &[
         "scaled_dot_product",
         "flash_attention",
         "efficient_attention",
         "cudnn_attention",
-    ]);
-    Some(if fused {
-        SiteKind::FusedAttention
-    } else if has(&["softmax"]) && has(&["matmul", "bmm", "baddbmm", "clone", "einsum"]) {
-        SiteKind::EagerAttention
-    } else if has(&["linear", "addmm", "mm"]) && has(&["gelu", "relu", "silu", "swish", "tanh"]) {
-        SiteKind::Mlp
-    } else if has(&["convolution", "conv"]) {
-        SiteKind::Convolution
-    } else if has(&["embedding"]) {
-        SiteKind::Embedding
-    } else if has(&["cross_entropy", "nll_loss", "mse_loss", "l1_loss"]) {
-        SiteKind::Loss
-    } else if has(&["linear", "addmm", "matmul", "bmm"]) {
-        SiteKind::Linear
-    } else if has(&["layer_norm", "batch_norm", "group_norm", "rms_norm"]) {
-        SiteKind::Normalization
-    } else {
-        SiteKind::Other
-    })
+    ];
+    const SOFTMAX: &[&str] = &["softmax"];
+    const MATMUL: &[&str] = &["matmul", "bmm", "baddbmm", "clone", "einsum"];
+    const LINEAR: &[&str] = &["linear", "addmm", "mm"];
+    const ACT: &[&str] = &["gelu", "relu", "silu", "swish", "tanh"];
+    let both = |a: &[&str], b: &[&str]| -> f64 {
+        let (x, y) = (share(a), share(b));
+        if x >= MIN_PART && y >= MIN_PART {
+            // Ops matching both lists (e.g. "mm" in "addmm") are counted once.
+            let all: Vec<&str> = a.iter().chain(b).copied().collect();
+            share(&all)
+        } else {
+            0.0
+        }
+    };
+    let candidates = [
+        (SiteKind::FusedAttention, share(FUSED)),
+        (SiteKind::EagerAttention, both(SOFTMAX, MATMUL)),
+        (SiteKind::Mlp, both(LINEAR, ACT)),
+        (SiteKind::Convolution, share(&["convolution", "conv"])),
+        (SiteKind::Embedding, share(&["embedding"])),
+        (
+            SiteKind::Loss,
+            share(&["cross_entropy", "nll_loss", "mse_loss", "l1_loss"]),
+        ),
+        (
+            SiteKind::Linear,
+            share(&["linear", "addmm", "matmul", "bmm"]),
+        ),
+        (
+            SiteKind::Normalization,
+            share(&["layer_norm", "batch_norm", "group_norm", "rms_norm"]),
+        ),
+    ];
+    Some(
+        candidates
+            .iter()
+            .find(|(_, s)| *s >= KIND_SHARE)
+            .map(|(k, _)| *k)
+            .unwrap_or(SiteKind::Other),
+    )
 }
 
 /// Per-stack facts, computed once per distinct stack.
@@ -515,6 +581,8 @@ struct StackInfo {
     class: StackClass,
     /// Index into snapshot.frames of the innermost user frame.
     site: Option<u32>,
+    /// The innermost third-party (not torch, not stdlib) frame inside the user frame.
+    lib_site: Option<u32>,
     op: Option<String>,
 }
 
@@ -541,13 +609,23 @@ impl<'a> Stacks<'a> {
                 .iter()
                 .filter_map(|&f| self.snap.frames.get(f as usize))
                 .collect();
-            let site = ids
+            let site_pos = ids
+                .iter()
+                .position(|&f| self.snap.frames.get(f as usize).is_some_and(is_user_frame));
+            let site = site_pos.map(|p| ids[p]);
+            let lib_site = ids[..site_pos.unwrap_or(ids.len())]
                 .iter()
                 .copied()
-                .find(|&f| self.snap.frames.get(f as usize).is_some_and(is_user_frame));
+                .find(|&f| {
+                    self.snap
+                        .frames
+                        .get(f as usize)
+                        .is_some_and(is_library_frame)
+                });
             self.cache[i] = Some(StackInfo {
                 class: classify_stack(&frames),
                 site,
+                lib_site,
                 op: op_of(&frames),
             });
         }
@@ -778,7 +856,8 @@ pub fn analyse(snap: &Snapshot) -> Analysis {
                 let Some(at) = a.at else {
                     return Category::Gradients;
                 };
-                let run = runs.iter().find(|r| r.0 <= at && at <= r.1);
+                let n = runs.partition_point(|r| r.0 <= at);
+                let run = n.checked_sub(1).map(|j| &runs[j]).filter(|r| at <= r.1);
                 match (run, a.free) {
                     (Some(r), Some(f)) if f <= r.1 => Category::Temporaries,
                     (Some(r), None) if r.1 >= usize::MAX / 2 => Category::Temporaries,
@@ -792,7 +871,8 @@ pub fn analyse(snap: &Snapshot) -> Analysis {
                 match a.free {
                     None => Category::Activations,
                     Some(f) => {
-                        let next_bwd = runs.iter().find(|r| r.0 > at).map(|r| r.0);
+                        let n = runs.partition_point(|r| r.0 <= at);
+                        let next_bwd = runs.get(n).map(|r| r.0);
                         match next_bwd {
                             Some(b) if f > b => Category::Activations,
                             _ => Category::Temporaries,
@@ -823,17 +903,20 @@ pub fn analyse(snap: &Snapshot) -> Analysis {
         .collect();
 
     // Timeline sweep: allocated per category after each event.
-    let mut starts: Vec<Vec<usize>> = vec![Vec::new(); trace.len() + 1];
-    let mut ends: Vec<Vec<usize>> = vec![Vec::new(); trace.len() + 1];
+    // Each trace index starts at most one allocation (its alloc entry) and ends at most one (its
+    // free entry, or an alloc that replaced a lost free).
+    const NONE: u32 = u32::MAX;
+    let mut start_of: Vec<u32> = vec![NONE; trace.len()];
+    let mut end_of: Vec<u32> = vec![NONE; trace.len()];
     let mut cur = [0u64; 6];
     for (k, a) in allocs.iter().enumerate() {
         match a.at {
-            Some(i) => starts[i].push(k),
+            Some(i) => start_of[i] = k as u32,
             None => cur[cats[k].idx()] += a.size,
         }
         if let Some(f) = a.free {
-            if f < ends.len() {
-                ends[f].push(k);
+            if f < end_of.len() {
+                end_of[f] = k as u32;
             }
         }
     }
@@ -863,10 +946,12 @@ pub fn analyse(snap: &Snapshot) -> Analysis {
     let mut best: Option<(usize, u64, [u64; 6])> = None;
     let mut peak = (0u64, 0usize);
     for i in 0..trace.len() {
-        for &k in &starts[i] {
+        if start_of[i] != NONE {
+            let k = start_of[i] as usize;
             cur[cats[k].idx()] += allocs[k].size;
         }
-        for &k in &ends[i] {
+        if end_of[i] != NONE {
+            let k = end_of[i] as usize;
             let c = cats[k].idx();
             cur[c] = cur[c].saturating_sub(allocs[k].size);
         }
@@ -881,6 +966,7 @@ pub fn analyse(snap: &Snapshot) -> Analysis {
             if let Some((j, tot, by)) = best.take() {
                 points.push(TimePoint {
                     t: t_of(j),
+                    index: j,
                     allocated: tot,
                     reserved: reserved_after[j],
                     by_category: by,
@@ -919,55 +1005,24 @@ pub fn analyse(snap: &Snapshot) -> Analysis {
     // Categories and sites at the moment.
     let mut categories = Categories::default();
     let mut site_acc: HashMap<Option<u32>, SiteAcc, FxBuild> = HashMap::default();
+    let mut lib_acc: HashMap<Option<u32>, SiteAcc, FxBuild> = HashMap::default();
     for &k in &live {
         let a = &allocs[k];
         categories.add(cats[k], a.size);
         let info = stacks.info(a.stack).clone();
-        let acc = site_acc.entry(info.site).or_default();
-        acc.bytes += a.size;
-        acc.count += 1;
-        acc.cats[cats[k].idx()] += a.size;
-        if let Some(op) = info.op {
-            *acc.ops.entry(op).or_default() += a.size;
+        site_acc
+            .entry(info.site)
+            .or_default()
+            .add(a.size, cats[k], &info.op);
+        if info.lib_site.is_some() {
+            lib_acc
+                .entry(info.lib_site)
+                .or_default()
+                .add(a.size, cats[k], &info.op);
         }
     }
-    let denom = moment_alloc.max(1) as f64;
-    let mut sites: Vec<Site> = site_acc
-        .into_iter()
-        .filter_map(|(site, acc)| {
-            let f = snap.frames.get(site? as usize)?;
-            let mut ops: Vec<OpBytes> = acc
-                .ops
-                .into_iter()
-                .map(|(op, bytes)| OpBytes { op, bytes })
-                .collect();
-            ops.sort_by(|a, b| b.bytes.cmp(&a.bytes).then(a.op.cmp(&b.op)));
-            let cat = Category::ALL
-                .into_iter()
-                .max_by_key(|c| (acc.cats[c.idx()], std::cmp::Reverse(c.idx())))
-                .unwrap_or(Category::Unknown);
-            let kind = site_kind(&ops);
-            ops.truncate(5);
-            Some(Site {
-                file: f.filename.to_string(),
-                line: f.line,
-                function: f.name.to_string(),
-                bytes: acc.bytes,
-                allocations: acc.count,
-                share: acc.bytes as f64 / denom,
-                category: cat,
-                kind,
-                ops,
-            })
-        })
-        .collect();
-    sites.sort_by(|a, b| {
-        b.bytes
-            .cmp(&a.bytes)
-            .then(a.file.cmp(&b.file))
-            .then(a.line.cmp(&b.line))
-    });
-    sites.truncate(TOP_SITES);
+    let sites = build_sites(snap, site_acc, moment_alloc);
+    let library_sites = build_sites(snap, lib_acc, moment_alloc);
 
     let scope = find_scope(
         snap,
@@ -1078,6 +1133,7 @@ pub fn analyse(snap: &Snapshot) -> Analysis {
                     line: f.line,
                     function: f.name.to_string(),
                 }),
+            site_source: None,
             largest_free_block_bytes: if nothing_after {
                 frag.largest_free_block_bytes
             } else {
@@ -1107,6 +1163,7 @@ pub fn analyse(snap: &Snapshot) -> Analysis {
         moment,
         categories,
         top_sites: sites,
+        library_sites,
         scope,
         fragmentation: frag,
         timeline,
@@ -1122,6 +1179,65 @@ struct SiteAcc {
     count: usize,
     cats: [u64; 6],
     ops: HashMap<String, u64>,
+}
+
+impl SiteAcc {
+    fn add(&mut self, size: u64, cat: Category, op: &Option<String>) {
+        self.bytes += size;
+        self.count += 1;
+        self.cats[cat.idx()] += size;
+        if let Some(op) = op {
+            *self.ops.entry(op.clone()).or_default() += size;
+        }
+    }
+}
+
+/// Sites from per-frame accumulators, biggest first (frame None = no such frame: left out).
+fn build_sites(
+    snap: &Snapshot,
+    acc: HashMap<Option<u32>, SiteAcc, FxBuild>,
+    total: u64,
+) -> Vec<Site> {
+    let denom = total.max(1) as f64;
+    let mut sites: Vec<Site> = acc
+        .into_iter()
+        .filter_map(|(site, acc)| {
+            let f = snap.frames.get(site? as usize)?;
+            let mut ops: Vec<OpBytes> = acc
+                .ops
+                .into_iter()
+                .map(|(op, bytes)| OpBytes { op, bytes })
+                .collect();
+            ops.sort_by(|a, b| b.bytes.cmp(&a.bytes).then(a.op.cmp(&b.op)));
+            let cat = Category::ALL
+                .into_iter()
+                .max_by_key(|c| (acc.cats[c.idx()], std::cmp::Reverse(c.idx())))
+                .unwrap_or(Category::Unknown);
+            let kind = site_kind(&ops, acc.bytes);
+            ops.truncate(5);
+            Some(Site {
+                file: f.filename.to_string(),
+                line: f.line,
+                function: f.name.to_string(),
+                bytes: acc.bytes,
+                allocations: acc.count,
+                share: acc.bytes as f64 / denom,
+                category: cat,
+                kind,
+                ops,
+                code: None,
+                qualname: None,
+            })
+        })
+        .collect();
+    sites.sort_by(|a, b| {
+        b.bytes
+            .cmp(&a.bytes)
+            .then(a.file.cmp(&b.file))
+            .then(a.line.cmp(&b.line))
+    });
+    sites.truncate(TOP_SITES);
+    sites
 }
 
 /// The most specific user frame holding at least `SCOPE_SHARE` of the moment's memory: among user
@@ -1175,6 +1291,7 @@ fn find_scope(snap: &Snapshot, live: &[&Alloc], total: u64) -> Option<Scope> {
     let f = snap.frames.get(frame as usize)?;
     // The callee: the user frames directly inside `frame` in those stacks.
     let mut callee: HashMap<(String, String), (u64, Vec<i64>)> = HashMap::new();
+    let mut outer: HashMap<u32, u64, FxBuild> = HashMap::default();
     for (&st, &b) in &per_stack {
         let ids = snap
             .stacks
@@ -1186,13 +1303,17 @@ fn find_scope(snap: &Snapshot, live: &[&Alloc], total: u64) -> Option<Scope> {
             .filter_map(|&i| snap.frames.get(i as usize))
             .filter(|fr| is_user_frame(fr))
             .collect();
-        let Some(pos) = ids
+        let user_ids: Vec<u32> = ids
             .iter()
-            .filter(|&&i| snap.frames.get(i as usize).is_some_and(is_user_frame))
-            .position(|&i| i == frame)
-        else {
+            .copied()
+            .filter(|&i| snap.frames.get(i as usize).is_some_and(is_user_frame))
+            .collect();
+        let Some(pos) = user_ids.iter().position(|&i| i == frame) else {
             continue;
         };
+        if let Some(&o) = user_ids.get(pos + 1) {
+            *outer.entry(o).or_default() += b;
+        }
         if pos == 0 {
             continue;
         }
@@ -1215,17 +1336,31 @@ fn find_scope(snap: &Snapshot, live: &[&Alloc], total: u64) -> Option<Scope> {
         }
         _ => (None, None, Vec::new()),
     };
+    let outer = outer
+        .into_iter()
+        .max_by(|a, b| a.1.cmp(&b.1).then(b.0.cmp(&a.0)))
+        .filter(|o| o.1 * 10 >= bytes * 9)
+        .and_then(|o| snap.frames.get(o.0 as usize))
+        .map(|o| SourceLine {
+            file: o.filename.to_string(),
+            line: o.line,
+            function: o.name.to_string(),
+        });
     Some(Scope {
         caller: SourceLine {
             file: f.filename.to_string(),
             line: f.line,
             function: f.name.to_string(),
         },
+        outer,
+        outer_qualname: None,
         callee_function,
         callee_file,
         callee_lines,
         bytes,
         share: bytes as f64 / total as f64,
+        callee_qualname: None,
+        caller_source: None,
     })
 }
 
@@ -1293,14 +1428,28 @@ mod tests {
                 .collect()
         };
         assert_eq!(
-            site_kind(&ops(&["softmax", "clone", "mul"])),
+            site_kind(&ops(&["softmax", "clone", "mul"]), 3),
             Some(SiteKind::EagerAttention)
         );
-        assert_eq!(site_kind(&ops(&["linear", "gelu"])), Some(SiteKind::Mlp));
+        assert_eq!(site_kind(&ops(&["linear", "gelu"]), 2), Some(SiteKind::Mlp));
         assert_eq!(
-            site_kind(&ops(&["scaled_dot_product_attention"])),
+            site_kind(&ops(&["scaled_dot_product_attention"]), 1),
             Some(SiteKind::FusedAttention)
         );
-        assert_eq!(site_kind(&[]), None);
+        // One attention op among many layers does not make a whole-model line "attention".
+        assert_eq!(
+            site_kind(
+                &ops(&[
+                    "scaled_dot_product_attention",
+                    "add",
+                    "mul",
+                    "layer_norm",
+                    "tanh"
+                ]),
+                5
+            ),
+            Some(SiteKind::Other)
+        );
+        assert_eq!(site_kind(&[], 0), None);
     }
 }

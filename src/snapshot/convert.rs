@@ -16,10 +16,10 @@ pub fn snapshot(d: Decoded) -> Res<Snapshot> {
         root,
         frames,
         stacks,
+        traces,
+        strings,
     } = d;
-    let mut cx = Cx {
-        strings: HashMap::new(),
-    };
+    let mut cx = Cx { strings, traces };
     let out = match &root {
         Value::Dict(_) => cx.dict_form(&root),
         Value::List(_) => cx.legacy(&root),
@@ -51,15 +51,17 @@ type Parts = (
 
 struct Cx {
     strings: HashMap<String, Arc<str>>,
+    /// Trace entries converted while decoding (taken out as they are placed).
+    traces: Vec<Option<TraceEntry>>,
 }
 
 fn items<'a>(v: &'a Value, path: &dyn Fn() -> String) -> Res<Ref<'a, Vec<(Value, Value)>>> {
     match v {
         Value::Dict(rc) => {
             let b = rc.borrow();
-            Ref::filter_map(b, |m| match m {
+            Ref::filter_map(b, |m| match &m.state {
                 Map::Items(i) => Some(i),
-                Map::Frame(_) => None,
+                Map::Frame(_) | Map::Trace(_) => None,
             })
             .map_err(|_| format!("{}: expected a dict, found a stack frame", path()))
         }
@@ -73,9 +75,11 @@ fn items<'a>(v: &'a Value, path: &dyn Fn() -> String) -> Res<Ref<'a, Vec<(Value,
 
 fn list_items(v: &Value, path: &dyn Fn() -> String) -> Res<Vec<Value>> {
     match v {
-        Value::List(rc) => match &*rc.borrow() {
+        Value::List(rc) => match &rc.borrow().state {
             Seq::Items(i) => Ok(i.clone()),
-            Seq::Stack(_) => Err(format!("{}: expected a list, found stack frames", path())),
+            Seq::Stack(_) | Seq::Frames(_) => {
+                Err(format!("{}: expected a list, found stack frames", path()))
+            }
         },
         Value::Tuple(t) => Ok((**t).clone()),
         other => Err(format!(
@@ -90,9 +94,11 @@ fn list_items(v: &Value, path: &dyn Fn() -> String) -> Res<Vec<Value>> {
 fn take_list(v: Value, path: &dyn Fn() -> String) -> Res<Vec<Value>> {
     match v {
         Value::List(rc) => match Rc::try_unwrap(rc) {
-            Ok(cell) => match cell.into_inner() {
+            Ok(cell) => match cell.into_inner().state {
                 Seq::Items(i) => Ok(i),
-                Seq::Stack(_) => Err(format!("{}: expected a list, found stack frames", path())),
+                Seq::Stack(_) | Seq::Frames(_) => {
+                    Err(format!("{}: expected a list, found stack frames", path()))
+                }
             },
             Err(rc) => list_items(&Value::List(rc), path),
         },
@@ -159,10 +165,10 @@ fn stack_of(v: Option<&Value>, path: &dyn Fn() -> String) -> Res<StackId> {
     match v {
         None | Some(Value::None) => Ok(StackId(0)),
         Some(Value::Stack(id)) => Ok(StackId(*id)),
-        Some(Value::List(rc)) => match &*rc.borrow() {
+        Some(Value::List(rc)) => match &rc.borrow().state {
             Seq::Stack(id) => Ok(StackId(*id)),
             Seq::Items(i) if i.is_empty() => Ok(StackId(0)),
-            Seq::Items(_) => Err(format!(
+            Seq::Items(_) | Seq::Frames(_) => Err(format!(
                 "{}.frames: expected a list of {{filename, line, name}} dicts",
                 path()
             )),
@@ -176,26 +182,29 @@ fn stack_of(v: Option<&Value>, path: &dyn Fn() -> String) -> Res<StackId> {
 }
 
 impl Cx {
-    fn intern(&mut self, s: &str) -> Arc<str> {
-        if let Some(a) = self.strings.get(s) {
-            return a.clone();
-        }
-        let a: Arc<str> = Arc::from(s);
-        self.strings.insert(s.to_string(), a.clone());
-        a
-    }
-
     fn dict_form(&mut self, root: &Value) -> Res<Parts> {
         let top = || "top level".to_string();
+        // Take the traces out of the tree first, so that each entry's dict is freed as soon as it
+        // has been converted (nothing else refers to it once the memo is gone).
+        let traces_v: Option<Value> = match root {
+            Value::Dict(rc) => match &mut rc.borrow_mut().state {
+                Map::Items(items) => items
+                    .iter_mut()
+                    .find(|(k, _)| matches!(k, Value::Str(s) if s.as_str() == "device_traces"))
+                    .map(|(_, v)| std::mem::replace(v, Value::None)),
+                _ => None,
+            },
+            _ => None,
+        };
         let it = items(root, &top)?;
         let segs_v = get(&it, "segments").ok_or(
             "the top-level dict has no 'segments' key (is this a torch.cuda.memory._snapshot() dump?)",
         )?;
         let segments = self.segments(segs_v)?;
         let mut device_traces = Vec::new();
-        if let Some(tr) = get(&it, "device_traces") {
+        if let Some(tr) = traces_v {
             let p = || "device_traces".to_string();
-            for (dev, list) in list_items(tr, &p)?.into_iter().enumerate() {
+            for (dev, list) in take_list(tr, &p)?.into_iter().enumerate() {
                 let pd = || format!("device_traces[{dev}]");
                 let entries = take_list(list, &pd)?;
                 let mut out = Vec::with_capacity(entries.len());
@@ -384,47 +393,86 @@ impl Cx {
     }
 
     fn trace_entry(&mut self, v: &Value, path: &dyn Fn() -> String) -> Res<TraceEntry> {
+        if let Value::Trace(i) = v {
+            return self
+                .traces
+                .get_mut(*i as usize)
+                .and_then(Option::take)
+                .ok_or_else(|| format!("{}: trace entry referenced twice", path()));
+        }
         let it = items(v, path)?;
-        let action = match req(&it, "action", path)? {
-            Value::Str(s) => Action::parse(s),
-            other => {
-                return Err(format!(
-                    "{}.action: expected str, found {}",
-                    path(),
-                    other.type_name()
-                ))
-            }
-        };
-        let addr = match get(&it, "addr") {
-            Some(v) => {
-                let p = || format!("{}.addr", path());
-                uint(v, &p)?
-            }
-            None => 0,
-        };
-        let device_free = match get(&it, "device_free") {
-            Some(v) => {
-                let p = || format!("{}.device_free", path());
-                Some(uint(v, &p)?)
-            }
-            None => None,
-        };
-        let opt_str = |cx: &mut Cx, key: &str| match get(&it, key) {
-            Some(Value::Str(s)) => Some(cx.intern(s)),
-            _ => None,
-        };
-        let compile_context = opt_str(self, "compile_context");
-        let user_metadata = opt_str(self, "user_metadata");
-        Ok(TraceEntry {
-            action,
-            addr,
-            size: req_u64(&it, "size", path)?,
-            stream: opt_i64(&it, "stream", path)?.unwrap_or(0),
-            time_us: opt_i64(&it, "time_us", path)?,
-            device_free,
-            frames: stack_of(get(&it, "frames"), path)?,
-            compile_context,
-            user_metadata,
-        })
+        trace_from_items(&it, &mut self.strings).map_err(|e| format!("{}{e}", path()))
     }
+}
+
+/// Converts a trace-entry dict in one pass over its keys. Errors start with `.field`.
+pub(crate) fn trace_from_items(
+    items: &[(Value, Value)],
+    strings: &mut HashMap<String, Arc<str>>,
+) -> Res<TraceEntry> {
+    let mut action = None;
+    let mut addr = 0u64;
+    let mut size = None;
+    let mut stream = 0i64;
+    let mut time_us = None;
+    let mut device_free = None;
+    let mut frames = StackId(0);
+    let mut compile_context = None;
+    let mut user_metadata = None;
+    let mut intern = |s: &str| -> Arc<str> {
+        if let Some(a) = strings.get(s) {
+            return a.clone();
+        }
+        let a: Arc<str> = Arc::from(s);
+        strings.insert(s.to_string(), a.clone());
+        a
+    };
+    for (k, v) in items {
+        let Value::Str(k) = k else { continue };
+        let key = k.as_str();
+        let p = || format!(".{key}");
+        match key {
+            "action" => match v {
+                Value::Str(s) => action = Some(Action::parse(s)),
+                other => {
+                    return Err(format!(
+                        ".action: expected str, found {}",
+                        other.type_name()
+                    ))
+                }
+            },
+            "addr" => addr = uint(v, &p)?,
+            "size" => size = Some(uint(v, &p)?),
+            "stream" => stream = int(v, &p)?,
+            "time_us" => {
+                if !matches!(v, Value::None) {
+                    time_us = Some(int(v, &p)?)
+                }
+            }
+            "device_free" => device_free = Some(uint(v, &p)?),
+            "frames" => frames = stack_of(Some(v), &|| String::new())?,
+            "compile_context" => {
+                if let Value::Str(s) = v {
+                    compile_context = Some(intern(s));
+                }
+            }
+            "user_metadata" => {
+                if let Value::Str(s) = v {
+                    user_metadata = Some(intern(s));
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(TraceEntry {
+        action: action.ok_or(": missing field 'action'")?,
+        addr,
+        size: size.ok_or(": missing field 'size'")?,
+        stream,
+        time_us,
+        device_free,
+        frames,
+        compile_context,
+        user_metadata,
+    })
 }

@@ -16,6 +16,7 @@ mod convert;
 pub mod html;
 pub mod pickle;
 pub mod report;
+pub mod source;
 
 use std::io::Read;
 use std::path::Path;
@@ -210,10 +211,12 @@ impl Snapshot {
 /// Errors name the file and, for corrupt pickles, the byte offset (of the uncompressed stream).
 pub fn load(path: &Path) -> anyhow::Result<Snapshot> {
     let shown = path.display().to_string();
-    let file = std::fs::File::open(path).map_err(|e| crate::error::Error::io(path, e))?;
+    let file = std::fs::File::open(path)
+        .map_err(|e| crate::error::Error::input(format!("{shown}: cannot open: {e}")))?;
     let mut file = std::io::BufReader::with_capacity(1 << 16, file);
     let mut magic = [0u8; 2];
-    let n = read_up_to(&mut file, &mut magic).map_err(|e| crate::error::Error::io(path, e))?;
+    let n = read_up_to(&mut file, &mut magic)
+        .map_err(|e| crate::error::Error::input(format!("{shown}: cannot read: {e}")))?;
     let head = std::io::Cursor::new(magic[..n].to_vec());
     let chained = head.chain(file);
     if n == 2 && magic == [0x1f, 0x8b] {

@@ -9,7 +9,9 @@
 //! compacted the moment they are complete (when their parent consumes them): a stack frame dict
 //! `{filename, line, name}` becomes an index into a frame table, and a list of such frames becomes
 //! an index into a table of interned stacks. The memo sees the compacted form too, so a shared frame
-//! list costs four bytes per frame once, however many entries refer to it.
+//! list costs four bytes per frame once, however many entries refer to it. A trace-entry dict
+//! (`{action, addr, size, ...}`) is converted to a typed [`TraceEntry`] as soon as it is complete,
+//! so the tree of a GB-sized trace never exists at once.
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
@@ -17,7 +19,8 @@ use std::io::Read;
 use std::rc::Rc;
 use std::sync::Arc;
 
-use super::Frame;
+use super::convert::trace_from_items;
+use super::{Frame, TraceEntry};
 
 /// A decoded pickle value. Containers are shared (`Rc`), as the memo shares them.
 #[derive(Clone, Debug)]
@@ -30,25 +33,46 @@ pub enum Value {
     Float(f64),
     Str(Rc<String>),
     Bytes(Rc<Vec<u8>>),
-    List(Rc<RefCell<Seq>>),
+    List(Rc<RefCell<SeqCell>>),
     Tuple(Rc<Vec<Value>>),
-    Dict(Rc<RefCell<Map>>),
+    Dict(Rc<RefCell<MapCell>>),
     /// A stack frame dict, compacted: index into [`Decoded::frames`].
     Frame(u32),
     /// A non-empty list of stack frames, compacted: index into [`Decoded::stacks`].
     Stack(u32),
+    /// A trace-entry dict, converted: index into [`Decoded::traces`].
+    Trace(u32),
+}
+
+/// No memo slot.
+const NO_MEMO: u32 = u32::MAX;
+
+#[derive(Debug)]
+pub struct SeqCell {
+    /// Memo slot holding this list (to replace it by the compacted form).
+    memo: u32,
+    pub state: Seq,
 }
 
 #[derive(Debug)]
 pub enum Seq {
     Items(Vec<Value>),
+    /// A list that so far holds only stack frames.
+    Frames(Vec<u32>),
     Stack(u32),
+}
+
+#[derive(Debug)]
+pub struct MapCell {
+    memo: u32,
+    pub state: Map,
 }
 
 #[derive(Debug)]
 pub enum Map {
     Items(Vec<(Value, Value)>),
     Frame(u32),
+    Trace(u32),
 }
 
 impl Value {
@@ -62,17 +86,33 @@ impl Value {
             Value::Bytes(_) => "bytes",
             Value::List(_) | Value::Stack(_) => "list",
             Value::Tuple(_) => "tuple",
-            Value::Dict(_) | Value::Frame(_) => "dict",
+            Value::Dict(_) | Value::Frame(_) | Value::Trace(_) => "dict",
         }
+    }
+    fn new_list(items: Vec<Value>) -> Value {
+        Value::List(Rc::new(RefCell::new(SeqCell {
+            memo: NO_MEMO,
+            state: Seq::Items(items),
+        })))
+    }
+    fn new_dict(items: Vec<(Value, Value)>) -> Value {
+        Value::Dict(Rc::new(RefCell::new(MapCell {
+            memo: NO_MEMO,
+            state: Map::Items(items),
+        })))
     }
 }
 
-/// The result of decoding: the root value plus the frame and stack tables it refers to.
+/// The result of decoding: the root value plus the tables it refers to.
 pub struct Decoded {
     pub root: Value,
     pub frames: Vec<Frame>,
     /// Interned stacks (frame indices in file order, innermost first); index 0 is the empty stack.
     pub stacks: Vec<Box<[u32]>>,
+    /// Trace entries converted while decoding (each referenced once by a `Value::Trace`).
+    pub traces: Vec<Option<TraceEntry>>,
+    /// Interned strings (file names, function names, trace metadata).
+    pub strings: HashMap<String, Arc<str>>,
 }
 
 /// A decoding error with the byte offset where it happened.
@@ -216,6 +256,22 @@ impl<R: Read> Input<R> {
         }
         Ok(v)
     }
+    /// A little-endian two's complement integer of `n` <= 8 bytes (LONG1 payload).
+    #[inline]
+    fn small(&mut self, n: usize) -> Res<Value> {
+        self.fill(n)?;
+        let bytes = &self.buf[self.pos..self.pos + n];
+        let v = if n == 0 {
+            0
+        } else {
+            let neg = bytes[n - 1] & 0x80 != 0;
+            let mut b = if neg { [0xffu8; 8] } else { [0u8; 8] };
+            b[..n].copy_from_slice(bytes);
+            i64::from_le_bytes(b)
+        };
+        self.pos += n;
+        Ok(Value::Int(v))
+    }
     /// A text line (protocol 0 arguments), without the newline.
     fn line(&mut self) -> Res<String> {
         let mut out = Vec::new();
@@ -243,6 +299,7 @@ struct Machine<R: Read> {
     strings: HashMap<String, Arc<str>>,
     stacks: Vec<Box<[u32]>>,
     stack_index: HashMap<Box<[u32]>, u32, FxBuild>,
+    traces: Vec<Option<TraceEntry>>,
 }
 
 /// Decodes one pickle from `src`.
@@ -257,6 +314,7 @@ pub fn decode<R: Read>(src: R) -> Result<Decoded, PickleError> {
         strings: HashMap::new(),
         stacks: vec![Box::new([])],
         stack_index: HashMap::default(),
+        traces: Vec::new(),
     };
     let first = m.inp.byte().map_err(|_| PickleError {
         offset: 0,
@@ -285,34 +343,76 @@ pub fn decode<R: Read>(src: R) -> Result<Decoded, PickleError> {
         root,
         frames: m.frames,
         stacks: m.stacks,
+        traces: m.traces,
+        strings: m.strings,
     })
+}
+
+/// True when dropping `v` cannot recurse (not a container, shared, or already compacted).
+fn shallow(v: &Value) -> bool {
+    match v {
+        Value::List(rc) => {
+            Rc::strong_count(rc) > 1
+                || match &rc.borrow().state {
+                    Seq::Items(i) => i.is_empty(),
+                    _ => true,
+                }
+        }
+        Value::Dict(rc) => {
+            Rc::strong_count(rc) > 1
+                || match &rc.borrow().state {
+                    Map::Items(i) => i.is_empty(),
+                    _ => true,
+                }
+        }
+        Value::Tuple(rc) => Rc::strong_count(rc) > 1 || rc.iter().all(|v| !is_container(v)),
+        _ => true,
+    }
+}
+
+fn is_container(v: &Value) -> bool {
+    matches!(v, Value::List(_) | Value::Dict(_) | Value::Tuple(_))
 }
 
 /// Drops a value tree without recursion (a hostile pickle can nest containers millions deep).
 pub fn drop_values(values: impl IntoIterator<Item = Value>) {
-    let mut work: Vec<Value> = values.into_iter().collect();
+    let mut work: Vec<Value> = Vec::new();
+    for v in values {
+        if shallow(&v) {
+            drop(v);
+        } else {
+            work.push(v);
+        }
+    }
     while let Some(v) = work.pop() {
+        let mut push = |c: Value| {
+            if shallow(&c) {
+                drop(c);
+            } else {
+                work.push(c);
+            }
+        };
         match v {
             Value::List(rc) => {
                 if let Ok(cell) = Rc::try_unwrap(rc) {
-                    if let Seq::Items(items) = cell.into_inner() {
-                        work.extend(items);
+                    if let Seq::Items(items) = cell.into_inner().state {
+                        items.into_iter().for_each(&mut push);
                     }
                 }
             }
             Value::Dict(rc) => {
                 if let Ok(cell) = Rc::try_unwrap(rc) {
-                    if let Map::Items(items) = cell.into_inner() {
+                    if let Map::Items(items) = cell.into_inner().state {
                         for (k, v) in items {
-                            work.push(k);
-                            work.push(v);
+                            push(k);
+                            push(v);
                         }
                     }
                 }
             }
             Value::Tuple(rc) => {
                 if let Ok(items) = Rc::try_unwrap(rc) {
-                    work.extend(items);
+                    items.into_iter().for_each(&mut push);
                 }
             }
             _ => {}
@@ -445,9 +545,14 @@ impl<R: Read> Machine<R> {
             _ => self.inp.err("missing MARK (corrupt pickle)"),
         }
     }
-    fn memo_get(&self, idx: usize) -> Res<Value> {
+    #[inline]
+    fn memo_get(&mut self, idx: usize) -> Res<()> {
         match self.memo.get(idx) {
-            Some(Some(v)) => Ok(v.clone()),
+            Some(Some(v)) => {
+                let v = v.clone();
+                self.stack.push(v);
+                Ok(())
+            }
             _ => self
                 .inp
                 .err(format!("memo reference {idx} to nothing (corrupt pickle)")),
@@ -455,13 +560,18 @@ impl<R: Read> Machine<R> {
     }
     fn memo_put(&mut self, idx: usize) -> Res<()> {
         let v = self.top()?.clone();
+        if idx > self.memo.len() + (1 << 24) || idx >= NO_MEMO as usize {
+            return self.inp.err(format!("memo index {idx} out of range"));
+        }
+        match &v {
+            Value::List(rc) => rc.borrow_mut().memo = idx as u32,
+            Value::Dict(rc) => rc.borrow_mut().memo = idx as u32,
+            _ => {}
+        }
         if idx == self.memo.len() {
             self.memo.push(Some(v));
         } else {
             if idx > self.memo.len() {
-                if idx > self.memo.len() + (1 << 24) {
-                    return self.inp.err(format!("memo index {idx} out of range"));
-                }
                 self.memo.resize(idx + 1, None);
             }
             self.memo[idx] = Some(v);
@@ -487,42 +597,77 @@ impl<R: Read> Machine<R> {
         a
     }
 
+    fn set_memo(&mut self, slot: u32, v: Value) {
+        if let Some(m) = self.memo.get_mut(slot as usize) {
+            *m = Some(v);
+        }
+    }
+
     /// Compacts a complete value as its parent consumes it (see the module docs).
     fn finish(&mut self, v: Value) -> Value {
-        match v.clone() {
+        match &v {
             Value::Dict(rc) => {
-                let id = {
+                let rc = rc.clone();
+                let (slot, compact) = {
                     let b = rc.borrow();
-                    match &*b {
+                    match &b.state {
                         Map::Frame(id) => return Value::Frame(*id),
-                        Map::Items(items) => self.frame_of(items),
+                        Map::Trace(id) => return Value::Trace(*id),
+                        Map::Items(items) => {
+                            let c = if let Some(f) = self.frame_of(items) {
+                                Some((Map::Frame(f), Value::Frame(f)))
+                            } else if is_trace_entry(items) {
+                                match trace_from_items(items, &mut self.strings) {
+                                    Ok(te) => {
+                                        let id = self.traces.len() as u32;
+                                        self.traces.push(Some(te));
+                                        Some((Map::Trace(id), Value::Trace(id)))
+                                    }
+                                    // Left as a dict: the conversion reports it with its path.
+                                    Err(_) => None,
+                                }
+                            } else {
+                                None
+                            };
+                            (b.memo, c)
+                        }
                     }
                 };
-                match id {
-                    Some(id) => {
-                        *rc.borrow_mut() = Map::Frame(id);
-                        Value::Frame(id)
+                match compact {
+                    Some((state, value)) => {
+                        rc.borrow_mut().state = state;
+                        drop(v);
+                        drop(rc);
+                        if slot != NO_MEMO {
+                            self.set_memo(slot, value.clone());
+                        }
+                        value
                     }
                     None => v,
                 }
             }
             Value::List(rc) => {
-                let ids: Vec<u32> = {
-                    let b = rc.borrow();
-                    match &*b {
+                let rc = rc.clone();
+                let (slot, ids) = {
+                    let mut b = rc.borrow_mut();
+                    let slot = b.memo;
+                    match &mut b.state {
                         Seq::Stack(id) => return Value::Stack(*id),
+                        Seq::Frames(ids) => (slot, std::mem::take(ids)),
                         Seq::Items(items) => {
-                            if items.is_empty() {
+                            if items.is_empty()
+                                || !items.iter().all(|i| matches!(i, Value::Frame(_)))
+                            {
                                 return v;
                             }
-                            let mut ids = Vec::with_capacity(items.len());
-                            for it in items {
-                                match it {
-                                    Value::Frame(f) => ids.push(*f),
-                                    _ => return v,
-                                }
-                            }
-                            ids
+                            let ids = items
+                                .iter()
+                                .map(|i| match i {
+                                    Value::Frame(f) => *f,
+                                    _ => 0,
+                                })
+                                .collect();
+                            (slot, ids)
                         }
                     }
                 };
@@ -536,7 +681,12 @@ impl<R: Read> Machine<R> {
                         id
                     }
                 };
-                *rc.borrow_mut() = Seq::Stack(id);
+                rc.borrow_mut().state = Seq::Stack(id);
+                drop(v);
+                drop(rc);
+                if slot != NO_MEMO {
+                    self.set_memo(slot, Value::Stack(id));
+                }
                 Value::Stack(id)
             }
             _ => v,
@@ -581,70 +731,119 @@ impl<R: Read> Machine<R> {
         Some(id)
     }
 
-    fn append_items(&mut self, list: &Value, items: Vec<Value>) -> Res<()> {
-        match list {
-            Value::List(rc) => {
-                let mut b = rc.borrow_mut();
-                match &mut *b {
-                    Seq::Items(v) => {
-                        v.extend(items);
-                        Ok(())
-                    }
-                    Seq::Stack(_) => self
-                        .inp
-                        .err("APPEND to a list that was already complete (unsupported pickle)"),
-                }
+    /// Finishes the values on the stack from `at` in place.
+    fn finish_from(&mut self, at: usize) {
+        for i in at..self.stack.len() {
+            if is_container(&self.stack[i]) {
+                let v = std::mem::replace(&mut self.stack[i], Value::None);
+                self.stack[i] = self.finish(v);
             }
-            other => self.inp.err(format!(
-                "APPEND to a {} (corrupt pickle)",
-                other.type_name()
-            )),
         }
     }
 
-    fn set_items(&mut self, dict: &Value, items: Vec<(Value, Value)>) -> Res<()> {
-        match dict {
-            Value::Dict(rc) => {
-                let mut b = rc.borrow_mut();
-                match &mut *b {
-                    Map::Items(v) => {
-                        v.extend(items);
-                        Ok(())
-                    }
-                    Map::Frame(_) => self
-                        .inp
-                        .err("SETITEM on a dict that was already complete (unsupported pickle)"),
-                }
+    /// APPEND/APPENDS: moves the stack items from `at` into the list just below them.
+    fn append_from(&mut self, at: usize) -> Res<()> {
+        if at == 0 {
+            return self.inp.err("APPEND without a list (corrupt pickle)");
+        }
+        self.finish_from(at);
+        let Value::List(rc) = &self.stack[at - 1] else {
+            let t = self.stack[at - 1].type_name();
+            return self.inp.err(format!("APPEND to a {t} (corrupt pickle)"));
+        };
+        let rc = rc.clone();
+        let mut b = rc.borrow_mut();
+        let new = &self.stack[at..];
+        let all_frames = new.iter().all(|v| matches!(v, Value::Frame(_)));
+        match &mut b.state {
+            Seq::Items(items) if items.is_empty() && all_frames && !new.is_empty() => {
+                let ids = new
+                    .iter()
+                    .map(|v| match v {
+                        Value::Frame(f) => *f,
+                        _ => 0,
+                    })
+                    .collect();
+                b.state = Seq::Frames(ids);
+                self.stack.truncate(at);
             }
-            other => self.inp.err(format!(
-                "SETITEM on a {} (corrupt pickle)",
-                other.type_name()
-            )),
+            Seq::Frames(ids) if all_frames => {
+                ids.extend(new.iter().map(|v| match v {
+                    Value::Frame(f) => *f,
+                    _ => 0,
+                }));
+                self.stack.truncate(at);
+            }
+            Seq::Frames(ids) => {
+                let mut items: Vec<Value> = ids.iter().map(|&f| Value::Frame(f)).collect();
+                items.extend(self.stack.drain(at..));
+                b.state = Seq::Items(items);
+            }
+            Seq::Items(items) => items.extend(self.stack.drain(at..)),
+            Seq::Stack(_) => {
+                drop(b);
+                return self
+                    .inp
+                    .err("APPEND to a list that was already complete (unsupported pickle)");
+            }
+        }
+        Ok(())
+    }
+
+    /// SETITEM/SETITEMS: moves key/value pairs from `at` into the dict just below them.
+    fn setitems_from(&mut self, at: usize) -> Res<()> {
+        if at == 0 {
+            return self.inp.err("SETITEM without a dict (corrupt pickle)");
+        }
+        if (self.stack.len() - at) % 2 != 0 {
+            return self
+                .inp
+                .err("odd number of items for a dict (corrupt pickle)");
+        }
+        self.finish_from(at);
+        let Value::Dict(rc) = &self.stack[at - 1] else {
+            let t = self.stack[at - 1].type_name();
+            return self.inp.err(format!("SETITEM on a {t} (corrupt pickle)"));
+        };
+        let rc = rc.clone();
+        let mut b = rc.borrow_mut();
+        match &mut b.state {
+            Map::Items(items) => {
+                items.reserve((self.stack.len() - at) / 2);
+                let mut it = self.stack.drain(at..);
+                while let (Some(k), Some(v)) = (it.next(), it.next()) {
+                    items.push((k, v));
+                }
+                Ok(())
+            }
+            _ => {
+                drop(b);
+                self.inp
+                    .err("SETITEM on a dict that was already complete (unsupported pickle)")
+            }
         }
     }
 
     fn take_from(&mut self, at: usize) -> Vec<Value> {
-        let items: Vec<Value> = self.stack.drain(at..).collect();
-        items.into_iter().map(|v| self.finish(v)).collect()
+        self.finish_from(at);
+        self.stack.drain(at..).collect()
     }
 
     fn run(&mut self) -> Res<Value> {
         loop {
             let code = self.inp.byte()?;
             match code {
-                op::STOP => {
-                    let v = self.pop()?;
-                    return Ok(v);
-                }
                 op::BINGET => {
                     let i = self.inp.byte()? as usize;
-                    let v = self.memo_get(i)?;
-                    self.stack.push(v);
+                    self.memo_get(i)?;
                 }
                 op::LONG_BINGET => {
                     let i = u32::from_le_bytes(self.inp.array()?) as usize;
-                    let v = self.memo_get(i)?;
-                    self.stack.push(v);
+                    self.memo_get(i)?;
+                }
+                op::STOP => {
+                    let v = self.pop()?;
+                    return Ok(v);
                 }
                 op::MEMOIZE => {
                     let n = self.memo.len();
@@ -672,8 +871,7 @@ impl<R: Read> Machine<R> {
                         Ok(i) => i,
                         Err(_) => return self.inp.err("bad GET index"),
                     };
-                    let v = self.memo_get(i)?;
-                    self.stack.push(v);
+                    self.memo_get(i)?;
                 }
                 op::MARK => self.marks.push(self.stack.len()),
                 op::FRAME => {
@@ -682,15 +880,8 @@ impl<R: Read> Machine<R> {
                 op::PROTO => {
                     let _ = self.inp.byte()?;
                 }
-                op::EMPTY_DICT => self
-                    .stack
-                    .push(Value::Dict(Rc::new(RefCell::new(Map::Items(Vec::new()))))),
-                op::EMPTY_LIST => self
-                    .stack
-                    .push(Value::List(Rc::new(RefCell::new(Seq::Items(Vec::new()))))),
-                op::EMPTY_SET => self
-                    .stack
-                    .push(Value::List(Rc::new(RefCell::new(Seq::Items(Vec::new()))))),
+                op::EMPTY_DICT => self.stack.push(Value::new_dict(Vec::new())),
+                op::EMPTY_LIST | op::EMPTY_SET => self.stack.push(Value::new_list(Vec::new())),
                 op::EMPTY_TUPLE => self.stack.push(Value::Tuple(Rc::new(Vec::new()))),
                 op::SHORT_BINUNICODE => {
                     let n = self.inp.byte()? as u64;
@@ -761,9 +952,14 @@ impl<R: Read> Machine<R> {
                     self.stack.push(Value::Int(b as i64));
                 }
                 op::LONG1 => {
-                    let n = self.inp.byte()? as u64;
-                    let b = self.inp.bytes(n)?;
-                    self.stack.push(bigint(b));
+                    let n = self.inp.byte()? as usize;
+                    if n <= 8 {
+                        let v = self.inp.small(n)?;
+                        self.stack.push(v);
+                    } else {
+                        let b = self.inp.bytes(n as u64)?;
+                        self.stack.push(bigint(b));
+                    }
                 }
                 op::LONG4 => {
                     let n = i32::from_le_bytes(self.inp.array()?);
@@ -800,73 +996,61 @@ impl<R: Read> Machine<R> {
                 op::NONE => self.stack.push(Value::None),
                 op::NEWTRUE => self.stack.push(Value::Bool(true)),
                 op::NEWFALSE => self.stack.push(Value::Bool(false)),
-                op::TUPLE1 => {
-                    let a = self.pop()?;
-                    let a = self.finish(a);
-                    self.stack.push(Value::Tuple(Rc::new(vec![a])));
-                }
-                op::TUPLE2 => {
-                    let b = self.pop()?;
-                    let a = self.pop()?;
-                    let (a, b) = (self.finish(a), self.finish(b));
-                    self.stack.push(Value::Tuple(Rc::new(vec![a, b])));
-                }
-                op::TUPLE3 => {
-                    let c = self.pop()?;
-                    let b = self.pop()?;
-                    let a = self.pop()?;
-                    let (a, b, c) = (self.finish(a), self.finish(b), self.finish(c));
-                    self.stack.push(Value::Tuple(Rc::new(vec![a, b, c])));
+                op::TUPLE1 | op::TUPLE2 | op::TUPLE3 => {
+                    let n = (code - op::TUPLE1 + 1) as usize;
+                    if self.stack.len() < n {
+                        return self.inp.err("stack underflow (corrupt pickle)");
+                    }
+                    let at = self.stack.len() - n;
+                    let items = self.take_from(at);
+                    self.stack.push(Value::Tuple(Rc::new(items)));
                 }
                 op::TUPLE => {
                     let m = self.pop_mark()?;
                     let items = self.take_from(m);
                     self.stack.push(Value::Tuple(Rc::new(items)));
                 }
-                op::LIST => {
+                op::LIST | op::FROZENSET => {
                     let m = self.pop_mark()?;
                     let items = self.take_from(m);
-                    self.stack
-                        .push(Value::List(Rc::new(RefCell::new(Seq::Items(items)))));
-                }
-                op::FROZENSET => {
-                    let m = self.pop_mark()?;
-                    let items = self.take_from(m);
-                    self.stack
-                        .push(Value::List(Rc::new(RefCell::new(Seq::Items(items)))));
+                    self.stack.push(Value::new_list(items));
                 }
                 op::DICT => {
                     let m = self.pop_mark()?;
+                    if (self.stack.len() - m) % 2 != 0 {
+                        return self
+                            .inp
+                            .err("odd number of items for a dict (corrupt pickle)");
+                    }
                     let items = self.take_from(m);
-                    let pairs = pairs(items).or_else(|e| self.inp.err(e))?;
-                    self.stack
-                        .push(Value::Dict(Rc::new(RefCell::new(Map::Items(pairs)))));
+                    let mut pairs = Vec::with_capacity(items.len() / 2);
+                    let mut it = items.into_iter();
+                    while let (Some(k), Some(v)) = (it.next(), it.next()) {
+                        pairs.push((k, v));
+                    }
+                    self.stack.push(Value::new_dict(pairs));
                 }
                 op::APPEND => {
-                    let v = self.pop()?;
-                    let v = self.finish(v);
-                    let list = self.top()?.clone();
-                    self.append_items(&list, vec![v])?;
+                    if self.stack.is_empty() {
+                        return self.inp.err("stack underflow (corrupt pickle)");
+                    }
+                    let at = self.stack.len() - 1;
+                    self.append_from(at)?;
                 }
                 op::APPENDS | op::ADDITEMS => {
                     let m = self.pop_mark()?;
-                    let items = self.take_from(m);
-                    let list = self.top()?.clone();
-                    self.append_items(&list, items)?;
+                    self.append_from(m)?;
                 }
                 op::SETITEM => {
-                    let v = self.pop()?;
-                    let k = self.pop()?;
-                    let (k, v) = (self.finish(k), self.finish(v));
-                    let d = self.top()?.clone();
-                    self.set_items(&d, vec![(k, v)])?;
+                    if self.stack.len() < 2 {
+                        return self.inp.err("stack underflow (corrupt pickle)");
+                    }
+                    let at = self.stack.len() - 2;
+                    self.setitems_from(at)?;
                 }
                 op::SETITEMS => {
                     let m = self.pop_mark()?;
-                    let items = self.take_from(m);
-                    let pairs = pairs(items).or_else(|e| self.inp.err(e))?;
-                    let d = self.top()?.clone();
-                    self.set_items(&d, pairs)?;
+                    self.setitems_from(m)?;
                 }
                 op::POP => {
                     // POP of the top item, or of everything down to a MARK when the top is a MARK.
@@ -903,16 +1087,20 @@ impl<R: Read> Machine<R> {
     }
 }
 
-fn pairs(items: Vec<Value>) -> Result<Vec<(Value, Value)>, String> {
-    if items.len() % 2 != 0 {
-        return Err("odd number of items for a dict (corrupt pickle)".into());
+/// A dict that looks like a `device_traces` entry (has `action` and `size`).
+fn is_trace_entry(items: &[(Value, Value)]) -> bool {
+    let mut action = false;
+    let mut size = false;
+    for (k, _) in items {
+        if let Value::Str(k) = k {
+            match k.as_str() {
+                "action" => action = true,
+                "size" => size = true,
+                _ => {}
+            }
+        }
     }
-    let mut out = Vec::with_capacity(items.len() / 2);
-    let mut it = items.into_iter();
-    while let (Some(k), Some(v)) = (it.next(), it.next()) {
-        out.push((k, v));
-    }
-    Ok(out)
+    action && size
 }
 
 #[cfg(test)]
@@ -929,16 +1117,16 @@ mod tests {
         let b = b"\x80\x02}q\x00(X\x01\x00\x00\x00aq\x01]q\x02(K\x01J\xfe\xff\xff\xffG@\x0c\x00\x00\x00\x00\x00\x00N\x88eX\x01\x00\x00\x00bq\x03M,\x01Jp\x11\x01\x00\x86q\x04u.";
         let d = dec(b).unwrap();
         let Value::Dict(rc) = &d.root else { panic!() };
-        let Map::Items(items) = &*rc.borrow() else {
+        let b = rc.borrow();
+        let Map::Items(items) = &b.state else {
             panic!()
         };
         assert_eq!(items.len(), 2);
         let Value::List(l) = &items[0].1 else {
             panic!()
         };
-        let Seq::Items(l) = &*l.borrow() else {
-            panic!()
-        };
+        let lb = l.borrow();
+        let Seq::Items(l) = &lb.state else { panic!() };
         assert!(matches!(l[1], Value::Int(-2)));
         assert!(matches!(l[2], Value::Float(f) if f == 3.5));
         assert!(matches!(l[4], Value::Bool(true)));
@@ -992,7 +1180,8 @@ mod tests {
         assert_eq!(d.frames.len(), 1);
         assert_eq!(d.stacks.len(), 2);
         let Value::List(rc) = &d.root else { panic!() };
-        let Seq::Items(items) = &*rc.borrow() else {
+        let b = rc.borrow();
+        let Seq::Items(items) = &b.state else {
             panic!()
         };
         assert!(matches!(items[0], Value::Stack(1)));

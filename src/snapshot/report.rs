@@ -25,6 +25,7 @@ catalogue! { pub enum W {
     ScopeInside => (
         "About {0} of the memory {1} ({2} of {3}) was allocated inside {4} ({5}), called from {6} at {7}",
         "{1}的显存中约 {0}（{3} 中的 {2}）是在 {4}（{5}）内部分配的，由 {7} 处的 {6} 调用"),
+    ScopeOuter => (" in {0} ({1})", "（位于 {0}，{1}）"),
     ScopeAt => (
         "About {0} of the memory {1} ({2} of {3}) was allocated at {4} (in {5})",
         "{1}的显存中约 {0}（{3} 中的 {2}）分配于 {4}（函数 {5}）"),
@@ -70,6 +71,10 @@ catalogue! { pub enum W {
     Sites => ("Top allocation sites ({})", "分配最多的代码位置（{}）"),
     SitesNone => ("No allocation has a Python frame of your own code (stacks were not recorded, or everything came from libraries).",
         "没有分配带有你自己代码的 Python 栈帧（未记录调用栈，或全部来自库）。"),
+    LibSites => ("Inside libraries ({})", "库代码内部（{}）"),
+    SourceLines => ("Source lines", "源代码行"),
+    LibSitesText => ("Where your lines call into a library, the innermost library line that allocated:",
+        "当你的代码调用第三方库时，库内部实际分配显存的最内层代码行："),
     ColBytes => ("memory", "显存"),
     ColShare => ("share", "占比"),
     ColSite => ("source line", "代码位置"),
@@ -83,6 +88,13 @@ catalogue! { pub enum W {
     FragRatio => ("Fragmentation (1 - largest free / all free)", "碎片程度（1 - 最大空闲块 / 全部空闲）"),
     BlocksIn => ("{0} in {1} blocks", "{1} 个块共 {0}"),
     Timeline => ("Timeline (allocated memory)", "时间线（已分配显存）"),
+    FragSegments => ("Segments with the most free space:", "空闲空间最多的段："),
+    ColSegment => ("segment", "段"),
+    ColPool => ("pool", "池"),
+    ColSize => ("size", "大小"),
+    ColFree => ("free", "空闲"),
+    ColFreeBlocks => ("free blocks", "空闲块数"),
+    ColLargest => ("largest free block", "最大空闲块"),
     TimelinePeak => ("Peak {0} at {1}.", "峰值 {0}，时间 {1}。"),
     How => ("How the categories are inferred", "类别如何推断"),
     HowText => (
@@ -151,14 +163,22 @@ pub fn kind_name(k: SiteKind, lang: Lang) -> Option<&'static str> {
     )
 }
 
-/// The last path component, for sentences and tables (JSON keeps the full path).
+/// A short file name for sentences and tables (JSON keeps the full path): the path inside the
+/// package for installed libraries (`transformers/activations.py`), else the last component.
 pub fn short(path: &str) -> &str {
+    if let Some(i) = path.rfind("-packages/") {
+        return &path[i + "-packages/".len()..];
+    }
     path.rsplit(['/', '\\']).next().unwrap_or(path)
 }
 
 /// GiB with one decimal, for the headline sentence.
 fn gib1(n: u64) -> String {
-    format!("{:.1} GiB", n as f64 / GIB as f64)
+    if n >= GIB {
+        format!("{:.1} GiB", n as f64 / GIB as f64)
+    } else {
+        bytes(n)
+    }
 }
 
 fn pct0(r: f64) -> String {
@@ -260,7 +280,7 @@ pub fn answer(a: &Analysis, lang: Lang) -> Vec<String> {
                     &moment_words(a, lang),
                     &gib1(sc.bytes),
                     &gib1(total),
-                    &func,
+                    &sc.callee_qualname.as_deref().unwrap_or(func),
                     &format!("{} {}", short(file), lines_text(&sc.callee_lines, lang)),
                     &sc.caller.function,
                     &format!("{}:{}", short(&sc.caller.file), sc.caller.line),
@@ -278,6 +298,14 @@ pub fn answer(a: &Analysis, lang: Lang) -> Vec<String> {
                 ],
             ),
         };
+        if let (Some(q), Some(o)) = (&sc.outer_qualname, &sc.outer) {
+            if sc.callee_function.is_some() && q.contains('.') {
+                s.push_str(&fill(
+                    W::ScopeOuter.text(lang),
+                    &[&q, &format!("{}:{}", short(&o.file), o.line)],
+                ));
+            }
+        }
         // The big lines inside the scope (at least 10% of the memory each).
         let big: Vec<String> = a
             .top_sites
@@ -437,41 +465,28 @@ pub fn document(a: &Analysis, file: &str, lang: Lang) -> Document {
     if a.top_sites.is_empty() {
         d.para(W::SitesNone.text(lang));
     } else {
-        let rows = a
-            .top_sites
-            .iter()
-            .map(|s| {
-                let mut what = s
-                    .kind
-                    .and_then(|k| kind_name(k, lang))
-                    .map(|k| k.to_string())
-                    .unwrap_or_default();
-                let ops: Vec<&str> = s.ops.iter().take(3).map(|o| o.op.as_str()).collect();
-                if !ops.is_empty() {
-                    if !what.is_empty() {
-                        what.push_str(": ");
-                    }
-                    what.push_str(&ops.join(", "));
-                }
-                vec![
-                    bytes(s.bytes),
-                    pct(s.share),
-                    format!("{}:{} {}", short(&s.file), s.line, s.function),
-                    category_name(s.category, lang).to_string(),
-                    what,
-                ]
-            })
-            .collect();
-        d.table(
-            vec![
-                W::ColBytes.text(lang).into(),
-                W::ColShare.text(lang).into(),
-                W::ColSite.text(lang).into(),
-                W::ColCategory.text(lang).into(),
-                W::ColWhat.text(lang).into(),
-            ],
-            rows,
-        );
+        site_table(&mut d, &a.top_sites, lang);
+    }
+
+    let quoted: Vec<String> = a
+        .top_sites
+        .iter()
+        .filter_map(|s| {
+            let code = s.code.as_ref()?;
+            let q = s.qualname.as_deref().unwrap_or(&s.function);
+            Some(format!("{}:{} ({q}): {code}", short(&s.file), s.line))
+        })
+        .take(8)
+        .collect();
+    if !quoted.is_empty() {
+        d.heading(2, W::SourceLines.text(lang));
+        d.code("text", quoted.join("\n"));
+    }
+
+    if !a.library_sites.is_empty() {
+        d.heading(2, fill(W::LibSites.text(lang), &[&moment_words(a, lang)]));
+        d.para(W::LibSitesText.text(lang));
+        site_table(&mut d, &a.library_sites, lang);
     }
 
     d.heading(2, W::Fragmentation.text(lang));
@@ -501,6 +516,36 @@ pub fn document(a: &Analysis, file: &str, lang: Lang) -> Document {
             pct(f.fragmentation_ratio),
         ),
     ]);
+
+    if !f.segments.is_empty() {
+        d.para(W::FragSegments.text(lang));
+        let rows = f
+            .segments
+            .iter()
+            .take(5)
+            .map(|s| {
+                vec![
+                    format!("0x{:x}", s.address),
+                    s.segment_type.clone(),
+                    bytes(s.total_size),
+                    bytes(s.free_bytes),
+                    s.free_blocks.to_string(),
+                    bytes(s.largest_free_block_bytes),
+                ]
+            })
+            .collect();
+        d.table(
+            vec![
+                W::ColSegment.text(lang).into(),
+                W::ColPool.text(lang).into(),
+                W::ColSize.text(lang).into(),
+                W::ColFree.text(lang).into(),
+                W::ColFreeBlocks.text(lang).into(),
+                W::ColLargest.text(lang).into(),
+            ],
+            rows,
+        );
+    }
 
     if a.timeline.points.len() > 1 {
         d.heading(2, W::Timeline.text(lang));
@@ -533,4 +578,41 @@ pub fn document(a: &Analysis, file: &str, lang: Lang) -> Document {
     d.heading(2, W::How.text(lang));
     d.para(W::HowText.text(lang));
     d
+}
+
+fn site_table(d: &mut Document, sites: &[Site], lang: Lang) {
+    let rows = sites
+        .iter()
+        .map(|s| {
+            let mut what = s
+                .kind
+                .and_then(|k| kind_name(k, lang))
+                .map(|k| k.to_string())
+                .unwrap_or_default();
+            let ops: Vec<&str> = s.ops.iter().take(3).map(|o| o.op.as_str()).collect();
+            if !ops.is_empty() {
+                if !what.is_empty() {
+                    what.push_str(": ");
+                }
+                what.push_str(&ops.join(", "));
+            }
+            vec![
+                bytes(s.bytes),
+                pct(s.share),
+                format!("{}:{} {}", short(&s.file), s.line, s.function),
+                category_name(s.category, lang).to_string(),
+                what,
+            ]
+        })
+        .collect();
+    d.table(
+        vec![
+            W::ColBytes.text(lang).into(),
+            W::ColShare.text(lang).into(),
+            W::ColSite.text(lang).into(),
+            W::ColCategory.text(lang).into(),
+            W::ColWhat.text(lang).into(),
+        ],
+        rows,
+    );
 }
