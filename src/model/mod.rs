@@ -1,1 +1,2 @@
 //! Knowing the model: presets, Hugging Face configs, safetensors headers, TOML workloads, traces.
+pub mod trace;
