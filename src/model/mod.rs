@@ -8,6 +8,7 @@ pub mod graph;
 pub mod hf;
 pub mod presets;
 pub mod safetensors;
+pub mod trace;
 pub mod workload_toml;
 
 use std::path::Path;

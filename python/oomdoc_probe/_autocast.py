@@ -1,0 +1,145 @@
+"""Emulation of CUDA autocast on the CPU.
+
+On a machine without CUDA, ``torch.autocast("cuda", ...)`` disables itself, and CPU autocast has
+other op lists than CUDA autocast (on CUDA, layer_norm and softmax run in float32; on the CPU in
+the low-precision dtype). While tracing, ``CudaAutocastMode`` applies CUDA's lists at the
+``torch.nn.functional`` / ``torch`` / ``Tensor`` method level, casting arguments the way
+``cached_cast`` does in aten/src/ATen/autocast_mode.cpp (including the per-region cache of casted
+parameters). The op lists follow autocast_mode.cpp's KERNEL_CUDA registrations (lower_precision_fp,
+fp32, fp32_set_opt_dtype) as they apply at the Python API level.
+"""
+import torch
+import torch.nn.functional as F
+from torch.overrides import TorchFunctionMode
+
+T = torch.Tensor
+
+
+def _fns(*cands):
+    return {c for c in cands if c is not None}
+
+
+def _get(mod, name):
+    return getattr(mod, name, None)
+
+
+# Ops that autocast runs in the low-precision dtype (autocast_mode.cpp, lower_precision_fp, CUDA).
+LOWER = _fns(
+    F.linear, torch.matmul, T.matmul, T.__matmul__, _get(T, "__rmatmul__"), torch.mm, T.mm,
+    torch.bmm, T.bmm, torch.baddbmm, T.baddbmm, torch.addmm, T.addmm, torch.addbmm, T.addbmm,
+    torch.addmv, torch.mv, T.mv, torch.einsum, torch.chain_matmul, torch.addr,
+    F.conv1d, F.conv2d, F.conv3d, torch.conv1d, torch.conv2d, torch.conv3d, torch.convolution,
+    F.conv_transpose1d, F.conv_transpose2d, F.conv_transpose3d, F.prelu, torch.prelu,
+    F.scaled_dot_product_attention, F.multi_head_attention_forward, _get(torch.linalg, "vecdot"), _get(torch.linalg, "multi_dot"),
+)
+# Ops that autocast runs in float32 (fp32 and fp32_set_opt_dtype lists, CUDA).
+FP32 = _fns(
+    F.layer_norm, torch.layer_norm, F.group_norm, torch.group_norm,
+    F.softmax, torch.softmax, T.softmax, F.log_softmax, torch.log_softmax, T.log_softmax,
+    F.softmin, F.cross_entropy, F.nll_loss, F.mse_loss, F.l1_loss, F.smooth_l1_loss, F.huber_loss,
+    F.kl_div, F.binary_cross_entropy_with_logits, F.poisson_nll_loss, F.cosine_embedding_loss,
+    F.hinge_embedding_loss, F.margin_ranking_loss, F.multilabel_margin_loss, F.soft_margin_loss,
+    F.triplet_margin_loss, F.multi_margin_loss, F.cosine_similarity, F.pdist, torch.cdist, torch.dist,
+    F.softplus, F.normalize, torch.norm, T.norm, torch.renorm, torch.logsumexp, T.logsumexp,
+    torch.exp, T.exp, torch.expm1, torch.log, T.log, torch.log10, torch.log2, torch.log1p, T.log1p,
+    torch.reciprocal, T.reciprocal, torch.rsqrt, T.rsqrt, torch.pow, T.pow, T.__pow__, T.__rpow__,
+    torch.acos, torch.asin, torch.cosh, torch.sinh, torch.tan, torch.erfinv,
+    torch.cumsum, T.cumsum, torch.cumprod, T.cumprod, torch.prod, T.prod,
+    F.interpolate,
+)
+
+
+def _eligible(t):
+    return isinstance(t, torch.Tensor) and t.is_floating_point() and t.dtype != torch.float64
+
+
+class CudaAutocastMode(TorchFunctionMode):
+    """Casts arguments as CUDA autocast would. One instance per outermost autocast region."""
+
+    def __init__(self, dtype):
+        super().__init__()
+        self.dtype = dtype
+        self.cache = {}
+
+    def _cast(self, x, dtype):
+        if _eligible(x) and x.dtype != dtype:
+            # cached_cast: casts of leaf tensors that require grad (weights) are cached per region
+            if x.is_leaf and x.requires_grad and torch.is_grad_enabled():
+                key = (id(x), dtype)
+                hit = self.cache.get(key)
+                if hit is not None and hit[0]() is x:
+                    return hit[1]
+                y = x.to(dtype)
+                import weakref
+                self.cache[key] = (weakref.ref(x), y)
+                return y
+            return x.to(dtype)
+        if isinstance(x, (list, tuple)):
+            return type(x)(self._cast(v, dtype) for v in x)
+        return x
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func in LOWER:
+            target = self.dtype
+        elif func in FP32:
+            target = torch.float32
+        else:
+            return func(*args, **kwargs)
+        args = tuple(self._cast(a, target) for a in args)
+        kwargs = {k: self._cast(v, target) for k, v in kwargs.items()}
+        return func(*args, **kwargs)
+
+
+class _Patch:
+    """While tracing: make ``torch.autocast("cuda", ...)`` (and ``torch.cuda.amp.autocast``) emulate
+    CUDA autocast on the CPU. Restored when tracing ends."""
+
+    def __init__(self, recorder):
+        self.recorder = recorder
+        self.cls = torch.amp.autocast_mode.autocast
+        self.depth = 0
+        self.mode = None
+
+    def __enter__(self):
+        cls = self.cls
+        self.orig_init, self.orig_enter, self.orig_exit = cls.__init__, cls.__enter__, cls.__exit__
+        patch = self
+
+        def init(s, device_type, dtype=None, enabled=True, cache_enabled=None):
+            s._oomdoc_emulate = device_type == "cuda" and not torch.cuda.is_available()
+            if s._oomdoc_emulate:
+                s._oomdoc_dtype = dtype if dtype is not None else torch.float16
+                s._oomdoc_enabled = enabled
+                return patch.orig_init(s, "cpu", dtype=torch.bfloat16, enabled=False)
+            return patch.orig_init(s, device_type, dtype=dtype, enabled=enabled, cache_enabled=cache_enabled)
+
+        def enter(s):
+            if getattr(s, "_oomdoc_emulate", False):
+                if s._oomdoc_enabled:
+                    patch.depth += 1
+                    if patch.depth == 1:
+                        patch.mode = CudaAutocastMode(s._oomdoc_dtype)
+                        patch.mode.__enter__()
+                        patch.recorder.autocast_dtypes.add(str(s._oomdoc_dtype).replace("torch.", ""))
+                return s
+            return patch.orig_enter(s)
+
+        def exit_(s, *exc):
+            if getattr(s, "_oomdoc_emulate", False):
+                if s._oomdoc_enabled:
+                    patch.depth -= 1
+                    if patch.depth == 0 and patch.mode is not None:
+                        m, patch.mode = patch.mode, None
+                        m.cache.clear()
+                        m.__exit__(*exc)
+                return False
+            return patch.orig_exit(s, *exc)
+
+        cls.__init__, cls.__enter__, cls.__exit__ = init, enter, exit_
+        return self
+
+    def __exit__(self, *exc):
+        cls = self.cls
+        cls.__init__, cls.__enter__, cls.__exit__ = self.orig_init, self.orig_enter, self.orig_exit
+        return False

@@ -1,0 +1,1000 @@
+//! From a trace to a peak on the GPU: scale every recorded storage to the wanted batch size,
+//! apply the CUDA rules the CPU run could not show, and replay the result through the
+//! caching-allocator simulation.
+//!
+//! The replayed process: the model's parameters and buffers (in `module.to()` order), the first
+//! training step (the optimizer creates its state there), then `steady_repeats` steady steps, each
+//! with `grad_accum` forward+backward passes before the optimizer step. Peaks are taken over all
+//! of it, as `max_memory_allocated` / `max_memory_reserved` see a fresh training process.
+use std::collections::{HashMap, HashSet};
+
+use serde::{Deserialize, Serialize};
+
+use super::{Event, Phase, Run, Trace};
+use crate::error::{Error, Result};
+use crate::knobs::{Attention, Checkpointing, Knobs, Precision};
+use crate::memory::allocator::{Allocator, AllocatorConfig};
+
+const MIB: u64 = 1 << 20;
+
+/// cuBLAS + cuBLASLt workspaces that PyTorch allocates through the caching allocator at the first
+/// matrix product and keeps: 65 MiB measured on the H100 with torch 2.11 (calibration rows' `a0`,
+/// calibration/README.md). Allocated as the two 32 MiB workspaces plus 1 MiB.
+pub const CUBLAS_WORKSPACE_BYTES: [u64; 3] = [32 * MIB, 32 * MIB, MIB];
+
+/// Device memory outside PyTorch's allocator (CUDA context, kernels, libraries): 0.53–0.66 GiB
+/// measured on the H100 (calibration/README.md: 527 MiB after init, 621 MiB after the first tensor,
+/// 0.66 GiB in a training process); 300–1000 MiB on other cards and drivers.
+pub const OUTSIDE_PYTORCH_BYTES: u64 = 640 * MIB;
+
+/// Knobs of the replay that are not training knobs.
+#[derive(Clone, Debug)]
+pub struct EstimateOptions {
+    /// Allocator settings (PYTORCH_CUDA_ALLOC_CONF) and the capacity the allocator may reserve:
+    /// with a capacity, the replay says where it would run out of memory.
+    pub allocator: AllocatorConfig,
+    /// Steady steps replayed after the first step (the allocator's cache settles in one or two).
+    pub steady_repeats: u32,
+}
+
+impl Default for EstimateOptions {
+    fn default() -> Self {
+        EstimateOptions {
+            allocator: AllocatorConfig::default(),
+            steady_repeats: 2,
+        }
+    }
+}
+
+/// One part of the memory at the moment of peak allocation.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Component {
+    /// parameters, gradients, optimizer_state, activations (saved for backward), temporaries,
+    /// workspaces (cuBLAS, convolution, fused attention)
+    pub name: String,
+    pub bytes: u64,
+}
+
+/// Where the simulated allocator ran out of the given capacity.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct OomPoint {
+    /// "first step" or "steady step"
+    pub step: String,
+    pub phase: Phase,
+    pub op: String,
+    pub module: String,
+    pub requested_bytes: u64,
+    pub allocated_bytes: u64,
+    pub reserved_bytes: u64,
+    pub capacity_bytes: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TraceEstimate {
+    pub batch: u64,
+    pub grad_accum: u64,
+    /// `max_memory_allocated` over the replayed process.
+    pub peak_allocated_bytes: u64,
+    /// `max_memory_reserved` over the replayed process.
+    pub peak_reserved_bytes: u64,
+    /// Device memory outside PyTorch's allocator (CUDA context etc.), added for `peak_device_bytes`.
+    pub outside_pytorch_bytes: u64,
+    /// peak reserved + outside PyTorch: what the card must hold.
+    pub peak_device_bytes: u64,
+    /// Parts of the allocated memory at its peak.
+    pub components: Vec<Component>,
+    /// Where the peak of allocated memory is reached.
+    pub peak_phase: Phase,
+    pub peak_op: String,
+    pub peak_module: String,
+    pub num_alloc_retries: u64,
+    /// With a capacity: where the replay ran out of memory (the peaks are then up to that point).
+    pub oom: Option<OomPoint>,
+    /// Figures that come from transformation rules rather than from the trace.
+    pub transformed: Vec<String>,
+    /// Other remarks (scaling, ops the probe could not trace).
+    pub notes: Vec<String>,
+    pub events_replayed: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Cat {
+    Param,
+    Grad,
+    OptState,
+    Activation,
+    Temp,
+    Workspace,
+}
+
+const CATS: [(Cat, &str); 6] = [
+    (Cat::Param, "parameters"),
+    (Cat::Grad, "gradients"),
+    (Cat::OptState, "optimizer_state"),
+    (Cat::Activation, "activations"),
+    (Cat::Temp, "temporaries"),
+    (Cat::Workspace, "workspaces"),
+];
+
+fn cat_index(c: Cat) -> usize {
+    CATS.iter().position(|x| x.0 == c).unwrap_or(4)
+}
+
+/// What happened where, for messages.
+#[derive(Clone, Copy, Debug)]
+struct Origin {
+    step: u8,
+    phase: Phase,
+    op: u32,
+    module: u32,
+}
+
+#[derive(Clone, Copy, Debug)]
+enum SimOp {
+    Alloc {
+        key: u64,
+        bytes: u64,
+        cat: Cat,
+        at: Origin,
+    },
+    Free {
+        key: u64,
+    },
+}
+
+/// Estimate with the default options (no capacity, default allocator settings).
+pub fn estimate(trace: &Trace, knobs: &Knobs) -> Result<TraceEstimate> {
+    estimate_with(trace, knobs, &EstimateOptions::default())
+}
+
+/// Estimate the peak memory of training with `knobs` from `trace`.
+pub fn estimate_with(
+    trace: &Trace,
+    knobs: &Knobs,
+    opts: &EstimateOptions,
+) -> Result<TraceEstimate> {
+    let mut b = Builder::new(trace, knobs)?;
+    b.build(opts.steady_repeats.max(1));
+    let mut est = b.replay(&opts.allocator);
+    est.notes.append(&mut b.notes);
+    est.transformed.append(&mut b.transformed);
+    Ok(est)
+}
+
+/// Linear scaling of one storage from the traced batch sizes to the wanted one.
+#[derive(Clone, Copy, Debug)]
+struct Scale {
+    /// bytes at the base run's batch
+    base: u64,
+    /// bytes per sample
+    slope: f64,
+}
+
+impl Scale {
+    fn at(&self, from_batch: u64, batch: u64) -> u64 {
+        let v = self.base as f64 + self.slope * (batch as f64 - from_batch as f64);
+        if v <= 0.0 {
+            0
+        } else {
+            v.round() as u64
+        }
+    }
+}
+
+struct Builder<'a> {
+    trace: &'a Trace,
+    knobs: &'a Knobs,
+    /// base run for the first step, base run for steady steps, (lo, hi) steady runs for slopes
+    first: &'a Run,
+    steady: &'a Run,
+    lo: Option<&'a Run>,
+    hi: Option<&'a Run>,
+    ops: Vec<SimOp>,
+    origins_ops: Vec<SimOp>,
+    notes: Vec<String>,
+    transformed: Vec<String>,
+    next_key: u64,
+    cublas_done: bool,
+    halve_all: bool,
+    mixed_from_fp32: bool,
+    sdpa_rule: bool,
+}
+
+fn is_float32(trace: &Trace, dtype: u32) -> bool {
+    trace.string(dtype) == "float32"
+}
+
+/// aten ops that CUDA autocast runs in the low-precision dtype (autocast_mode.cpp lower_precision_fp).
+fn is_lower_precision_op(name: &str) -> bool {
+    [
+        "aten.mm.",
+        "aten.addmm.",
+        "aten.bmm.",
+        "aten.baddbmm.",
+        "aten.convolution.",
+        "aten._convolution.",
+        "aten.convolution_backward.",
+        "aten._scaled_dot_product",
+        "aten.linear.",
+        "aten.matmul.",
+    ]
+    .iter()
+    .any(|p| name.starts_with(p))
+}
+
+impl<'a> Builder<'a> {
+    fn new(trace: &'a Trace, knobs: &'a Knobs) -> Result<Self> {
+        let steady_runs = trace.steady_runs();
+        let first = trace.first_run();
+        let steady = *steady_runs
+            .first()
+            .or(first.as_ref())
+            .ok_or_else(|| Error::input("the trace has no recorded step"))?;
+        let first = first.unwrap_or(steady);
+        let (lo, hi) = match (steady_runs.first(), steady_runs.last()) {
+            (Some(l), Some(h)) if h.batch > l.batch => (Some(*l), Some(*h)),
+            _ => (None, None),
+        };
+        let mut b = Builder {
+            trace,
+            knobs,
+            first,
+            steady,
+            lo,
+            hi,
+            ops: Vec::new(),
+            origins_ops: Vec::new(),
+            notes: Vec::new(),
+            transformed: Vec::new(),
+            next_key: 1,
+            cublas_done: false,
+            halve_all: false,
+            mixed_from_fp32: false,
+            sdpa_rule: knobs.attention == Attention::Sdpa,
+        };
+        if lo.is_none() {
+            b.notes.push(format!(
+                "the trace has one batch size ({}): tensors whose first dimension is the batch are scaled in proportion, the rest not; trace at two batch sizes for exact scaling",
+                steady.batch
+            ));
+        }
+        let traced_autocast = !trace.autocast.is_empty();
+        match knobs.precision {
+            Precision::Bf16True | Precision::Fp16True if !traced_autocast => {
+                b.halve_all = true;
+                b.transformed.push(format!(
+                    "precision {}: every float32 storage of the fp32 trace is taken at 2 bytes per element",
+                    knobs.precision.name()
+                ));
+            }
+            Precision::Bf16Mixed | Precision::Fp16Mixed if !traced_autocast => {
+                b.mixed_from_fp32 = true;
+                b.transformed.push(format!(
+                    "precision {}: from an fp32 trace, the outputs of matrix products and convolutions (and their gradients) are taken at 2 bytes per element and a 2-byte copy of the weights is added for the forward and backward passes (autocast rules, best effort); trace under torch.autocast(\"cuda\") for the exact figure",
+                    knobs.precision.name()
+                ));
+            }
+            Precision::Fp32 | Precision::Tf32 if traced_autocast => {
+                b.notes.push(format!(
+                    "the trace was taken under autocast ({}); --precision {} cannot undo that: the figures are the traced precision's",
+                    trace.autocast.join(", "),
+                    knobs.precision.name()
+                ));
+            }
+            _ => {}
+        }
+        let recomputes = trace.runs.iter().any(|r| {
+            r.events.iter().any(|e| {
+                matches!(e, Event::Alloc { phase: Phase::Backward, module, .. } if !trace.string(*module).is_empty())
+            })
+        });
+        if knobs.checkpointing != Checkpointing::None && !recomputes {
+            b.notes.push(format!(
+                "--checkpointing {} is not applied to this trace (it was taken without activation checkpointing): enable checkpointing in the model and trace again",
+                match knobs.checkpointing {
+                    Checkpointing::Full => "full",
+                    Checkpointing::Selective => "selective",
+                    Checkpointing::None => "none",
+                }
+            ));
+        }
+        if knobs.gpus > 1 {
+            b.notes.push("--gpus/--sharding are not applied to a trace: the figures are one GPU's without sharding".into());
+        }
+        if knobs.lora_rank.is_some() {
+            b.notes
+                .push("--lora-rank is not applied to a trace: trace the LoRA model itself".into());
+        }
+        let mut untraced: Vec<String> = Vec::new();
+        for r in &trace.runs {
+            for u in &r.untraced {
+                let s = format!("{} ({})", u.op, u.reason);
+                if !untraced.contains(&s) {
+                    untraced.push(s);
+                }
+            }
+        }
+        if !untraced.is_empty() {
+            b.notes.push(format!(
+                "the probe could not trace: {}",
+                untraced.join("; ")
+            ));
+        }
+        if b.sdpa_rule && trace.runs.iter().any(|r| !r.regions.is_empty()) {
+            b.transformed.push("scaled_dot_product_attention: the CPU run's attention intermediates are replaced by what the CUDA flash / memory-efficient kernels keep (output and log-sum-exp, plus a backward workspace)".into());
+        }
+        Ok(b)
+    }
+
+    fn key(&mut self) -> u64 {
+        self.next_key += 1;
+        self.next_key
+    }
+
+    /// Slopes (bytes per sample) for the allocations of `run`, aligned with the steady runs by
+    /// phase and position (and op name).
+    fn scales(&mut self, run: &Run) -> Vec<Scale> {
+        let allocs = |r: &Run| -> HashMap<(u8, usize), (u64, u32, Vec<u64>)> {
+            let mut m = HashMap::new();
+            let mut counts = [0usize; 4];
+            for e in &r.events {
+                if let Event::Alloc {
+                    bytes,
+                    op,
+                    phase,
+                    shape,
+                    ..
+                } = e
+                {
+                    let p = *phase as usize;
+                    m.insert((p as u8, counts[p]), (*bytes, *op, shape.clone()));
+                    counts[p] += 1;
+                }
+            }
+            m
+        };
+        let (lo, hi) = (self.lo.map(allocs), self.hi.map(allocs));
+        let mut out = Vec::new();
+        let mut counts = [0usize; 4];
+        let mut unmatched = 0usize;
+        for e in &run.events {
+            let Event::Alloc {
+                bytes,
+                op,
+                phase,
+                shape,
+                ..
+            } = e
+            else {
+                continue;
+            };
+            let p = *phase as usize;
+            let k = (p as u8, counts[p]);
+            counts[p] += 1;
+            let slope = match (&lo, &hi, self.lo, self.hi) {
+                (Some(l), Some(h), Some(lr), Some(hr)) => match (l.get(&k), h.get(&k)) {
+                    (Some(a), Some(c)) if a.1 == *op && c.1 == *op => {
+                        // the run's own size must sit on the line through the steady runs
+                        (c.0 as f64 - a.0 as f64) / (hr.batch - lr.batch) as f64
+                    }
+                    _ => {
+                        if matches!(phase, Phase::Forward | Phase::Backward) {
+                            unmatched += 1;
+                        }
+                        0.0
+                    }
+                },
+                _ => {
+                    if run.batch >= 2
+                        && shape.first() == Some(&run.batch)
+                        && matches!(phase, Phase::Forward | Phase::Backward)
+                    {
+                        *bytes as f64 / run.batch as f64
+                    } else {
+                        0.0
+                    }
+                }
+            };
+            out.push(Scale {
+                base: *bytes,
+                slope,
+            });
+        }
+        if unmatched > 0 {
+            self.notes.push(format!(
+                "{unmatched} forward/backward allocations of the '{}' step did not line up between the traced batch sizes and are not scaled",
+                run.name
+            ));
+        }
+        out
+    }
+
+    fn build(&mut self, steady_repeats: u32) {
+        // parameters and buffers, in module.to() order
+        let first = self.first;
+        let mut persistent_keys: HashMap<u64, u64> = HashMap::new();
+        let mut alive: Vec<(u64, u64, Cat)> = Vec::new(); // (key, bytes, cat) alive between steps
+        for p in &first.persistent {
+            let cat = match p.kind.as_str() {
+                "grad" => Cat::Grad,
+                "opt_state" => Cat::OptState,
+                _ => Cat::Param,
+            };
+            let bytes = self.dtype_bytes(p.bytes, p.dtype, true);
+            let key = self.key();
+            persistent_keys.insert(p.id, key);
+            self.ops.push(SimOp::Alloc {
+                key,
+                bytes,
+                cat,
+                at: Origin {
+                    step: 0,
+                    phase: Phase::Other,
+                    op: 0,
+                    module: p.name,
+                },
+            });
+            alive.push((key, bytes, cat));
+        }
+        let first_scales = self.scales(first);
+        let alive_after = self.emit_run(first, &first_scales, 0, persistent_keys, &alive);
+        let mut alive = alive_after;
+        let steady = self.steady;
+        let steady_scales = self.scales(steady);
+        for _ in 0..steady_repeats {
+            // match the steady run's persistent storages with what is alive
+            let mut map = HashMap::new();
+            let mut used: HashSet<u64> = HashSet::new();
+            for p in &steady.persistent {
+                let bytes = self.dtype_bytes(p.bytes, p.dtype, true);
+                if let Some(&(k, _, _)) = alive
+                    .iter()
+                    .find(|(k, b, _)| *b == bytes && !used.contains(k))
+                {
+                    used.insert(k);
+                    map.insert(p.id, k);
+                }
+            }
+            alive = self.emit_run(steady, &steady_scales, 1, map, &alive);
+        }
+    }
+
+    fn dtype_bytes(&self, bytes: u64, dtype: u32, _persistent: bool) -> u64 {
+        if self.halve_all && is_float32(self.trace, dtype) {
+            bytes / 2
+        } else {
+            bytes
+        }
+    }
+
+    /// Emits one step of `run` scaled to the wanted batch; returns what is alive after it.
+    fn emit_run(
+        &mut self,
+        run: &Run,
+        scales: &[Scale],
+        step: u8,
+        persistent: HashMap<u64, u64>,
+        alive_before: &[(u64, u64, Cat)],
+    ) -> Vec<(u64, u64, Cat)> {
+        let trace = self.trace;
+        let batch = self.knobs.batch;
+        let accum = self.knobs.grad_accum.max(1);
+        let saved: HashSet<u64> = run.saved.iter().copied().collect();
+        let grads: HashSet<u64> = run
+            .categories
+            .iter()
+            .filter(|(_, c)| c.as_str() == "grad")
+            .map(|(i, _)| *i)
+            .collect();
+        let opt_state: HashSet<u64> = run
+            .categories
+            .iter()
+            .filter(|(_, c)| c.as_str() == "opt_state")
+            .map(|(i, _)| *i)
+            .collect();
+        // index of the first optimizer-phase event: forward+backward before it are repeated
+        let split = run
+            .events
+            .iter()
+            .position(|e| match e {
+                Event::Alloc { phase, .. }
+                | Event::Free { phase, .. }
+                | Event::Call { phase, .. } => {
+                    matches!(phase, Phase::Optimizer)
+                }
+            })
+            .unwrap_or(run.events.len());
+        let sdpa = self.sdpa_plan(run, scales);
+
+        // live: (rep, id) -> (key, bytes, cat)
+        let mut live: HashMap<(u64, u64), (u64, u64, Cat)> = HashMap::new();
+        let mut persistent_live: HashMap<u64, (u64, u64, Cat)> = HashMap::new();
+        for (id, key) in &persistent {
+            if let Some(&(k, b, c)) = alive_before.iter().find(|x| x.0 == *key) {
+                persistent_live.insert(*id, (k, b, c));
+            }
+        }
+        let mut others: Vec<(u64, u64, Cat)> = alive_before
+            .iter()
+            .filter(|x| !persistent.values().any(|k| *k == x.0))
+            .copied()
+            .collect();
+        let mut pending_conv: Option<u64> = None;
+        let mut weight_copy: Option<u64> = None;
+        let param_bytes: u64 = run
+            .persistent
+            .iter()
+            .filter(|p| p.kind == "param" && is_float32(trace, p.dtype))
+            .map(|p| p.bytes)
+            .sum();
+
+        let reps: Vec<(u64, std::ops::Range<usize>)> = (0..accum)
+            .map(|r| (r, 0..split))
+            .chain(std::iter::once((0, split..run.events.len())))
+            .collect();
+        for (rep, range) in reps {
+            let mut ai = run.events[..range.start]
+                .iter()
+                .filter(|e| matches!(e, Event::Alloc { .. }))
+                .count();
+            for idx in range.clone() {
+                let e = &run.events[idx];
+                match e {
+                    Event::Call { op, info, phase } => {
+                        let name = trace.string(*op);
+                        if info.get("first_matmul").is_some() && !self.cublas_done {
+                            self.cublas_done = true;
+                            for ws in CUBLAS_WORKSPACE_BYTES {
+                                let key = self.key();
+                                self.ops.push(SimOp::Alloc {
+                                    key,
+                                    bytes: ws,
+                                    cat: Cat::Workspace,
+                                    at: Origin {
+                                        step,
+                                        phase: *phase,
+                                        op: *op,
+                                        module: 0,
+                                    },
+                                });
+                                others.push((key, ws, Cat::Workspace));
+                            }
+                        }
+                        if name.starts_with("aten.convolution")
+                            || name.starts_with("aten._convolution")
+                        {
+                            let mut info = info.clone();
+                            if name.starts_with("aten.convolution_backward") {
+                                info["backward"] = serde_json::Value::Bool(true);
+                            }
+                            pending_conv = Some(conv_workspace(&info, run.batch, batch));
+                        }
+                    }
+                    Event::Alloc {
+                        id,
+                        bytes: _,
+                        dtype,
+                        op,
+                        module,
+                        phase,
+                        region,
+                        ..
+                    } => {
+                        let sc = scales.get(ai).copied().unwrap_or(Scale {
+                            base: 0,
+                            slope: 0.0,
+                        });
+                        ai += 1;
+                        if sdpa.drop.contains(id) {
+                            continue;
+                        }
+                        let mut bytes = sc.at(run.batch, batch);
+                        bytes = self.dtype_bytes(bytes, *dtype, false);
+                        if self.mixed_from_fp32
+                            && is_float32(trace, *dtype)
+                            && matches!(phase, Phase::Forward | Phase::Backward)
+                            && !grads.contains(id)
+                            && is_lower_precision_op(trace.string(*op))
+                        {
+                            bytes /= 2;
+                        }
+                        let at = Origin {
+                            step,
+                            phase: *phase,
+                            op: *op,
+                            module: *module,
+                        };
+                        if self.mixed_from_fp32 && weight_copy.is_none() && *phase == Phase::Forward
+                        {
+                            let key = self.key();
+                            weight_copy = Some(key);
+                            self.ops.push(SimOp::Alloc {
+                                key,
+                                bytes: param_bytes / 2,
+                                cat: Cat::Temp,
+                                at,
+                            });
+                        }
+                        if let Some((ws_start, ws)) = sdpa.ws_at.get(id).copied() {
+                            // fused-attention backward workspace, held over the region's backward
+                            let key = self.key();
+                            self.ops.push(SimOp::Alloc {
+                                key,
+                                bytes: ws,
+                                cat: Cat::Workspace,
+                                at,
+                            });
+                            live.insert((rep, u64::MAX - ws_start), (key, ws, Cat::Workspace));
+                        }
+                        if bytes == 0 {
+                            continue;
+                        }
+                        let cat = if grads.contains(id) {
+                            Cat::Grad
+                        } else if opt_state.contains(id) {
+                            Cat::OptState
+                        } else if saved.contains(id) && *phase == Phase::Forward {
+                            Cat::Activation
+                        } else if *phase == Phase::Optimizer && run.categories.contains_key(id) {
+                            Cat::OptState
+                        } else {
+                            Cat::Temp
+                        };
+                        let key = self.key();
+                        self.ops.push(SimOp::Alloc {
+                            key,
+                            bytes,
+                            cat,
+                            at,
+                        });
+                        if rep > 0 && cat == Cat::Grad {
+                            // later micro-batches accumulate into the existing gradient
+                            self.ops.push(SimOp::Free { key });
+                        } else {
+                            live.insert((rep, *id), (key, bytes, cat));
+                        }
+                        if let Some(ws) = pending_conv.take() {
+                            if ws > 0 {
+                                let wkey = self.key();
+                                self.ops.push(SimOp::Alloc {
+                                    key: wkey,
+                                    bytes: ws,
+                                    cat: Cat::Workspace,
+                                    at,
+                                });
+                                self.ops.push(SimOp::Free { key: wkey });
+                            }
+                        }
+                        if let Some(lse) = sdpa.lse_after.get(id).copied() {
+                            let lkey = self.key();
+                            self.ops.push(SimOp::Alloc {
+                                key: lkey,
+                                bytes: lse.1,
+                                cat: Cat::Activation,
+                                at,
+                            });
+                            live.insert(
+                                (rep, u64::MAX / 2 - lse.0),
+                                (lkey, lse.1, Cat::Activation),
+                            );
+                        }
+                        let _ = region;
+                    }
+                    Event::Free { id, .. } => {
+                        if sdpa.drop.contains(id) {
+                            continue;
+                        }
+                        let hit = live
+                            .remove(&(rep, *id))
+                            .or_else(|| live.remove(&(0, *id)))
+                            .or_else(|| persistent_live.remove(id));
+                        if let Some((key, _, _)) = hit {
+                            self.ops.push(SimOp::Free { key });
+                        }
+                    }
+                }
+                // end of a region's saved log-sum-exp / backward workspace
+                if let Some(ends) = sdpa.end_at.get(&idx) {
+                    for &(tag, is_ws) in ends {
+                        let k = if is_ws {
+                            u64::MAX - tag
+                        } else {
+                            u64::MAX / 2 - tag
+                        };
+                        if let Some((key, _, _)) = live.remove(&(rep, k)) {
+                            self.ops.push(SimOp::Free { key });
+                        }
+                    }
+                }
+            }
+            if rep > 0 || range.start == split {
+                // what later micro-batches left behind is gone by the optimizer step
+                let stale: Vec<(u64, u64)> = live.keys().filter(|k| k.0 > 0).copied().collect();
+                for k in stale {
+                    if let Some((key, _, _)) = live.remove(&k) {
+                        self.ops.push(SimOp::Free { key });
+                    }
+                }
+            }
+            if range.start == split {
+                if let Some(key) = weight_copy.take() {
+                    self.ops.push(SimOp::Free { key });
+                }
+            }
+        }
+        if let Some(key) = weight_copy.take() {
+            self.ops.push(SimOp::Free { key });
+        }
+        let mut after: Vec<(u64, u64, Cat)> = persistent_live.into_values().collect();
+        after.extend(live.into_values());
+        after.append(&mut others);
+        after.sort_by_key(|x| x.0);
+        after
+    }
+
+    /// The CUDA rule for scaled_dot_product_attention regions of `run`.
+    fn sdpa_plan(&self, run: &Run, scales: &[Scale]) -> SdpaPlan {
+        let mut plan = SdpaPlan::default();
+        if !self.sdpa_rule || run.regions.is_empty() {
+            return plan;
+        }
+        let batch = self.knobs.batch;
+        // scaled bytes of each alloc id (for q sizes)
+        let mut ai = 0;
+        let mut first_fwd_alloc: HashMap<u32, u64> = HashMap::new();
+        let mut bwd_span: HashMap<u32, (usize, usize, u64)> = HashMap::new();
+        let mut alloc_idx: HashMap<u64, usize> = HashMap::new();
+        let mut free_idx: HashMap<u64, usize> = HashMap::new();
+        for (i, e) in run.events.iter().enumerate() {
+            match e {
+                Event::Alloc {
+                    id, phase, region, ..
+                } => {
+                    ai += 1;
+                    alloc_idx.insert(*id, i);
+                    if let Some(r) = region {
+                        if *phase == Phase::Backward {
+                            let s = bwd_span.entry(*r).or_insert((i, i, *id));
+                            s.1 = i;
+                        } else {
+                            first_fwd_alloc.entry(*r).or_insert(*id);
+                        }
+                    }
+                }
+                Event::Free { id, phase, region } => {
+                    free_idx.insert(*id, i);
+                    if let (Some(r), Phase::Backward) = (region, phase) {
+                        if let Some(s) = bwd_span.get_mut(r) {
+                            s.1 = i;
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        let _ = (ai, scales);
+        // the region's sizes scale with the batch (its first dimension is the batch, or the batch
+        // times a fixed number of items)
+        let ratio = |_r: &super::Region| -> f64 { batch as f64 / run.batch.max(1) as f64 };
+        for r in &run.regions {
+            let outputs: HashSet<u64> = r.outputs.iter().copied().collect();
+            // forward: everything allocated inside except the outputs
+            for e in &run.events {
+                if let Event::Alloc {
+                    id,
+                    region: Some(rr),
+                    phase,
+                    ..
+                } = e
+                {
+                    if *rr == r.id && *phase != Phase::Backward && !outputs.contains(id) {
+                        plan.drop.insert(*id);
+                    }
+                }
+            }
+            let q_elems: u64 = r.q.iter().product();
+            let d = r.q.last().copied().unwrap_or(1).max(1);
+            let scale = ratio(r);
+            let lse = ((q_elems / d * 4) as f64 * scale).round() as u64;
+            let ws = ((q_elems * 4) as f64 * scale).round() as u64 + lse;
+            if !r.requires_grad {
+                continue;
+            }
+            let Some(&out) = r.outputs.first() else {
+                continue;
+            };
+            if let Some(&(start, end, first_id)) = bwd_span.get(&r.id) {
+                plan.lse_after.insert(out, (r.id as u64, lse));
+                plan.end_at
+                    .entry(end)
+                    .or_default()
+                    .push((r.id as u64, false));
+                plan.ws_at.insert(first_id, (r.id as u64, ws));
+                plan.end_at
+                    .entry(end)
+                    .or_default()
+                    .push((r.id as u64, true));
+                // backward: drop what is freed within the region's backward
+                for e in &run.events[start..=end] {
+                    if let Event::Alloc {
+                        id,
+                        region: Some(rr),
+                        phase: Phase::Backward,
+                        ..
+                    } = e
+                    {
+                        if *rr == r.id && free_idx.get(id).is_some_and(|&f| f <= end) {
+                            plan.drop.insert(*id);
+                        }
+                    }
+                }
+            }
+            let _ = &first_fwd_alloc;
+            let _ = &alloc_idx;
+        }
+        plan
+    }
+
+    fn replay(&mut self, cfg: &AllocatorConfig) -> TraceEstimate {
+        let _ = &self.origins_ops;
+        let mut sim = Allocator::new(cfg.clone());
+        let mut map: HashMap<u64, (u64, usize)> = HashMap::with_capacity(1024);
+        let mut cats = [0u64; 6];
+        let mut peak_cats = [0u64; 6];
+        let mut peak_alloc = 0u64;
+        let mut peak_at: Option<Origin> = None;
+        let mut oom = None;
+        for op in &self.ops {
+            match *op {
+                SimOp::Alloc {
+                    key,
+                    bytes,
+                    cat,
+                    at,
+                } => match sim.malloc(bytes, 0) {
+                    Ok(addr) => {
+                        let ci = cat_index(cat);
+                        let size = sim.block_size(addr).unwrap_or(bytes);
+                        cats[ci] += size;
+                        map.insert(key, (addr, ci));
+                        let now = sim.stats().allocated;
+                        if now > peak_alloc {
+                            peak_alloc = now;
+                            peak_cats = cats;
+                            peak_at = Some(at);
+                        }
+                    }
+                    Err(e) => {
+                        oom = Some(OomPoint {
+                            step: if at.step == 0 {
+                                "first step"
+                            } else {
+                                "steady step"
+                            }
+                            .into(),
+                            phase: at.phase,
+                            op: self.trace.string(at.op).to_string(),
+                            module: self.trace.string(at.module).to_string(),
+                            requested_bytes: bytes,
+                            allocated_bytes: e.allocated,
+                            reserved_bytes: e.reserved,
+                            capacity_bytes: e.capacity,
+                        });
+                        break;
+                    }
+                },
+                SimOp::Free { key } => {
+                    if let Some((addr, ci)) = map.remove(&key) {
+                        let size = sim.block_size(addr).unwrap_or(0);
+                        cats[ci] -= size.min(cats[ci]);
+                        sim.free(addr);
+                    }
+                }
+            }
+        }
+        let st = sim.stats().clone();
+        let at = peak_at.unwrap_or(Origin {
+            step: 0,
+            phase: Phase::Other,
+            op: 0,
+            module: 0,
+        });
+        TraceEstimate {
+            batch: self.knobs.batch,
+            grad_accum: self.knobs.grad_accum,
+            peak_allocated_bytes: st.peak_allocated,
+            peak_reserved_bytes: st.peak_reserved,
+            outside_pytorch_bytes: OUTSIDE_PYTORCH_BYTES,
+            peak_device_bytes: st.peak_reserved + OUTSIDE_PYTORCH_BYTES,
+            components: CATS
+                .iter()
+                .zip(peak_cats)
+                .map(|((_, n), b)| Component {
+                    name: n.to_string(),
+                    bytes: b,
+                })
+                .collect(),
+            peak_phase: at.phase,
+            peak_op: self.trace.string(at.op).to_string(),
+            peak_module: self.trace.string(at.module).to_string(),
+            num_alloc_retries: st.num_alloc_retries,
+            oom,
+            transformed: Vec::new(),
+            notes: Vec::new(),
+            events_replayed: self.ops.len() as u64,
+        }
+    }
+}
+
+#[derive(Default)]
+struct SdpaPlan {
+    /// alloc ids (and their frees) left out
+    drop: HashSet<u64>,
+    /// after the alloc of this id (the region's output): the log-sum-exp (tag, bytes)
+    lse_after: HashMap<u64, (u64, u64)>,
+    /// before the alloc of this id (first of the region's backward): workspace (tag, bytes)
+    ws_at: HashMap<u64, (u64, u64)>,
+    /// after this event index: end of (tag, is_workspace)
+    end_at: HashMap<usize, Vec<(u64, bool)>>,
+}
+
+/// Transient workspace of a cuDNN convolution (forward or backward), allocated through the caching
+/// allocator after the op's output and freed when the op returns. cuDNN's heuristics choose the
+/// algorithm on the GPU, so the size cannot be known on the CPU. Rule: the larger of the op's
+/// input and output (gradient) tensors, times CONV_WORKSPACE_FACTOR.
+fn conv_workspace(info: &serde_json::Value, traced_batch: u64, batch: u64) -> u64 {
+    let shapes = info.get("shapes").and_then(|s| s.as_array());
+    let Some(shapes) = shapes else { return 0 };
+    let elems = |i: usize| -> u64 {
+        shapes
+            .get(i)
+            .and_then(|s| s.as_array())
+            .map(|d| d.iter().filter_map(|x| x.as_u64()).product())
+            .unwrap_or(0)
+    };
+    let esize = match info.get("dtype").and_then(|d| d.as_str()).unwrap_or("") {
+        "float32" => 4,
+        "float64" => 8,
+        _ => 2,
+    };
+    let args = info.get("args").and_then(|a| a.as_array());
+    let spatial = |v: Option<&serde_json::Value>, i: usize| -> u64 {
+        v.and_then(|x| x.as_array())
+            .and_then(|a| a.get(i).or(a.first()))
+            .and_then(|x| x.as_u64())
+            .unwrap_or(1)
+    };
+    // forward: (input, weight, bias, stride, padding, dilation, transposed, output_padding, groups)
+    // backward: (grad_output, input, weight, bias_sizes, stride, padding, ...)
+    let is_bwd = shapes.len() >= 2 && info.get("backward").is_some();
+    let (a, b) = if is_bwd {
+        (elems(0), elems(1))
+    } else {
+        let inp = shapes.first().and_then(|s| s.as_array());
+        let w = shapes.get(1).and_then(|s| s.as_array());
+        let out = match (inp, w) {
+            (Some(inp), Some(w)) if inp.len() >= 3 && inp.len() == w.len() => {
+                let n = inp[0].as_u64().unwrap_or(1);
+                let cout = w[0].as_u64().unwrap_or(1);
+                let mut e = n * cout;
+                for d in 2..inp.len() {
+                    let x = inp[d].as_u64().unwrap_or(1);
+                    let k = w[d].as_u64().unwrap_or(1);
+                    let st = spatial(args.and_then(|a| a.first()), d - 2).max(1);
+                    let p = spatial(args.and_then(|a| a.get(1)), d - 2);
+                    let dl = spatial(args.and_then(|a| a.get(2)), d - 2);
+                    let span = dl * (k.saturating_sub(1)) + 1;
+                    e *= (x + 2 * p).saturating_sub(span) / st + 1;
+                }
+                e
+            }
+            _ => 0,
+        };
+        (elems(0), out)
+    };
+    let bytes = a.max(b) * esize;
+    (bytes as f64 * CONV_WORKSPACE_FACTOR * batch as f64 / traced_batch.max(1) as f64) as u64
+}
+
+/// Multiplier of the convolution workspace rule.
+const CONV_WORKSPACE_FACTOR: f64 = 1.0;

@@ -1,0 +1,425 @@
+//! The traced tier: a trace written by the Python probe (`python/oomdoc_probe`, format in
+//! docs/trace-format.md) is loaded here and replayed through the caching-allocator simulation
+//! (`estimate`).
+mod estimate;
+
+use std::collections::HashMap;
+use std::io::Read;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::error::{Error, Result};
+
+pub use estimate::{
+    estimate, estimate_with, Component, EstimateOptions, OomPoint, TraceEstimate,
+    CUBLAS_WORKSPACE_BYTES, OUTSIDE_PYTORCH_BYTES,
+};
+
+/// The `format` field of a trace.
+pub const FORMAT: &str = "oomdoc-trace";
+/// The newest trace format version this build reads.
+pub const FORMAT_VERSION: u64 = 1;
+
+/// Phase of the training step an event belongs to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Phase {
+    Forward,
+    Backward,
+    Optimizer,
+    Other,
+}
+
+impl Phase {
+    fn parse(s: &str) -> Option<Phase> {
+        Some(match s {
+            "f" => Phase::Forward,
+            "b" => Phase::Backward,
+            "o" => Phase::Optimizer,
+            "x" => Phase::Other,
+            _ => return None,
+        })
+    }
+}
+
+/// One entry of a run's event stream.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Event {
+    /// A new storage of `bytes` bytes (untyped storage nbytes).
+    Alloc {
+        id: u64,
+        bytes: u64,
+        dtype: u32,
+        shape: Vec<u64>,
+        op: u32,
+        module: u32,
+        phase: Phase,
+        /// Index into the run's regions, if allocated inside one.
+        region: Option<u32>,
+    },
+    /// The storage `id` was freed.
+    Free {
+        id: u64,
+        phase: Phase,
+        region: Option<u32>,
+    },
+    /// A call whose CUDA kernel takes memory the CPU run does not show (convolution workspace,
+    /// the first matrix product's cuBLAS workspace); `info` holds its recorded arguments.
+    Call { op: u32, info: Value, phase: Phase },
+}
+
+/// A storage alive when the run started.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Persistent {
+    pub id: u64,
+    pub bytes: u64,
+    pub dtype: u32,
+    pub shape: Vec<u64>,
+    /// param, buffer, grad, opt_state
+    pub kind: String,
+    pub name: u32,
+}
+
+/// A `scaled_dot_product_attention` call.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Region {
+    pub id: u32,
+    pub kind: String,
+    pub q: Vec<u64>,
+    pub k: Vec<u64>,
+    pub v: Vec<u64>,
+    pub dtype: String,
+    #[serde(default)]
+    pub dropout_p: f64,
+    #[serde(default)]
+    pub is_causal: bool,
+    #[serde(default)]
+    pub has_mask: bool,
+    #[serde(default)]
+    pub requires_grad: bool,
+    #[serde(default)]
+    pub outputs: Vec<u64>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Untraced {
+    pub op: String,
+    pub reason: String,
+    pub count: u64,
+}
+
+/// One call of the step function.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Run {
+    /// "first" (the first optimizer step, state created lazily) or "steady".
+    pub name: String,
+    pub batch: u64,
+    pub persistent: Vec<Persistent>,
+    pub events: Vec<Event>,
+    pub saved: Vec<u64>,
+    pub categories: HashMap<u64, String>,
+    pub alive_after: Vec<u64>,
+    pub regions: Vec<Region>,
+    pub untraced: Vec<Untraced>,
+}
+
+/// A loaded trace.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Trace {
+    pub version: u64,
+    pub producer: String,
+    pub torch: String,
+    /// Low-precision dtypes of the (emulated CUDA) autocast regions seen; empty = no autocast.
+    pub autocast: Vec<String>,
+    pub optimizers: Vec<String>,
+    pub strings: Vec<String>,
+    pub runs: Vec<Run>,
+}
+
+impl Trace {
+    pub fn string(&self, i: u32) -> &str {
+        self.strings.get(i as usize).map_or("", |s| s.as_str())
+    }
+
+    /// The runs at steady state ("steady"), by batch size.
+    pub fn steady_runs(&self) -> Vec<&Run> {
+        let mut v: Vec<&Run> = self.runs.iter().filter(|r| r.name == "steady").collect();
+        v.sort_by_key(|r| r.batch);
+        v
+    }
+
+    pub fn first_run(&self) -> Option<&Run> {
+        self.runs.iter().find(|r| r.name == "first")
+    }
+
+    /// Number of events over all runs.
+    pub fn event_count(&self) -> usize {
+        self.runs.iter().map(|r| r.events.len()).sum()
+    }
+}
+
+/// Loads a trace file (`.json`, or `.json.gz` gzip-compressed).
+pub fn load(path: &Path) -> Result<Trace> {
+    let raw = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let text = if raw.starts_with(&[0x1f, 0x8b]) {
+        let mut s = String::new();
+        flate2::read::GzDecoder::new(&raw[..])
+            .read_to_string(&mut s)
+            .map_err(|e| {
+                Error::input(format!(
+                    "{}: cannot decompress the gzip trace: {e}",
+                    path.display()
+                ))
+            })?;
+        s
+    } else {
+        String::from_utf8(raw).map_err(|_| {
+            Error::input(format!(
+                "{}: not a trace (not UTF-8 JSON text)",
+                path.display()
+            ))
+        })?
+    };
+    parse(&text).map_err(|e| Error::input(format!("{}: {e}", path.display())))
+}
+
+/// Parses the text of a trace. Errors name the field that is wrong.
+pub fn parse(text: &str) -> std::result::Result<Trace, String> {
+    let v: Value = serde_json::from_str(text).map_err(|e| {
+        if e.is_eof() {
+            format!(
+                "the trace is truncated (JSON ends early at line {} column {})",
+                e.line(),
+                e.column()
+            )
+        } else {
+            format!(
+                "the trace is not valid JSON (line {} column {}: {e})",
+                e.line(),
+                e.column()
+            )
+        }
+    })?;
+    let format = v.get("format").and_then(Value::as_str).unwrap_or("");
+    if format != FORMAT {
+        return Err(format!(
+            "not an oomdoc trace (field 'format' is {:?}, expected \"{FORMAT}\")",
+            format
+        ));
+    }
+    let version = v
+        .get("version")
+        .and_then(Value::as_u64)
+        .ok_or("field 'version' is missing or not a whole number")?;
+    if version > FORMAT_VERSION {
+        return Err(format!(
+            "trace format version {version} is newer than this oomdoc reads (up to {FORMAT_VERSION}); update oomdoc"
+        ));
+    }
+    if version == 0 {
+        return Err("field 'version' must be at least 1".into());
+    }
+    let strings: Vec<String> = match v.get("strings") {
+        Some(Value::Array(a)) => a
+            .iter()
+            .enumerate()
+            .map(|(i, s)| {
+                s.as_str()
+                    .map(str::to_string)
+                    .ok_or_else(|| format!("strings[{i}] is not a string"))
+            })
+            .collect::<std::result::Result<_, _>>()?,
+        _ => return Err("field 'strings' is missing or not a list".into()),
+    };
+    let nstr = strings.len() as u64;
+    let runs_v = v
+        .get("runs")
+        .and_then(Value::as_array)
+        .ok_or("field 'runs' is missing or not a list")?;
+    if runs_v.is_empty() {
+        return Err("field 'runs' is empty: the probe recorded no step".into());
+    }
+    let mut runs = Vec::with_capacity(runs_v.len());
+    for (ri, r) in runs_v.iter().enumerate() {
+        runs.push(parse_run(r, ri, nstr)?);
+    }
+    let str_list = |key: &str| -> Vec<String> {
+        v.get(key)
+            .and_then(Value::as_array)
+            .map(|a| {
+                a.iter()
+                    .filter_map(|x| x.as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    Ok(Trace {
+        version,
+        producer: v
+            .get("producer")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string(),
+        torch: v
+            .get("torch")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string(),
+        autocast: str_list("autocast"),
+        optimizers: str_list("optimizers"),
+        strings,
+        runs,
+    })
+}
+
+fn parse_run(r: &Value, ri: usize, nstr: u64) -> std::result::Result<Run, String> {
+    let at = |field: &str| format!("runs[{ri}].{field}");
+    let name = r
+        .get("name")
+        .and_then(Value::as_str)
+        .ok_or_else(|| format!("{} is missing or not a string", at("name")))?
+        .to_string();
+    let batch = r
+        .get("batch")
+        .and_then(Value::as_u64)
+        .filter(|&b| b > 0)
+        .ok_or_else(|| format!("{} is missing or not a positive whole number", at("batch")))?;
+    let u = |x: &Value, what: &str| -> std::result::Result<u64, String> {
+        x.as_u64()
+            .ok_or_else(|| format!("{what} is not a non-negative whole number"))
+    };
+    let s = |x: &Value, what: &str| -> std::result::Result<u32, String> {
+        let i = u(x, what)?;
+        if i >= nstr {
+            return Err(format!("{what} = {i} is not an index into 'strings'"));
+        }
+        Ok(i as u32)
+    };
+    let shape = |x: &Value, what: &str| -> std::result::Result<Vec<u64>, String> {
+        x.as_array()
+            .ok_or_else(|| format!("{what} is not a list"))?
+            .iter()
+            .map(|d| u(d, what))
+            .collect()
+    };
+    let mut persistent = Vec::new();
+    for (i, p) in r
+        .get("persistent")
+        .and_then(Value::as_array)
+        .map(|a| a.as_slice())
+        .unwrap_or(&[])
+        .iter()
+        .enumerate()
+    {
+        let w = format!("{}[{i}]", at("persistent"));
+        let a = p
+            .as_array()
+            .filter(|a| a.len() >= 6)
+            .ok_or_else(|| format!("{w} is not a list [id, bytes, dtype, shape, kind, name]"))?;
+        persistent.push(Persistent {
+            id: u(&a[0], &w)?,
+            bytes: u(&a[1], &w)?,
+            dtype: s(&a[2], &w)?,
+            shape: shape(&a[3], &w)?,
+            kind: a[4].as_str().unwrap_or("").to_string(),
+            name: s(&a[5], &w)?,
+        });
+    }
+    let evs = r
+        .get("events")
+        .and_then(Value::as_array)
+        .ok_or_else(|| format!("{} is missing or not a list", at("events")))?;
+    let mut events = Vec::with_capacity(evs.len());
+    let nregions = r
+        .get("regions")
+        .and_then(Value::as_array)
+        .map_or(0, |a| a.len());
+    let region = |x: &Value, w: &str| -> std::result::Result<Option<u32>, String> {
+        match x.as_i64() {
+            Some(i) if i < 0 => Ok(None),
+            Some(i) if (i as usize) < nregions => Ok(Some(i as u32)),
+            _ => Err(format!("{w}: region is not -1 or an index into 'regions'")),
+        }
+    };
+    let phase = |x: &Value, w: &str| -> std::result::Result<Phase, String> {
+        x.as_str()
+            .and_then(Phase::parse)
+            .ok_or_else(|| format!("{w}: phase is not one of f, b, o, x"))
+    };
+    for (i, e) in evs.iter().enumerate() {
+        let w = format!("{}[{i}]", at("events"));
+        let a = e.as_array().ok_or_else(|| format!("{w} is not a list"))?;
+        let kind = a.first().and_then(Value::as_str).unwrap_or("");
+        let ev = match kind {
+            "a" if a.len() >= 9 => Event::Alloc {
+                id: u(&a[1], &w)?,
+                bytes: u(&a[2], &w)?,
+                dtype: s(&a[3], &w)?,
+                shape: shape(&a[4], &w)?,
+                op: s(&a[5], &w)?,
+                module: s(&a[6], &w)?,
+                phase: phase(&a[7], &w)?,
+                region: region(&a[8], &w)?,
+            },
+            "f" if a.len() >= 4 => Event::Free {
+                id: u(&a[1], &w)?,
+                phase: phase(&a[2], &w)?,
+                region: region(&a[3], &w)?,
+            },
+            "c" if a.len() >= 4 => Event::Call {
+                op: s(&a[1], &w)?,
+                info: a[2].clone(),
+                phase: phase(&a[3], &w)?,
+            },
+            _ => {
+                return Err(format!(
+                    "{w} is not an event (expected [\"a\", ...9 fields], [\"f\", id, phase, region] or [\"c\", op, args, phase])"
+                ))
+            }
+        };
+        events.push(ev);
+    }
+    let ids = |key: &str| -> std::result::Result<Vec<u64>, String> {
+        r.get(key)
+            .and_then(Value::as_array)
+            .map(|a| a.as_slice())
+            .unwrap_or(&[])
+            .iter()
+            .map(|x| u(x, &at(key)))
+            .collect()
+    };
+    let mut categories = HashMap::new();
+    if let Some(m) = r.get("categories").and_then(Value::as_object) {
+        for (k, v) in m {
+            let id: u64 = k
+                .parse()
+                .map_err(|_| format!("{}: key '{k}' is not an id", at("categories")))?;
+            categories.insert(id, v.as_str().unwrap_or("").to_string());
+        }
+    }
+    let regions: Vec<Region> = match r.get("regions") {
+        Some(x) => {
+            serde_json::from_value(x.clone()).map_err(|e| format!("{}: {e}", at("regions")))?
+        }
+        None => Vec::new(),
+    };
+    let untraced: Vec<Untraced> = match r.get("untraced") {
+        Some(x) => {
+            serde_json::from_value(x.clone()).map_err(|e| format!("{}: {e}", at("untraced")))?
+        }
+        None => Vec::new(),
+    };
+    Ok(Run {
+        name,
+        batch,
+        persistent,
+        events,
+        saved: ids("saved")?,
+        categories,
+        alive_after: ids("alive_after")?,
+        regions,
+        untraced,
+    })
+}
