@@ -71,6 +71,16 @@ impl Mode {
     }
 }
 
+/// cuDNN workspace of a convolution with overlapping windows (3x3, 7x7), as a multiple of its
+/// output. With `torch.backends.cudnn.benchmark = False` PyTorch takes cuDNN's heuristic engine
+/// and allocates the workspace it asks for through the caching allocator (`Conv_v8.cpp`); for
+/// these kernels the engines are transformed-tile (Winograd, FFT) or precomputed-index GEMMs whose
+/// workspace holds transformed copies of the input and output (F(4x4,3x3) Winograd tiles are
+/// 36/16 = 2.25x each, so ~4.5x the output for equal input and output sizes). The true size
+/// depends on the engine cuDNN picks for each shape; docs/accuracy.md shows what a single
+/// value leaves unexplained on the ResNet rows.
+pub const CONV_WORKSPACE_PER_OUTPUT: f64 = 4.0;
+
 /// A tensor handle.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct T(pub usize);
@@ -514,6 +524,12 @@ impl Trace {
         if overlapping && k > 1 {
             let b = (cout * hw_out) as f64 * out_dt.bytes();
             self.conv_output_max = self.conv_output_max.max(b);
+            // cuDNN workspace of this call (forward, and each backward kernel), allocated through
+            // the caching allocator and freed after the call
+            let ws = b * CONV_WORKSPACE_PER_OUTPUT;
+            let n = self.ops.len() - 1;
+            self.ops[n].fwd_extra += ws;
+            self.ops[n].bwd_extra += ws;
         }
         y
     }
