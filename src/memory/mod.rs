@@ -262,7 +262,9 @@ pub fn estimate_with(
         } else {
             p.pgrad * pbytes / g_shard
         };
-        let v = (p.saved + p.transient) * b + p.casts + grads;
+        // ZeRO-3 / FSDP gather each layer's weights for its use only: their autocast copies are
+        // not cached leaves (views of a flat parameter), so only a layer's worth lives at a time
+        let v = (p.saved + p.transient) * b + p.casts / p_shard + grads;
         if p.phase == Phase::Forward {
             fwd_peak = fwd_peak.max(v);
         } else {
@@ -299,7 +301,7 @@ pub fn estimate_with(
         } else {
             p.pgrad * pbytes / g_shard
         } as u64;
-        c.activations = (p.saved * b + p.casts) as u64;
+        c.activations = (p.saved * b + p.casts / p_shard) as u64;
         c.transient = (p.transient * b) as u64;
     }
     let alloc_sum = c.parameters
