@@ -30,29 +30,6 @@ fn bench(c: &mut Criterion) {
             })
         },
     );
-    c.bench_function("estimate navdp, allocator replay not cached", |b| {
-        let mut i = 0u64;
-        b.iter(|| {
-            i += 1;
-            let mut k = k.clone();
-            k.batch = 1000 + i; // a batch not seen before: the replay runs
-            oomdoc::memory::estimate(&w, &k).unwrap()
-        })
-    });
-    c.bench_function("estimate navdp, new batch and precision each time", |b| {
-        let mut i = 0u64;
-        b.iter(|| {
-            i += 1;
-            let mut k = k.clone();
-            k.batch = 1 + i % 64;
-            k.precision = if i % 2 == 0 {
-                Precision::Fp32
-            } else {
-                Precision::Bf16Mixed
-            };
-            oomdoc::memory::estimate(&w, &k).unwrap()
-        })
-    });
     c.bench_function(
         "resolve + estimate navdp (cold: trace, walk, replay)",
         |b| {
