@@ -27,7 +27,7 @@ fn calibration_rows_are_estimated_closely() {
     assert!(v["alloc"]["max_abs"].as_f64().unwrap() < 0.15);
     assert!(v["reserved"]["median_abs"].as_f64().unwrap() <= 0.03);
     assert!(v["reserved"]["p90_abs"].as_f64().unwrap() < 0.08);
-    assert!(v["reserved"]["under_beyond_5pct"].as_u64().unwrap() <= 6);
+    assert!(v["reserved"]["under_beyond_5pct"].as_u64().unwrap() <= 7);
 }
 
 #[test]

@@ -317,9 +317,11 @@ pub fn simulate(t: &Trace, ck: &[bool]) -> Profile {
         }
         for i in (a..b).rev() {
             let op = &t.ops[i];
+            // gradients per logical tensor: a view gets its own, which its view op hands on
             for inp in &op.inputs {
-                let r = t.root(*inp).0;
-                if counted(r) && t.tensors[r].requires_grad && !grad[r] && !grad_done[r] {
+                let r = inp.0;
+                let ti = &t.tensors[r];
+                if ti.producer != usize::MAX && ti.requires_grad && !grad[r] && !grad_done[r] {
                     grad[r] = true;
                     live_grad += bytes(r);
                     ev.push(Ev::Alloc {

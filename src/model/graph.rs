@@ -301,18 +301,21 @@ impl Trace {
     pub fn view(&mut self, x: T, elems: f64) -> T {
         let r = self.root(x);
         let (dt, rg) = (self.dt(x), self.rg(x));
-        let idx = self.ops.len().saturating_sub(1);
+        // a view op: no storage, no saved tensors; in backward its gradient flows to the base
+        let idx = self.push_op(&[x], 0.0);
         self.tensors.push(TensorInfo {
             elems,
             dt,
-            requires_grad: rg,
+            requires_grad: rg && self.grad_enabled,
             producer: idx,
             last_use: idx,
             savers: Vec::new(),
             pinned: false,
             base: Some(r.0),
         });
-        T(self.tensors.len() - 1)
+        let v = T(self.tensors.len() - 1);
+        self.ops[idx].outputs.push(v);
+        v
     }
 
     /// Makes the last op's parameter gradient belong to parameter `name` (shared weights get one
@@ -645,13 +648,29 @@ impl Trace {
 
     /// `nn.ReLU(inplace=True)`: overwrites its input and saves the result (same storage).
     pub fn relu_inplace(&mut self, x: T) -> T {
-        if self.rg(x) && self.grad_enabled {
-            let idx = self.push_op(&[x], self.elems(x));
-            self.ops[idx].outputs.push(x);
-            self.tensors[x.0].savers.push(idx);
-            self.tensors[x.0].last_use = idx;
+        if !(self.rg(x) && self.grad_enabled) {
+            return x;
         }
-        x
+        // the result shares the input's storage; `threshold_backward` reads it and writes a new
+        // gradient for the input
+        let r = self.root(x);
+        let idx = self.push_op(&[x], self.elems(x));
+        self.tensors.push(TensorInfo {
+            elems: self.elems(x),
+            dt: self.dt(x),
+            requires_grad: true,
+            producer: idx,
+            last_use: idx,
+            savers: Vec::new(),
+            pinned: false,
+            base: Some(r.0),
+        });
+        let y = T(self.tensors.len() - 1);
+        self.ops[idx].outputs.push(y);
+        if !self.tensors[r.0].savers.contains(&idx) {
+            self.tensors[r.0].savers.push(idx);
+        }
+        y
     }
 
     /// `nn.Dropout(p)` in training: `native_dropout` keeps a bool mask (1 byte/element).
