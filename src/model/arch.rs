@@ -1334,7 +1334,9 @@ impl Builder<'_> {
             let _ = self.t.mse_loss(b);
         }
         // conditions: drop(cat([t, goal(s), mem]) + cond_pos)
-        let mut parts = vec![pg];
+        // time_emb(t): one sinusoidal token per sample, no parameters
+        let time_tok = self.t.constant(d as f64, Dt::F32);
+        let mut parts = vec![time_tok, pg];
         parts.extend(aux_goals.iter().copied());
         parts.push(mem);
         let c = self.t.cat(&parts);
