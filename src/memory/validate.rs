@@ -86,7 +86,8 @@ pub fn validate_file(path: &Path) -> Result<Validation> {
 
 /// `validate_file` with a choice of reserved-memory model (`estimate_fast` uses the closed form).
 pub fn validate_file_with(path: &Path, model: super::ReservedModel) -> Result<Validation> {
-    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| Error::input(format!("{}: {e}", path.display())))?;
     let base = path.parent().unwrap_or(Path::new("."));
     validate_text(&text, base, &path.display().to_string(), model)
 }

@@ -104,6 +104,8 @@ pub struct T5Spec {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct VitSpec {
+    /// Module path prefix ("" for a classifier).
+    #[serde(default)]
     pub path: String,
     pub image: u64,
     pub patch: u64,
