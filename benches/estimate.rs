@@ -10,23 +10,36 @@ fn bench(c: &mut Criterion) {
     let k = w.resolve_knobs(&args).unwrap();
     // first call walks the trace; later ones reuse the cached profile
     oomdoc::memory::estimate(&w, &k).unwrap();
-    c.bench_function("estimate navdp (profile cached)", |b| {
+    c.bench_function("estimate navdp (profile and replay cached)", |b| {
         b.iter(|| oomdoc::memory::estimate(&w, &k).unwrap())
     });
-    c.bench_function("estimate navdp, new batch and precision each time", |b| {
-        let mut i = 0u64;
-        b.iter(|| {
-            i += 1;
-            let mut k = k.clone();
-            k.batch = 1 + i % 64;
-            k.precision = if i % 2 == 0 {
-                Precision::Fp32
-            } else {
-                Precision::Bf16Mixed
-            };
-            oomdoc::memory::estimate(&w, &k).unwrap()
-        })
-    });
+    c.bench_function(
+        "estimate_fast navdp, new batch and precision each time",
+        |b| {
+            let mut i = 0u64;
+            b.iter(|| {
+                i += 1;
+                let mut k = k.clone();
+                k.batch = 1 + i % 64;
+                k.precision = if i % 2 == 0 {
+                    Precision::Fp32
+                } else {
+                    Precision::Bf16Mixed
+                };
+                oomdoc::memory::estimate_fast(&w, &k, None).unwrap()
+            })
+        },
+    );
+    c.bench_function(
+        "resolve + estimate navdp (cold: trace, walk, replay)",
+        |b| {
+            b.iter(|| {
+                let w = oomdoc::model::resolve("preset:navdp", Path::new("."), &args).unwrap();
+                let k = w.resolve_knobs(&args).unwrap();
+                oomdoc::memory::estimate(&w, &k).unwrap()
+            })
+        },
+    );
     c.bench_function("resolve + estimate gpt2 (cold)", |b| {
         b.iter(|| {
             let w = oomdoc::model::resolve("preset:gpt2", Path::new("."), &args).unwrap();

@@ -247,3 +247,31 @@ fn optimizers_and_lora() {
     ]);
     assert_eq!(lora["workload"]["trainable_params"], 4_194_304);
 }
+
+#[test]
+fn compute_profile_for_the_throughput_model() {
+    use oomdoc::knobs::{Attention, KnobArgs};
+    let args = KnobArgs::default();
+    let w = oomdoc::model::resolve("preset:navdp", std::path::Path::new("."), &args).unwrap();
+    let mut k = w.resolve_knobs(&args).unwrap();
+    let p = w.compute_profile(&k);
+    assert_eq!(p.params, 82_190_596);
+    // two ViT-S/14 over 8 frames of 257 tokens dominate: 16 images x ~12.5 GFLOP (2 per MAC)
+    assert!(
+        p.forward_flops_per_sample > 1.5e11 && p.forward_flops_per_sample < 3e11,
+        "{}",
+        p.forward_flops_per_sample
+    );
+    assert!(p.attention_matrix_bytes_per_sample > 0.0);
+    assert_eq!(p.recompute_flops_per_sample, 0.0);
+    let groups: Vec<&str> = p.groups.iter().map(|g| g.path.as_str()).collect();
+    assert_eq!(
+        groups,
+        vec!["rgb_model.blocks", "depth_model.blocks", "decoder"]
+    );
+    k.attention = Attention::Sdpa;
+    assert_eq!(w.compute_profile(&k).attention_matrix_bytes_per_sample, 0.0);
+    k.checkpointing = oomdoc::knobs::Checkpointing::Full;
+    let c = w.compute_profile(&k);
+    assert!(c.recompute_flops_per_sample > 0.8 * c.forward_flops_per_sample);
+}

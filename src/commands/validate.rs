@@ -7,10 +7,24 @@ use crate::report::Ctx;
 pub struct Args {
     /// A measurement file: one JSON object per line with `estimate_args`, `peak_alloc`, `peak_reserved`.
     pub file: PathBuf,
+    /// How reserved memory is estimated: the allocator replay (default) or the closed form that
+    /// fast searches use.
+    #[arg(long, value_enum, default_value = "replay")]
+    pub reserved_model: ReservedModelArg,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+pub enum ReservedModelArg {
+    Replay,
+    ClosedForm,
 }
 
 pub fn run(args: &Args, ctx: &Ctx) -> anyhow::Result<u8> {
-    let v = crate::memory::validate::validate_file(&args.file)?;
+    let model = match args.reserved_model {
+        ReservedModelArg::Replay => crate::memory::ReservedModel::Replay,
+        ReservedModelArg::ClosedForm => crate::memory::ReservedModel::ClosedForm,
+    };
+    let v = crate::memory::validate::validate_file_with(&args.file, model)?;
     ctx.emit(&v, |lang| crate::memory::validate::document(&v, lang))?;
     Ok(0)
 }

@@ -27,8 +27,34 @@ use crate::units::MIB;
 
 pub use sim::{Point, Profile};
 
-/// Profiles already computed for a workload.
-pub type ProfileCache = HashMap<(Mode, Attention, Vec<bool>), Arc<Profile>>;
+type ProfileKey = (Mode, Attention, Vec<bool>);
+/// (profile key, batch, accumulation, optimizer).
+type ReplayKey = (
+    Mode,
+    Attention,
+    Vec<bool>,
+    u64,
+    u64,
+    crate::knobs::Optimizer,
+);
+
+/// Profiles and allocator replays already computed for a workload.
+#[derive(Debug, Default)]
+pub struct ProfileCache {
+    profiles: HashMap<ProfileKey, Arc<Profile>>,
+    replays: HashMap<ReplayKey, u64>,
+}
+
+/// How `peak_reserved_bytes` was obtained.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum ReservedModel {
+    /// The step's allocations replayed through a model of the caching allocator.
+    #[default]
+    Replay,
+    /// Closed form: peak + segment rounding of the live set + largest request (fast screening).
+    ClosedForm,
+}
 
 /// cuBLAS + cuBLASLt workspaces, allocated through the caching allocator at the first matmul
 /// and kept: measured 65-66 MiB (`a0` of the calibration rows, H100, torch 2.11 + CUDA 13).
@@ -101,6 +127,7 @@ pub struct Details {
     pub optimizer_step_peak: u64,
     pub forward_peak: u64,
     pub backward_peak: u64,
+    pub reserved_model: ReservedModel,
 }
 
 #[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq, Default)]
@@ -168,24 +195,40 @@ fn profile(w: &Workload, knobs: &Knobs) -> Arc<Profile> {
     let ck = checkpoint_flags(t, knobs);
     let key = (mode, knobs.attention, ck);
     if let Ok(c) = w.cache.lock() {
-        if let Some(p) = c.get(&key) {
+        if let Some(p) = c.profiles.get(&key) {
             return p.clone();
         }
     }
     let p = Arc::new(sim::simulate(t, &key.2));
     if let Ok(mut c) = w.cache.lock() {
-        c.insert(key, p.clone());
+        c.profiles.insert(key, p.clone());
     }
     p
 }
 
-/// Peak memory of one training step of `w` with `knobs`.
+/// Peak memory of one training step of `w` with `knobs` (reserved memory from the allocator
+/// replay: a few milliseconds for a large model, cached per configuration).
 pub fn estimate(w: &Workload, knobs: &Knobs) -> Result<Estimate> {
-    estimate_on(w, knobs, None)
+    estimate_with(w, knobs, None, ReservedModel::Replay)
 }
 
 /// `estimate` with a target GPU (sets `fits` and the context size of that generation).
 pub fn estimate_on(w: &Workload, knobs: &Knobs, gpu: Option<&TargetGpu>) -> Result<Estimate> {
+    estimate_with(w, knobs, gpu, ReservedModel::Replay)
+}
+
+/// The same with reserved memory from the closed form (~20 us once the profile is cached):
+/// for searching many configurations; check the chosen ones with `estimate_on`.
+pub fn estimate_fast(w: &Workload, knobs: &Knobs, gpu: Option<&TargetGpu>) -> Result<Estimate> {
+    estimate_with(w, knobs, gpu, ReservedModel::ClosedForm)
+}
+
+pub fn estimate_with(
+    w: &Workload,
+    knobs: &Knobs,
+    gpu: Option<&TargetGpu>,
+    model: ReservedModel,
+) -> Result<Estimate> {
     if knobs.batch == 0 || knobs.grad_accum == 0 {
         return Err(Error::input("--batch and --grad-accum must be at least 1"));
     }
@@ -220,7 +263,9 @@ pub fn estimate_on(w: &Workload, knobs: &Knobs, gpu: Option<&TargetGpu>) -> Resu
         } else {
             p.pgrad * pbytes / g_shard
         };
-        let v = (p.saved + p.transient) * b + p.casts + grads;
+        // ZeRO-3 / FSDP gather each layer's weights for its use only: their autocast copies are
+        // not cached leaves (views of a flat parameter), so only a layer's worth lives at a time
+        let v = (p.saved + p.transient) * b + p.casts / p_shard + grads;
         if p.phase == Phase::Forward {
             fwd_peak = fwd_peak.max(v);
         } else {
@@ -257,7 +302,7 @@ pub fn estimate_on(w: &Workload, knobs: &Knobs, gpu: Option<&TargetGpu>) -> Resu
         } else {
             p.pgrad * pbytes / g_shard
         } as u64;
-        c.activations = (p.saved * b + p.casts) as u64;
+        c.activations = (p.saved * b + p.casts / p_shard) as u64;
         c.transient = (p.transient * b) as u64;
     }
     let alloc_sum = c.parameters
@@ -291,6 +336,52 @@ pub fn estimate_on(w: &Workload, knobs: &Knobs, gpu: Option<&TargetGpu>) -> Resu
             0
         },
     });
+    let reserved = match model {
+        ReservedModel::ClosedForm => reserved,
+        ReservedModel::Replay => {
+            let key = (
+                mode,
+                knobs.attention,
+                checkpoint_flags(t, knobs),
+                knobs.batch,
+                accum,
+                knobs.optimizer,
+            );
+            let cached = w
+                .cache
+                .lock()
+                .ok()
+                .and_then(|c| c.replays.get(&key).copied());
+            let rep = match cached {
+                Some(r) => r,
+                None => {
+                    let r = reserved::replay(
+                        &prof,
+                        &reserved::Replay {
+                            batch: knobs.batch,
+                            grad_accum: accum,
+                            params: &t.params,
+                            param_bytes: pbytes,
+                            buffer_bytes: w.buffer_bytes,
+                            input_bytes_per_sample: t.input_bytes,
+                            optimizer: knobs.optimizer,
+                            cublas_workspace: CUBLAS_WORKSPACE_BYTES,
+                        },
+                    );
+                    if let Ok(mut c) = w.cache.lock() {
+                        c.replays.insert(key, r);
+                    }
+                    r
+                }
+            };
+            // sharded / multi-GPU setups: the replay is of one unsharded process
+            if knobs.sharding == Sharding::None {
+                rep.max(peak_alloc)
+            } else {
+                reserved
+            }
+        }
+    };
     c.allocator_overhead = reserved.saturating_sub(peak_alloc);
     c.outside_pytorch = outside_pytorch_bytes(gpu);
     let device_total = reserved + c.outside_pytorch;
@@ -330,6 +421,7 @@ pub fn estimate_on(w: &Workload, knobs: &Knobs, gpu: Option<&TargetGpu>) -> Resu
             optimizer_step_peak: (common + opt_step) as u64,
             forward_peak: (common + fwd_peak) as u64,
             backward_peak: (common + bwd_peak) as u64,
+            reserved_model: model,
         },
     })
 }

@@ -33,6 +33,10 @@ crate::catalogue! {
         Fits => ("Fits {0}: {1} of {2}, {3} to spare.", "可以放入 {0}：占用 {1} / {2}，余量 {3}。"),
         NoFit => ("Does not fit {0}: needs {1}, the GPU has {2} (short by {3}).", "放不下 {0}：需要 {1}，GPU 只有 {2}（差 {3}）。"),
         Gpu => ("GPU", "GPU"),
+        ConfigLine => (
+            "batch {0} x accum {1}, {2}, checkpointing {3}, attention {4}, {5}",
+            "批大小 {0} x 梯度累积 {1}，{2}，激活检查点 {3}，注意力 {4}，{5}"
+        ),
         Note => ("Analytic estimate (no GPU used); see docs/accuracy.md for its measured error.", "解析估算（未使用 GPU）；实测误差见 docs/accuracy.md。"),
     }
 }
@@ -41,20 +45,17 @@ pub fn document(e: &Estimate, lang: Lang) -> Document {
     let mut d = Document::new();
     d.heading(1, W::Title.text(lang));
     let k = &e.workload.knobs;
-    let mut cfg = format!(
-        "batch {} x accum {}, {}, checkpointing {}, attention {}, {}",
-        k.batch,
-        k.grad_accum,
-        k.precision.name(),
-        serde_json::to_value(k.checkpointing)
-            .ok()
-            .and_then(|v| v.as_str().map(str::to_string))
-            .unwrap_or_default(),
-        serde_json::to_value(k.attention)
-            .ok()
-            .and_then(|v| v.as_str().map(str::to_string))
-            .unwrap_or_default(),
-        k.optimizer.name()
+    let name = |v: serde_json::Value| v.as_str().map(str::to_string).unwrap_or_default();
+    let mut cfg = fill(
+        W::ConfigLine.text(lang),
+        &[
+            &k.batch,
+            &k.grad_accum,
+            &k.precision.name(),
+            &name(serde_json::to_value(k.checkpointing).unwrap_or_default()),
+            &name(serde_json::to_value(k.attention).unwrap_or_default()),
+            &k.optimizer.name(),
+        ],
     );
     if !k.checkpoint_modules.is_empty() {
         cfg.push_str(&format!(" ({})", k.checkpoint_modules.join(",")));

@@ -25,16 +25,6 @@ pub struct Inputs<'a> {
     pub freed_small: u64,
 }
 
-/// cuDNN workspace of a convolution with overlapping windows, as a multiple of its output.
-/// With `torch.backends.cudnn.benchmark = False` PyTorch takes cuDNN's heuristic choice and
-/// allocates the workspace it asks for through the caching allocator (`Conv_v8.cpp`); for 3x3
-/// and 7x7 kernels those are transformed-tile (Winograd / FFT) or precomputed-index GEMM
-/// engines whose workspace holds the transformed input and output (F(4x4,3x3) Winograd tiles
-/// are 36/16 = 2.25x each). The blocks are freed after each call but stay reserved. 4x is what
-/// the ResNet-18 calibration rows show (reserved - allocated = 4.0-6.0x the conv1 output,
-/// H100, cuDNN 9); it is a single constant for every such convolution, not a per-model factor.
-pub const CUDNN_WORKSPACE_PER_OUTPUT: u64 = 4;
-
 /// `kMinBlockSize`: every request is rounded up to a multiple of 512 bytes.
 const MIN_BLOCK: u64 = 512;
 /// `kSmallSize`: requests up to 1 MiB are served from the small pool.
@@ -81,7 +71,7 @@ pub fn reserved(i: &Inputs) -> u64 {
         .iter()
         .map(|&(s, n)| rounding_waste(s) * n as u64)
         .sum();
-    let ws = i.conv_output_max * CUDNN_WORKSPACE_PER_OUTPUT;
+    let ws = (i.conv_output_max as f64 * crate::model::graph::CONV_WORKSPACE_PER_OUTPUT) as u64;
     let r = i.peak_allocated + waste + i.largest_allocation + ws + i.freed_small;
     r.div_ceil(ROUND_LARGE) * ROUND_LARGE
 }
@@ -101,5 +91,291 @@ mod tests {
         assert_eq!(rounding_waste(512 * KIB), 0);
         // 3 MiB blocks: six per 20 MiB segment, 2 MiB tail shared by six
         assert_eq!(rounding_waste(3 * MIB), 2 * MIB / 6);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Replay of a training step through the caching allocator.
+
+use std::collections::BTreeSet;
+
+use super::sim::{Ev, Profile};
+use crate::knobs::Optimizer;
+use crate::model::graph::Param;
+
+const NONE: usize = usize::MAX;
+
+#[derive(Clone, Copy)]
+struct Block {
+    size: u64,
+    free: bool,
+    small: bool,
+    prev: usize,
+    next: usize,
+}
+
+/// The parts of `CUDACachingAllocator.cpp` that decide how much is reserved: two pools, best
+/// fit (smallest cached block that is large enough), splitting, coalescing of neighbours within
+/// a segment, segment sizes by request size, and no release of segments.
+#[derive(Default)]
+pub struct Allocator {
+    blocks: Vec<Block>,
+    free_small: BTreeSet<(u64, usize)>,
+    free_large: BTreeSet<(u64, usize)>,
+    pub reserved: u64,
+    pub peak_reserved: u64,
+    pub allocated: u64,
+    pub peak_allocated: u64,
+}
+
+impl Allocator {
+    fn set(&mut self, small: bool) -> &mut BTreeSet<(u64, usize)> {
+        if small {
+            &mut self.free_small
+        } else {
+            &mut self.free_large
+        }
+    }
+
+    /// `round_size`: multiples of 512 bytes.
+    pub fn round(size: u64) -> u64 {
+        size.max(1).div_ceil(MIN_BLOCK) * MIN_BLOCK
+    }
+
+    /// `get_allocation_size`: the segment a request that finds no cached block creates.
+    pub fn segment_size(rounded: u64) -> u64 {
+        if rounded <= SMALL_SIZE {
+            SMALL_BUFFER
+        } else if rounded < MIN_LARGE_ALLOC {
+            LARGE_BUFFER
+        } else {
+            rounded.div_ceil(ROUND_LARGE) * ROUND_LARGE
+        }
+    }
+
+    pub fn malloc(&mut self, size: u64) -> usize {
+        let r = Self::round(size);
+        let small = r <= SMALL_SIZE;
+        let found = self.set(small).range((r, 0)..).next().copied();
+        let id = match found {
+            Some(k) => {
+                self.set(small).remove(&k);
+                k.1
+            }
+            None => {
+                let seg = Self::segment_size(r);
+                self.reserved += seg;
+                self.peak_reserved = self.peak_reserved.max(self.reserved);
+                self.blocks.push(Block {
+                    size: seg,
+                    free: true,
+                    small,
+                    prev: NONE,
+                    next: NONE,
+                });
+                self.blocks.len() - 1
+            }
+        };
+        let rem = self.blocks[id].size - r;
+        // `should_split`: small blocks split when >= 512 B remain, large ones when > 1 MiB remain
+        let split = if small {
+            rem >= MIN_BLOCK
+        } else {
+            rem > SMALL_SIZE
+        };
+        if split {
+            let next = self.blocks[id].next;
+            self.blocks.push(Block {
+                size: rem,
+                free: true,
+                small,
+                prev: id,
+                next,
+            });
+            let nb = self.blocks.len() - 1;
+            if next != NONE {
+                self.blocks[next].prev = nb;
+            }
+            self.blocks[id].next = nb;
+            self.blocks[id].size = r;
+            self.set(small).insert((rem, nb));
+        }
+        self.blocks[id].free = false;
+        self.allocated += self.blocks[id].size;
+        self.peak_allocated = self.peak_allocated.max(self.allocated);
+        id
+    }
+
+    pub fn free(&mut self, id: usize) {
+        let mut id = id;
+        let small = self.blocks[id].small;
+        self.allocated -= self.blocks[id].size;
+        self.blocks[id].free = true;
+        let next = self.blocks[id].next;
+        if next != NONE && self.blocks[next].free {
+            let k = (self.blocks[next].size, next);
+            self.set(small).remove(&k);
+            self.blocks[id].size += self.blocks[next].size;
+            let nn = self.blocks[next].next;
+            self.blocks[id].next = nn;
+            if nn != NONE {
+                self.blocks[nn].prev = id;
+            }
+        }
+        let prev = self.blocks[id].prev;
+        if prev != NONE && self.blocks[prev].free {
+            let k = (self.blocks[prev].size, prev);
+            self.set(small).remove(&k);
+            self.blocks[prev].size += self.blocks[id].size;
+            let nx = self.blocks[id].next;
+            self.blocks[prev].next = nx;
+            if nx != NONE {
+                self.blocks[nx].prev = prev;
+            }
+            id = prev;
+        }
+        let k = (self.blocks[id].size, id);
+        self.set(small).insert(k);
+    }
+}
+
+/// What the replay needs besides the profile.
+pub struct Replay<'a> {
+    pub batch: u64,
+    pub grad_accum: u64,
+    pub params: &'a [Param],
+    pub param_bytes: f64,
+    pub buffer_bytes: u64,
+    pub input_bytes_per_sample: f64,
+    pub optimizer: Optimizer,
+    pub cublas_workspace: u64,
+}
+
+/// Peak reserved bytes of a training process running two steps (warm-up, where the optimizer
+/// state is created, and a steady one) as the calibration protocol does.
+pub fn replay(p: &Profile, r: &Replay) -> u64 {
+    let mut a = Allocator::default();
+    let b = r.batch as f64;
+    for prm in r.params {
+        a.malloc((prm.elems() as f64 * r.param_bytes) as u64);
+    }
+    if r.buffer_bytes > 0 {
+        a.malloc(r.buffer_bytes);
+    }
+    for _ in 0..r.grad_accum {
+        a.malloc((r.input_bytes_per_sample * b) as u64);
+    }
+    let mut slot: Vec<usize> = vec![NONE; p.slots];
+    let mut pgrads: Vec<usize> = Vec::new();
+    let mut state_made = false;
+    let mut ws_made = false;
+    for _step in 0..2 {
+        for _micro in 0..r.grad_accum {
+            for e in &p.events {
+                match *e {
+                    Ev::Alloc {
+                        slot: s,
+                        per_sample,
+                        abs,
+                    } => {
+                        if !ws_made {
+                            // cuBLAS workspace at the first matmul, kept
+                            a.malloc(r.cublas_workspace);
+                            ws_made = true;
+                        }
+                        let s = s as usize;
+                        if slot[s] != NONE {
+                            a.free(slot[s]);
+                        }
+                        slot[s] = a.malloc((per_sample * b + abs).max(1.0) as u64);
+                    }
+                    Ev::Free { slot: s } => {
+                        let s = s as usize;
+                        if slot[s] != NONE {
+                            a.free(slot[s]);
+                            slot[s] = NONE;
+                        }
+                    }
+                    Ev::ParamGrad { slot: s, abs } => {
+                        let s = s as usize;
+                        if slot[s] == NONE {
+                            slot[s] = a.malloc(abs as u64);
+                            pgrads.push(s);
+                        }
+                    }
+                    Ev::EndForward => {}
+                }
+            }
+            // anything the walk left allocated (never expected) goes with the micro-batch
+            for (s, id) in slot.iter_mut().enumerate() {
+                if *id != NONE && !pgrads.contains(&s) {
+                    a.free(*id);
+                    *id = NONE;
+                }
+            }
+        }
+        // optimizer.step(): state at the first step (zeros_like per parameter, in order),
+        // then the foreach temporaries of the update
+        let trainable: Vec<&Param> = r.params.iter().filter(|p| p.trainable).collect();
+        let (n_state, temps) = match r.optimizer {
+            Optimizer::Adamw | Optimizer::Adam => (2, true),
+            Optimizer::AdamwFused => (2, false),
+            Optimizer::SgdMomentum => (1, false),
+            Optimizer::Sgd => (0, false),
+            Optimizer::Adafactor | Optimizer::Adamw8bit => (0, false),
+        };
+        if !state_made {
+            for prm in &trainable {
+                for _ in 0..n_state {
+                    a.malloc((prm.elems() as f64 * r.param_bytes) as u64);
+                }
+            }
+            state_made = true;
+        }
+        if temps {
+            let t: Vec<usize> = trainable
+                .iter()
+                .map(|prm| a.malloc((prm.elems() as f64 * r.param_bytes) as u64))
+                .collect();
+            for id in t {
+                a.free(id);
+            }
+        }
+        // zero_grad(set_to_none=True)
+        for s in pgrads.drain(..) {
+            if slot[s] != NONE {
+                a.free(slot[s]);
+                slot[s] = NONE;
+            }
+        }
+    }
+    a.peak_reserved
+}
+
+#[cfg(test)]
+mod allocator_tests {
+    use super::*;
+
+    #[test]
+    fn best_fit_split_and_coalesce() {
+        let mut a = Allocator::default();
+        let x = a.malloc(48 * MIB + 100);
+        assert_eq!(a.reserved, 50 * MIB);
+        a.free(x);
+        // a 24 MiB request splits the cached 50 MiB segment instead of creating one
+        let y = a.malloc(24 * MIB);
+        let z = a.malloc(24 * MIB);
+        assert_eq!(a.reserved, 50 * MIB);
+        a.free(y);
+        a.free(z);
+        // coalesced back: a 49 MiB request fits again
+        a.malloc(49 * MIB);
+        assert_eq!(a.reserved, 50 * MIB);
+        // small requests use their own 2 MiB segments
+        a.malloc(1000);
+        assert_eq!(a.reserved, 52 * MIB);
+        // 3 MiB: a 20 MiB segment
+        a.malloc(3 * MIB);
+        assert_eq!(a.reserved, 72 * MIB);
     }
 }

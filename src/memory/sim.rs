@@ -44,6 +44,31 @@ pub struct Profile {
     pub saved_sizes: Vec<(f64, u32)>,
     /// Largest overlapping-convolution output, bytes per sample (see `reserved.rs`).
     pub conv_output_max: f64,
+    /// The step's allocations and frees in order, for the caching-allocator replay.
+    #[serde(skip)]
+    pub events: Vec<Ev>,
+    /// Number of event slots (ids) used by `events`.
+    pub slots: usize,
+}
+
+/// One allocation event of a forward + backward pass. Sizes are `per_sample * batch + abs`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Ev {
+    Alloc {
+        slot: u32,
+        per_sample: f64,
+        abs: f64,
+    },
+    Free {
+        slot: u32,
+    },
+    /// End of forward (autocast exits, the model output is dropped).
+    EndForward,
+    /// A parameter gradient (kept until `zero_grad`).
+    ParamGrad {
+        slot: u32,
+        abs: f64,
+    },
 }
 
 pub fn simulate(t: &Trace, ck: &[bool]) -> Profile {
@@ -111,9 +136,20 @@ pub fn simulate(t: &Trace, ck: &[bool]) -> Profile {
     let mut casts = 0.0;
     let mut largest = 0.0f64;
     let mut churn = 0.0;
+    let mut ev: Vec<Ev> = Vec::with_capacity(4 * nt);
+    let s_grad = |j: usize| (nt + j) as u32;
+    let s_cast = |i: usize| (2 * nt + i) as u32;
+    let s_pgrad = |i: usize| (2 * nt + nops + i) as u32;
+    let s_extra = |i: usize| (2 * nt + 2 * nops + i) as u32;
+    let pbytes = t.mode.param_dt().bytes();
     for (i, op) in t.ops.iter().enumerate() {
         for o in &op.outputs {
             if counted(o.0) && t.tensors[o.0].producer == i {
+                ev.push(Ev::Alloc {
+                    slot: o.0 as u32,
+                    per_sample: bytes(o.0),
+                    abs: 0.0,
+                });
                 live += bytes(o.0);
                 largest = largest.max(bytes(o.0));
                 if retained[o.0] {
@@ -124,6 +160,21 @@ pub fn simulate(t: &Trace, ck: &[bool]) -> Profile {
             }
         }
         casts += op.weight_cast_bytes;
+        if op.weight_cast_bytes > 0.0 {
+            ev.push(Ev::Alloc {
+                slot: s_cast(i),
+                per_sample: 0.0,
+                abs: op.weight_cast_bytes,
+            });
+        }
+        if op.fwd_extra > 0.0 {
+            ev.push(Ev::Alloc {
+                slot: s_extra(i),
+                per_sample: op.fwd_extra,
+                abs: 0.0,
+            });
+            ev.push(Ev::Free { slot: s_extra(i) });
+        }
         pts.push(Point {
             phase: Phase::Forward,
             saved: live_saved,
@@ -134,9 +185,18 @@ pub fn simulate(t: &Trace, ck: &[bool]) -> Profile {
         });
         for &j in &frees[i] {
             live -= bytes(j);
+            ev.push(Ev::Free { slot: j as u32 });
         }
     }
-    let _pinned_freed_at_end: f64 = pinned.iter().map(|&j| bytes(j)).sum();
+    for &j in &pinned {
+        ev.push(Ev::Free { slot: j as u32 });
+    }
+    for (i, op) in t.ops.iter().enumerate() {
+        if ck[op.stage] && op.weight_cast_bytes > 0.0 {
+            ev.push(Ev::Free { slot: s_cast(i) });
+        }
+    }
+    ev.push(Ev::EndForward);
     let saved_end = live_saved;
     let mut sizes: Vec<(f64, u32)> = Vec::new();
     for (i, &kept) in retained.iter().enumerate() {
@@ -179,11 +239,25 @@ pub fn simulate(t: &Trace, ck: &[bool]) -> Profile {
             let mut peak_local = 0.0f64;
             let mut kept = 0.0;
             let mut seg_casts = 0.0;
+            let mut rec_alive: Vec<usize> = Vec::new();
             for i in a..b {
                 for o in &t.ops[i].outputs {
                     if counted(o.0) && t.tensors[o.0].producer == i {
                         local += bytes(o.0);
+                        ev.push(Ev::Alloc {
+                            slot: o.0 as u32,
+                            per_sample: bytes(o.0),
+                            abs: 0.0,
+                        });
+                        rec_alive.push(o.0);
                     }
+                }
+                if t.ops[i].weight_cast_bytes > 0.0 {
+                    ev.push(Ev::Alloc {
+                        slot: s_cast(i),
+                        per_sample: 0.0,
+                        abs: t.ops[i].weight_cast_bytes,
+                    });
                 }
                 seg_casts += t.ops[i].weight_cast_bytes;
                 peak_local = peak_local.max(local);
@@ -218,9 +292,16 @@ pub fn simulate(t: &Trace, ck: &[bool]) -> Profile {
                         && !ti.savers.iter().any(|&s| s >= a && s < b)
                     {
                         dead += bytes(r);
+                        ev.push(Ev::Free { slot: r as u32 });
+                        rec_alive.retain(|&x| x != r);
                     }
                 }
                 local -= dead;
+            }
+            for &j in &rec_alive {
+                if !alive[j] {
+                    ev.push(Ev::Free { slot: j as u32 });
+                }
             }
             recomputed_casts[a..b].iter_mut().for_each(|r| *r = true);
             pts.push(Point {
@@ -236,11 +317,18 @@ pub fn simulate(t: &Trace, ck: &[bool]) -> Profile {
         }
         for i in (a..b).rev() {
             let op = &t.ops[i];
+            // gradients per logical tensor: a view gets its own, which its view op hands on
             for inp in &op.inputs {
-                let r = t.root(*inp).0;
-                if counted(r) && t.tensors[r].requires_grad && !grad[r] && !grad_done[r] {
+                let r = inp.0;
+                let ti = &t.tensors[r];
+                if ti.producer != usize::MAX && ti.requires_grad && !grad[r] && !grad_done[r] {
                     grad[r] = true;
                     live_grad += bytes(r);
+                    ev.push(Ev::Alloc {
+                        slot: s_grad(r),
+                        per_sample: bytes(r),
+                        abs: 0.0,
+                    });
                 }
             }
             if op.param_grad_elems > 0.0 {
@@ -250,7 +338,19 @@ pub fn simulate(t: &Trace, ck: &[bool]) -> Profile {
                 };
                 if fresh {
                     pgrad += op.param_grad_elems;
+                    ev.push(Ev::ParamGrad {
+                        slot: s_pgrad(i),
+                        abs: op.param_grad_elems * pbytes,
+                    });
                 }
+            }
+            if op.bwd_extra > 0.0 {
+                ev.push(Ev::Alloc {
+                    slot: s_extra(i),
+                    per_sample: op.bwd_extra,
+                    abs: 0.0,
+                });
+                ev.push(Ev::Free { slot: s_extra(i) });
             }
             pts.push(Point {
                 phase: Phase::Backward,
@@ -266,15 +366,20 @@ pub fn simulate(t: &Trace, ck: &[bool]) -> Profile {
                     grad[j] = false;
                     grad_done[j] = true;
                     live_grad -= bytes(j);
+                    ev.push(Ev::Free { slot: s_grad(j) });
                 }
             }
             if !ck[st] || recomputed_casts[i] {
                 casts_alive -= op.weight_cast_bytes;
+                if op.weight_cast_bytes > 0.0 {
+                    ev.push(Ev::Free { slot: s_cast(i) });
+                }
             }
             for &j in &rel_at[i] {
                 if alive[j] {
                     alive[j] = false;
                     live_saved -= bytes(j);
+                    ev.push(Ev::Free { slot: j as u32 });
                 }
             }
         }
@@ -295,6 +400,8 @@ pub fn simulate(t: &Trace, ck: &[bool]) -> Profile {
         churn,
         saved_sizes: sizes,
         conv_output_max: t.conv_output_max,
+        events: ev,
+        slots: 2 * nt + 3 * nops,
     }
 }
 

@@ -81,12 +81,23 @@ pub fn stats(errs: &[f64]) -> ErrorStats {
 }
 
 pub fn validate_file(path: &Path) -> Result<Validation> {
-    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-    let base = path.parent().unwrap_or(Path::new("."));
-    validate_text(&text, base, &path.display().to_string())
+    validate_file_with(path, super::ReservedModel::Replay)
 }
 
-pub fn validate_text(text: &str, base: &Path, name: &str) -> Result<Validation> {
+/// `validate_file` with a choice of reserved-memory model (`estimate_fast` uses the closed form).
+pub fn validate_file_with(path: &Path, model: super::ReservedModel) -> Result<Validation> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| Error::input(format!("{}: {e}", path.display())))?;
+    let base = path.parent().unwrap_or(Path::new("."));
+    validate_text(&text, base, &path.display().to_string(), model)
+}
+
+pub fn validate_text(
+    text: &str,
+    base: &Path,
+    name: &str,
+    model: super::ReservedModel,
+) -> Result<Validation> {
     let mut rows = Vec::new();
     let mut skipped = Vec::new();
     let mut workloads: std::collections::HashMap<String, crate::model::Workload> =
@@ -151,7 +162,8 @@ pub fn validate_text(text: &str, base: &Path, name: &str) -> Result<Validation> 
         let k = w
             .resolve_knobs(&ra.knobs)
             .map_err(|e| Error::input(format!("{name}:{ln}: {e}")))?;
-        let e = super::estimate(&w, &k).map_err(|e| Error::input(format!("{name}:{ln}: {e}")))?;
+        let e = super::estimate_with(&w, &k, None, model)
+            .map_err(|e| Error::input(format!("{name}:{ln}: {e}")))?;
         let label = row_label(&v, &w.name);
         rows.push(RowResult {
             line: ln,

@@ -104,6 +104,8 @@ pub struct T5Spec {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct VitSpec {
+    /// Module path prefix ("" for a classifier).
+    #[serde(default)]
     pub path: String,
     pub image: u64,
     pub patch: u64,
@@ -1334,7 +1336,9 @@ impl Builder<'_> {
             let _ = self.t.mse_loss(b);
         }
         // conditions: drop(cat([t, goal(s), mem]) + cond_pos)
-        let mut parts = vec![pg];
+        // time_emb(t): one sinusoidal token per sample, no parameters
+        let time_tok = self.t.constant(d as f64, Dt::F32);
+        let mut parts = vec![time_tok, pg];
         parts.extend(aux_goals.iter().copied());
         parts.push(mem);
         let c = self.t.cat(&parts);

@@ -71,6 +71,16 @@ impl Mode {
     }
 }
 
+/// cuDNN workspace of a convolution with overlapping windows (3x3, 7x7), as a multiple of its
+/// output. With `torch.backends.cudnn.benchmark = False` PyTorch takes cuDNN's heuristic engine
+/// and allocates the workspace it asks for through the caching allocator (`Conv_v8.cpp`); for
+/// these kernels the engines are transformed-tile (Winograd, FFT) or precomputed-index GEMMs whose
+/// workspace holds transformed copies of the input and output (F(4x4,3x3) Winograd tiles are
+/// 36/16 = 2.25x each, so ~4.5x the output for equal input and output sizes). The true size
+/// depends on the engine cuDNN picks for each shape; docs/accuracy.md shows what a single
+/// value leaves unexplained on the ResNet rows.
+pub const CONV_WORKSPACE_PER_OUTPUT: f64 = 4.0;
+
 /// A tensor handle.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct T(pub usize);
@@ -291,18 +301,21 @@ impl Trace {
     pub fn view(&mut self, x: T, elems: f64) -> T {
         let r = self.root(x);
         let (dt, rg) = (self.dt(x), self.rg(x));
-        let idx = self.ops.len().saturating_sub(1);
+        // a view op: no storage, no saved tensors; in backward its gradient flows to the base
+        let idx = self.push_op(&[x], 0.0);
         self.tensors.push(TensorInfo {
             elems,
             dt,
-            requires_grad: rg,
+            requires_grad: rg && self.grad_enabled,
             producer: idx,
             last_use: idx,
             savers: Vec::new(),
             pinned: false,
             base: Some(r.0),
         });
-        T(self.tensors.len() - 1)
+        let v = T(self.tensors.len() - 1);
+        self.ops[idx].outputs.push(v);
+        v
     }
 
     /// Makes the last op's parameter gradient belong to parameter `name` (shared weights get one
@@ -514,6 +527,12 @@ impl Trace {
         if overlapping && k > 1 {
             let b = (cout * hw_out) as f64 * out_dt.bytes();
             self.conv_output_max = self.conv_output_max.max(b);
+            // cuDNN workspace of this call (forward, and each backward kernel), allocated through
+            // the caching allocator and freed after the call
+            let ws = b * CONV_WORKSPACE_PER_OUTPUT;
+            let n = self.ops.len() - 1;
+            self.ops[n].fwd_extra += ws;
+            self.ops[n].bwd_extra += ws;
         }
         y
     }
@@ -629,13 +648,29 @@ impl Trace {
 
     /// `nn.ReLU(inplace=True)`: overwrites its input and saves the result (same storage).
     pub fn relu_inplace(&mut self, x: T) -> T {
-        if self.rg(x) && self.grad_enabled {
-            let idx = self.push_op(&[x], self.elems(x));
-            self.ops[idx].outputs.push(x);
-            self.tensors[x.0].savers.push(idx);
-            self.tensors[x.0].last_use = idx;
+        if !(self.rg(x) && self.grad_enabled) {
+            return x;
         }
-        x
+        // the result shares the input's storage; `threshold_backward` reads it and writes a new
+        // gradient for the input
+        let r = self.root(x);
+        let idx = self.push_op(&[x], self.elems(x));
+        self.tensors.push(TensorInfo {
+            elems: self.elems(x),
+            dt: self.dt(x),
+            requires_grad: true,
+            producer: idx,
+            last_use: idx,
+            savers: Vec::new(),
+            pinned: false,
+            base: Some(r.0),
+        });
+        let y = T(self.tensors.len() - 1);
+        self.ops[idx].outputs.push(y);
+        if !self.tensors[r.0].savers.contains(&idx) {
+            self.tensors[r.0].savers.push(idx);
+        }
+        y
     }
 
     /// `nn.Dropout(p)` in training: `native_dropout` keeps a bool mask (1 byte/element).

@@ -13,7 +13,8 @@ pub const FAMILIES: &[&str] = &[
 ];
 
 pub fn load(path: &Path) -> Result<ModelDesc> {
-    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| Error::input(format!("{}: {e}", path.display())))?;
     let v: Value = serde_json::from_str(&text)
         .map_err(|e| Error::input(format!("{}: not JSON: {e}", path.display())))?;
     parse(&v).map_err(|e| Error::input(format!("{}: {e}", path.display())))

@@ -21,7 +21,8 @@ pub struct Header {
 }
 
 pub fn read_header(path: &Path) -> Result<Header> {
-    let mut f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let mut f =
+        std::fs::File::open(path).map_err(|e| Error::input(format!("{}: {e}", path.display())))?;
     let mut len = [0u8; 8];
     f.read_exact(&mut len).map_err(|_| {
         Error::input(format!(

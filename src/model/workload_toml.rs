@@ -35,13 +35,22 @@ struct Defaults {
 pub const NAVDP_TOML: &str = include_str!("../../presets/navdp.toml");
 
 pub fn load(path: &Path) -> Result<ModelDesc> {
-    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| Error::input(format!("{}: {e}", path.display())))?;
     parse(&text).map_err(|e| Error::input(format!("{}: {e}", path.display())))
 }
 
 /// Parses a workload file's text.
 pub fn parse(text: &str) -> std::result::Result<ModelDesc, String> {
-    let f: File = toml::from_str(text).map_err(|e| e.to_string().replace('\n', " "))?;
+    let f: File = toml::from_str(text).map_err(|e| {
+        let line = e
+            .span()
+            .map(|sp| text[..sp.start.min(text.len())].matches('\n').count() + 1);
+        match line {
+            Some(l) => format!("line {l}: {}", e.message()),
+            None => e.message().to_string(),
+        }
+    })?;
     let d = f.defaults;
     let (task, def_attn, seq, image, classes) = match &f.model {
         Arch::Lm(s) => (
