@@ -1,8 +1,6 @@
 //! `oomdoc plan`: search the knobs for a model on a GPU and write the whole analysis.
 use std::path::{Path, PathBuf};
 
-use anyhow::Context;
-
 use crate::gpu::GpuArgs;
 use crate::knobs::KnobArgs;
 use crate::plan::analysis::{self, Component, GpuSummary, HostMemory, ModelSummary};
@@ -36,9 +34,23 @@ pub struct Args {
 }
 
 pub fn run(args: &Args, ctx: &Ctx) -> anyhow::Result<u8> {
-    let gpu = args.gpu.resolve()?.context(
-        "plan needs a target GPU: --gpu NAME (see `oomdoc gpu --list`) or --gpu-memory SIZE",
-    )?;
+    let log = match &args.log {
+        Some(path) => Some(crate::plan::log::read(path)?),
+        None => None,
+    };
+    // The target GPU: the flags, else what the log says the process could use.
+    let from_log = log.as_ref().and_then(|l| l.as_ref()).and_then(|s| s.usable_bytes());
+    let gpu = match (args.gpu.resolve()?, from_log) {
+        (Some(g), _) => g,
+        (None, Some(bytes)) => crate::gpu::TargetGpu {
+            name: "the GPU of the log".into(),
+            memory_bytes: bytes,
+            spec: None,
+        },
+        (None, None) => anyhow::bail!(
+            "plan needs a target GPU: --gpu NAME (see `oomdoc gpu --list`), --gpu-memory SIZE, or --log with a CUDA OOM message"
+        ),
+    };
     let w = crate::model::resolve(&args.model, Path::new("."), &args.knobs)?;
     let base = w.resolve_knobs(&args.knobs)?;
     // Step-time rates: the named GPU's; with only --gpu-memory, the H100's (speeds stay relative).
@@ -84,10 +96,9 @@ pub fn run(args: &Args, ctx: &Ctx) -> anyhow::Result<u8> {
         input_bytes_per_sample: est.components.batch / (base.batch * base.grad_accum).max(1),
     };
     let mut plan = analysis::build(&eval, &base, &space, gpu_summary, model, components, host)?;
-    if let Some(log) = &args.log {
-        let (state, none) = crate::plan::log::read(log)?;
+    if let Some(state) = log {
+        plan.log_without_event = state.is_none();
         plan.log = state;
-        plan.log_without_event = none;
     }
     ctx.emit(&plan, |lang| crate::plan::report::document(&plan, lang))?;
     Ok(if plan.nothing_fits { 1 } else { 0 })

@@ -77,6 +77,8 @@ pub struct LogState {
     pub line: u64,
     pub kind: String,
     pub total_capacity_bytes: Option<u64>,
+    /// The per-process cap (`set_per_process_memory_fraction`), when the message gives one.
+    pub allowed_bytes: Option<u64>,
     pub process_in_use_bytes: Option<u64>,
     pub allocated_bytes: Option<u64>,
     pub reserved_unallocated_bytes: Option<u64>,
@@ -121,56 +123,48 @@ pub fn build(
     host: Option<HostMemory>,
 ) -> anyhow::Result<Plan> {
     let capacity = gpu.memory_bytes;
-    let base_eval = eval.evaluate(base)?;
-    let base_sps =
-        (base.batch * base.grad_accum * base.gpus) as f64 / base_eval.step_time_s.max(1e-12);
+    let base_eval = eval.evaluate_exact(base)?;
+    let base_sps = (base.batch * base.grad_accum * base.gpus) as f64 / base_eval.step_time_s.max(1e-12);
     let baseline = search::candidate(base, base.clone(), base_eval, capacity, base_sps);
-    let ranked = search::search(eval, base, space, capacity, base_sps);
+    let fast = search::search(eval, base, space, capacity, base_sps);
+    let searched = fast.len();
+
+    // Re-estimate, with the evaluator's exact model, what the plan can show: the best fitting
+    // configurations and the best of each kind of single change (fast figures only rank).
+    let mut shown: Vec<Candidate> = Vec::new();
+    let add = |c: &Candidate, shown: &mut Vec<Candidate>| {
+        if shown.iter().any(|s| s.knobs == c.knobs) {
+            return;
+        }
+        if let Ok(e) = eval.evaluate_exact(&c.knobs) {
+            shown.push(search::candidate(base, c.knobs.clone(), e, capacity, base_sps));
+        }
+    };
+    for c in fast.iter().filter(|c| c.fits).take(EXACT_RECHECK) {
+        add(c, &mut shown);
+    }
+    for c in single_changes(&fast, &baseline, usize::MAX) {
+        add(&c, &mut shown);
+    }
+    for c in combination_seeds(&fast, base) {
+        add(c, &mut shown);
+    }
+    shown.sort_by(search::rank_cmp);
+    let ranked = shown;
     let fitting: Vec<&Candidate> = ranked.iter().filter(|c| c.fits).collect();
 
-    let plans: Vec<Candidate> = fitting
-        .iter()
-        .take(MAX_PLANS)
-        .map(|c| (*c).clone())
-        .collect();
-    let solutions = single_changes(&ranked, &baseline);
-    let safe: Vec<&Candidate> = fitting
-        .iter()
-        .copied()
-        .filter(|c| c.safety == Safety::Safe)
-        .collect();
-    let pool = if safe.is_empty() {
-        fitting.clone()
-    } else {
-        safe
-    };
+    let plans: Vec<Candidate> = fitting.iter().take(MAX_PLANS).map(|c| (*c).clone()).collect();
+    let solutions = single_changes(&ranked, &baseline, MAX_SOLUTIONS);
+    let safe: Vec<&Candidate> = fitting.iter().copied().filter(|c| c.safety == Safety::Safe).collect();
+    let pool = if safe.is_empty() { fitting.clone() } else { safe };
     let balanced = pool.first().map(|c| (*c).clone());
-    // Maximum saving: least memory without changing training dynamics, at a micro-batch of at
-    // least a quarter of the user's (below that, accumulation costs more time than it saves memory).
-    let max_saving = fitting
-        .iter()
-        .filter(|c| {
-            !c.change_list.iter().any(Change::alters_dynamics) && c.knobs.batch * 4 >= base.batch
-        })
-        .min_by(|a, b| {
-            a.eval
-                .device_total_bytes
-                .cmp(&b.eval.device_total_bytes)
-                .then(
-                    b.samples_per_s
-                        .partial_cmp(&a.samples_per_s)
-                        .unwrap_or(std::cmp::Ordering::Equal),
-                )
-        })
-        .map(|c| (*c).clone());
+    let max_saving = max_saving(&fitting, base).map(|c| (*c).clone());
     let conservative = pool
         .iter()
         .min_by(|a, b| {
-            invasiveness(a).cmp(&invasiveness(b)).then(
-                b.samples_per_s
-                    .partial_cmp(&a.samples_per_s)
-                    .unwrap_or(std::cmp::Ordering::Equal),
-            )
+            invasiveness(a)
+                .cmp(&invasiveness(b))
+                .then(b.samples_per_s.partial_cmp(&a.samples_per_s).unwrap_or(std::cmp::Ordering::Equal))
         })
         .map(|c| (*c).clone());
     Ok(Plan {
@@ -189,9 +183,38 @@ pub fn build(
         host,
         log: None,
         log_without_event: false,
-        searched: ranked.len(),
+        searched,
         margin_share: search::ESTIMATOR_MARGIN,
     })
+}
+
+/// Fast-ranked configurations re-estimated exactly for the plan.
+const EXACT_RECHECK: usize = 60;
+
+/// Maximum saving: least memory without changing training dynamics, at a micro-batch of at
+/// least a quarter of the user's (below that, accumulation costs more time than it saves memory).
+fn max_saving<'a>(fitting: &[&'a Candidate], base: &Knobs) -> Option<&'a Candidate> {
+    fitting
+        .iter()
+        .copied()
+        .filter(|c| !c.change_list.iter().any(Change::alters_dynamics) && c.knobs.batch * 4 >= base.batch)
+        .min_by(|a, b| {
+            a.eval
+                .device_total_bytes
+                .cmp(&b.eval.device_total_bytes)
+                .then(b.samples_per_s.partial_cmp(&a.samples_per_s).unwrap_or(std::cmp::Ordering::Equal))
+        })
+}
+
+/// Candidates the combinations may pick, from the fast ranking: the least-memory one and the
+/// least invasive safe ones.
+fn combination_seeds<'a>(fast: &'a [Candidate], base: &Knobs) -> Vec<&'a Candidate> {
+    let fitting: Vec<&Candidate> = fast.iter().filter(|c| c.fits).collect();
+    let mut out: Vec<&Candidate> = max_saving(&fitting, base).into_iter().collect();
+    let mut by_invasiveness: Vec<&Candidate> = fitting.iter().copied().filter(|c| c.safety == Safety::Safe).collect();
+    by_invasiveness.sort_by_key(|c| invasiveness(c));
+    out.extend(by_invasiveness.into_iter().take(10));
+    out
 }
 
 /// How much a configuration asks of the user's code and training: changes of model code
@@ -234,11 +257,11 @@ pub const MAX_SOLUTIONS: usize = 10;
 /// For each kind of single change, its best candidate (ranked order already puts safe and fast first;
 /// for micro-batch changes that is the largest micro-batch that fits). Changes that neither save
 /// memory (1%) nor gain speed (5%) are left out: they solve nothing.
-fn single_changes(ranked: &[Candidate], base: &Candidate) -> Vec<Candidate> {
+fn single_changes(ranked: &[Candidate], base: &Candidate, most: usize) -> Vec<Candidate> {
     let mut seen: Vec<String> = Vec::new();
     let mut out = Vec::new();
     for c in ranked {
-        if c.change_list.len() != 1 || out.len() >= MAX_SOLUTIONS {
+        if c.change_list.len() != 1 || out.len() >= most {
             continue;
         }
         let saves = (c.eval.device_total_bytes as f64) < 0.99 * base.eval.device_total_bytes as f64;

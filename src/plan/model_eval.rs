@@ -121,7 +121,19 @@ fn step_cost_optimizer_bytes(w: &Workload, k: &Knobs) -> f64 {
 }
 
 impl Evaluator for ModelEvaluator<'_> {
+    /// The search uses the closed-form reserved-memory model (microseconds per candidate).
     fn evaluate(&self, k: &Knobs) -> anyhow::Result<Evaluation> {
+        let e = crate::memory::estimate_fast(self.workload, k, Some(self.gpu))?;
+        Ok(Evaluation {
+            peak_allocated_bytes: e.peak_allocated_bytes,
+            peak_reserved_bytes: e.peak_reserved_bytes,
+            device_total_bytes: e.device_total_bytes,
+            step_time_s: self.step_time(k),
+        })
+    }
+
+    /// What the plan shows is re-estimated with the allocator replay (milliseconds, more accurate).
+    fn evaluate_exact(&self, k: &Knobs) -> anyhow::Result<Evaluation> {
         let e = crate::memory::estimate_on(self.workload, k, Some(self.gpu))?;
         Ok(Evaluation {
             peak_allocated_bytes: e.peak_allocated_bytes,

@@ -122,6 +122,7 @@ pub fn document(p: &Plan, l: Lang) -> Document {
             }
         };
         add(W::GpuCapacity, s.total_capacity_bytes);
+        add(W::Allowed, s.allowed_bytes);
         add(W::InUse, s.process_in_use_bytes);
         add(W::PytorchAllocated, s.allocated_bytes);
         add(W::ReservedUnallocated, s.reserved_unallocated_bytes);

@@ -16,6 +16,7 @@ crate::catalogue! {
         HostMemory => ("Host memory and DataLoader", "主机内存与DataLoader"),
         // current state
         GpuCapacity => ("GPU total capacity", "GPU总容量"),
+        Allowed => ("Allowed to this process (memory fraction)", "本进程允许使用（内存比例上限）"),
         InUse => ("Memory in use", "已使用内存"),
         PytorchAllocated => ("Allocated by PyTorch", "PyTorch分配"),
         ReservedUnallocated => ("Reserved but unallocated", "预留但未分配"),
