@@ -604,3 +604,11 @@ fn a_handled_oom_line_does_not_swallow_the_next_lines() {
     assert_eq!(ev[0].requested_bytes, None);
     assert_eq!(ev[1].kind, OomKind::DataloaderKilled);
 }
+
+proptest! {
+    #[test]
+    fn size_parsing_never_panics(num in "[0-9.,]{0,40}", unit in "(bytes|B|KiB|MiB|GiB|TiB|PiB|EiB|KB|MB|GB|kB|x)") {
+        let _ = oomdoc::oom::size::parse_value(&num, &unit);
+        let _ = parse_size(&format!("{num} {unit}"));
+    }
+}
