@@ -594,3 +594,21 @@ tensorflow.python.framework.errors_impl.ResourceExhaustedError: {{function_node 
     let twice = format!("{log}{log}");
     assert_eq!(parse_str(&twice).len(), 2);
 }
+
+#[test]
+fn a_handled_oom_line_does_not_swallow_the_next_lines() {
+    let log = "WARNING: CUDA out of memory, skipping batch 12\nRuntimeError: DataLoader worker (pid 7) is killed by signal: Killed.\n";
+    let ev = parse_str(log);
+    assert_eq!(ev.len(), 2, "{ev:#?}");
+    assert_eq!(ev[0].kind, OomKind::CudaOom);
+    assert_eq!(ev[0].requested_bytes, None);
+    assert_eq!(ev[1].kind, OomKind::DataloaderKilled);
+}
+
+proptest! {
+    #[test]
+    fn size_parsing_never_panics(num in "[0-9.,]{0,40}", unit in "(bytes|B|KiB|MiB|GiB|TiB|PiB|EiB|KB|MB|GB|kB|x)") {
+        let _ = oomdoc::oom::size::parse_value(&num, &unit);
+        let _ = parse_size(&format!("{num} {unit}"));
+    }
+}

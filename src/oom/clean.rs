@@ -15,16 +15,25 @@ pub fn clean_line(raw: &[u8]) -> String {
     text.into_owned()
 }
 
-/// The segment after the last `\r` that has text after it (a trailing `\r` of CRLF is dropped).
+/// A line redrawn with `\r` (progress bars) shows its last segment; keep the last segment that
+/// holds a trigger word, else the last one (a trailing `\r` of CRLF is dropped first).
 fn strip_cr(raw: &[u8]) -> &[u8] {
     let mut s = raw;
     while let Some((&(b'\r' | b'\n'), rest)) = s.split_last() {
         s = rest;
     }
-    match memchr::memrchr(b'\r', s) {
-        Some(i) => &s[i + 1..],
-        None => s,
+    if memchr::memchr(b'\r', s).is_none() {
+        return s;
     }
+    let mut segments = s.split(|&b| b == b'\r');
+    let last = segments.next_back().unwrap_or(s);
+    if super::scan::is_candidate(last) {
+        return last;
+    }
+    segments
+        .rev()
+        .find(|seg| super::scan::is_candidate(seg))
+        .unwrap_or(last)
 }
 
 /// Removes ANSI escape sequences: CSI (`ESC [ ... final`), OSC (`ESC ] ... BEL|ESC \`) and
@@ -176,6 +185,10 @@ mod tests {
     fn cleans_noise() {
         assert_eq!(clean_line(b"\x1b[31mCUDA out\x1b[0m of\r\n"), "CUDA out of");
         assert_eq!(clean_line(b"10%|#  \r50%|### \rdone\r\n"), "done");
+        assert_eq!(
+            clean_line(b"10%\rCUDA out of memory. Tried\r 50%|###"),
+            "CUDA out of memory. Tried"
+        );
         assert_eq!(
             clean_line(b"memory is &gt;&gt; allocated &amp;"),
             "memory is >> allocated &"

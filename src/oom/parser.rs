@@ -435,8 +435,16 @@ impl Parser {
                 .unwrap_or(m.start());
             let msg = &text[start..];
             let rank = rank_of(text);
+            let t = msg.trim_end();
+            // only a message that has started its numbers (or stops right after its first
+            // sentence) goes on over the next lines; "CUDA out of memory, skipping batch" does not
+            let may_wrap = msg.contains("Tried to allocate")
+                || msg.contains("preemptively")
+                || t.ends_with("out of memory.")
+                || t.ends_with("out of memory");
             match alloc_completeness(msg) {
                 Completeness::Complete => self.finish_wrap(lineno, rank, msg, msg),
+                _ if !may_wrap => self.finish_wrap(lineno, rank, msg, msg),
                 _ => {
                     self.pending = Some(Pending::Wrap {
                         line: lineno,

@@ -269,12 +269,7 @@ pub fn event_document(ev: &OomEvent, n: usize, lang: Lang) -> Document {
         d.bars(bars);
     }
     d.heading(3, W::Solutions.text(lang));
-    let items: Vec<String> = ev
-        .advice
-        .iter()
-        .enumerate()
-        .map(|(i, a)| format!("{}. {}", i + 1, advice_text(a, lang)))
-        .collect();
+    let items: Vec<String> = ev.advice.iter().map(|a| advice_text(a, lang)).collect();
     d.bullets(items);
     if !ev.warnings.is_empty() {
         let notes: Vec<String> = ev

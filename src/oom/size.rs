@@ -44,8 +44,8 @@ pub fn parse_value(value: &str, unit: &str) -> Result<u64, SizeError> {
     for c in value.chars() {
         match c {
             '0'..='9' => {
-                // 38 significant digits fit in u128 before multiplying; later decimals cannot
-                // change a result that is rounded to whole bytes of at most 2^60 per unit.
+                // 24 significant digits are more than any printed size has; later decimals
+                // are dropped, and a product that overflows u128 is an overflow.
                 if digits >= 24 {
                     if !seen_dot {
                         return Err(SizeError::Overflow);
@@ -69,7 +69,11 @@ pub fn parse_value(value: &str, unit: &str) -> Result<u64, SizeError> {
         return Err(SizeError::Malformed);
     }
     let div = 10u128.pow(scale);
-    let bytes = (mantissa * mult + div / 2) / div;
+    let bytes = mantissa
+        .checked_mul(mult)
+        .and_then(|x| x.checked_add(div / 2))
+        .ok_or(SizeError::Overflow)?
+        / div;
     u64::try_from(bytes).map_err(|_| SizeError::Overflow)
 }
 
@@ -152,6 +156,10 @@ mod tests {
         assert!(parse_size("17179869183.95 GiB").is_ok());
         assert_eq!(
             parse_size("99999999999999999999999999999 bytes"),
+            Err(SizeError::Overflow)
+        );
+        assert_eq!(
+            parse_size("999999999999999999999999.5 EiB"),
             Err(SizeError::Overflow)
         );
         assert_eq!(parse_size("12 parsecs"), Err(SizeError::Malformed));
