@@ -146,7 +146,7 @@ pub fn document(patch: &Patch, applied: Option<&Applied>, lang: Lang) -> Documen
         );
     }
     match applied {
-        Some(a) => {
+        Some(a) if !a.written.is_empty() => {
             d.heading(2, M::WroteTitle.text(lang));
             d.bullets(
                 a.written
@@ -158,7 +158,7 @@ pub fn document(patch: &Patch, applied: Option<&Applied>, lang: Lang) -> Documen
         None if !patch.files.is_empty() => {
             d.para(M::ApplyHint.text(lang));
         }
-        None => {}
+        _ => {}
     }
     d
 }
