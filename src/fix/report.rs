@@ -48,6 +48,7 @@ crate::catalogue! { pub enum M {
     NeedsBnb => ("8-bit AdamW needs the bitsandbytes package (pip install bitsandbytes) and a CUDA GPU.", "8 位 AdamW 需要 bitsandbytes 包（pip install bitsandbytes）和 CUDA GPU。"),
     HfDl => ("The Trainer builds its DataLoader with {0}.", "Trainer 用 {0} 构建 DataLoader。"),
     PlPrecision => ("Lightning's precision=\"{0}\": the Trainer runs the forward pass under the matching autocast (and a GradScaler for 16-mixed).", "Lightning 的 precision=\"{0}\"：Trainer 在相应的 autocast 下运行前向（16-mixed 时还使用 GradScaler）。"),
+    PlCliKey => ("LightningCLI passes {0} ({1}) to the data module: it overrides the default in the code.", "LightningCLI 把 {0}（{1}）传给数据模块：它覆盖代码中的默认值。"),
     PlCliNoConfig => ("LightningCLI is used but no YAML config with a trainer: section was found: pass --trainer.precision / --trainer.accumulate_grad_batches on the command line.", "使用了 LightningCLI，但没有找到含 trainer: 部分的 YAML 配置：请在命令行传入 --trainer.precision / --trainer.accumulate_grad_batches。"),
     PlTf32 => ("Lightning has no tf32 precision: call torch.set_float32_matmul_precision(\"high\") before fitting.", "Lightning 没有 tf32 精度：在训练前调用 torch.set_float32_matmul_precision(\"high\")。"),
     PlAccum => ("accumulate_grad_batches: Lightning sums gradients over that many batches (dividing the loss) before each optimizer step.", "accumulate_grad_batches：Lightning 在每次优化器步骤前累积这么多批次的梯度（并对损失做相应除法）。"),

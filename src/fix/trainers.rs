@@ -770,10 +770,10 @@ fn lightning_cli_rules<'p>(cx: &mut Cx<'p>, s: &Setup<'p>) {
     let p = cx.p;
     let Some(oi) = p.other.iter().position(|o| {
         o.kind == OtherKind::Yaml
-            && datafile::yaml_scalars(&o.src)
-                .iter()
-                .any(|k| k.path.first().map(|x| x == "trainer").unwrap_or(false))
-            || o.kind == OtherKind::Yaml && o.src.lines().any(|l| l.trim_end() == "trainer:")
+            && (o.src.lines().any(|l| l.trim_end() == "trainer:")
+                || datafile::yaml_scalars(&o.src)
+                    .iter()
+                    .any(|k| k.path.first().map(|x| x == "trainer").unwrap_or(false)))
     }) else {
         cx.note(Knob::Precision, M::PlCliNoConfig, &[]);
         loader_and_optimizer(cx, s);
@@ -896,7 +896,7 @@ fn lightning_cli_rules<'p>(cx: &mut Cx<'p>, s: &Setup<'p>) {
         if let Some(b) = batch {
             if k.value != b.to_string() {
                 let why = Msg::new(
-                    M::DsKey,
+                    M::PlCliKey,
                     &[&k.path.join("."), &format!("{rel}:{}", line(k.start))],
                 );
                 cx.edit(&rel, k.start, k.end, b.to_string(), Knob::Batch, Some(why));
