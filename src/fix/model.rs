@@ -262,9 +262,17 @@ fn checkpointing(cx: &mut Cx, ck: Checkpointing) {
         }
         return;
     }
+    let mut names: std::collections::HashMap<usize, String> = std::collections::HashMap::new();
     for l in chosen {
         let f = &p.py[l.fi];
-        let name = checkpoint_name(cx, l.fi);
+        let name = match names.get(&l.fi) {
+            Some(n) => n.clone(),
+            None => {
+                let n = checkpoint_name(cx, l.fi);
+                names.insert(l.fi, n.clone());
+                n
+            }
+        };
         let call = l.call;
         let Some(args) = call.child_by_field_name("arguments") else {
             continue;
@@ -331,6 +339,7 @@ fn attention(cx: &mut Cx) {
     let p = cx.p;
     let mut found = 0;
     let xformers = xformers_subclasses(p);
+    let mut fnames: std::collections::HashMap<usize, String> = std::collections::HashMap::new();
     for (fi, f) in p.py.iter().enumerate() {
         for n in f.all_nodes() {
             let (pn, vn) = match matmul_operands(f, n) {
@@ -383,7 +392,14 @@ fn attention(cx: &mut Cx) {
                 cx.note(Knob::Attention, M::AttnWeightsUsed, &[&at, &name]);
                 continue;
             }
-            let fname = functional_name(cx, fi);
+            let fname = match fnames.get(&fi) {
+                Some(n) => n.clone(),
+                None => {
+                    let n = functional_name(cx, fi);
+                    fnames.insert(fi, n.clone());
+                    n
+                }
+            };
             let mut args = vec![e.q.clone(), e.k.clone(), f.text(vn).to_string()];
             if let Some(m) = &e.mask {
                 args.push(format!("attn_mask={m}"));

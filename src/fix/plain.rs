@@ -13,6 +13,7 @@ pub fn apply_rules<'p>(cx: &mut Cx<'p>, s: &Setup<'p>) {
     let framework = !s.hf_args.is_empty()
         || !s.hf_trainers.is_empty()
         || !s.pl_trainers.is_empty()
+        || !s.pl_cli.is_empty()
         || !s.accelerators.is_empty();
     if framework || s.backwards.is_empty() {
         return;

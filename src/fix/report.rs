@@ -23,16 +23,16 @@ crate::catalogue! { pub enum M {
     SplatKwargs => ("{0}: {1}= is added to a call that also takes {2}; if {2} holds {1} too, Python raises TypeError: remove it there.", "{0}：向同时接收 {2} 的调用添加了 {1}=；如果 {2} 中也有 {1}，Python 会抛出 TypeError：请从那里删除。"),
     ReplacedExpr => ("{0}: `{1}` could not be followed to where it is set; it is replaced by {2} in place.", "{0}：无法追踪 `{1}` 的来源；已在原处替换为 {2}。"),
     Overlap => ("{0}: two changes touch the same code; only the first was kept.", "{0}：两处修改重叠，只保留了第一处。"),
-    LrSame => ("The effective batch (batch x accumulation) stays {0}: keep the learning rate.", "有效批量（批量 x 累积步数）仍为 {0}：学习率不变。"),
-    LrScale => ("The effective batch changes from {0} to {1}. The learning rate ({2}: {3}) was not changed; the linear scaling rule (Goyal et al., 2017) gives {4}. For Adam-type optimizers a square-root rule or a short sweep is safer.", "有效批量从 {0} 变为 {1}。学习率（{2}：{3}）未修改；按线性缩放规则（Goyal 等，2017）应为 {4}。Adam 类优化器用平方根规则或小范围搜索更稳妥。"),
-    LrScaleUnknown => ("The effective batch changes from {0} to {1}: scale the learning rate with it (linear rule) or re-tune it.", "有效批量从 {0} 变为 {1}：请相应缩放学习率（线性规则）或重新调参。"),
+    LrSame => ("The effective batch (batch x accumulation) stays {0}: keep the learning rate.", "有效batch_size（批次大小 x 累积步数）仍为 {0}：学习率不变。"),
+    LrScale => ("The effective batch changes from {0} to {1}. The learning rate ({2}: {3}) was not changed; the linear scaling rule (Goyal et al., 2017) gives {4}. For Adam-type optimizers a square-root rule or a short sweep is safer.", "有效batch_size 从 {0} 变为 {1}。学习率（{2}：{3}）未修改；按线性缩放规则（Goyal 等，2017）应为 {4}。Adam 类优化器用平方根规则或小范围搜索更稳妥。"),
+    LrScaleUnknown => ("The effective batch changes from {0} to {1}: scale the learning rate with it (linear rule) or re-tune it.", "有效batch_size 从 {0} 变为 {1}：请相应缩放学习率（线性规则）或重新调参。"),
     AllocScriptExisting => ("The launch script already sets PYTORCH_CUDA_ALLOC_CONF ({0}); it is set to the requested value.", "启动脚本已设置 PYTORCH_CUDA_ALLOC_CONF（{0}），改为所要求的值。"),
     AllocScript => ("PYTORCH_CUDA_ALLOC_CONF is read when PyTorch starts CUDA, so it goes into the environment of the launch script {0}; expandable segments let the allocator grow a segment instead of leaving fragmented free blocks.", "PYTORCH_CUDA_ALLOC_CONF 在 PyTorch 初始化 CUDA 时读取，因此写入启动脚本 {0} 的环境；expandable_segments 让分配器扩展段，而不是留下碎片化的空闲块。"),
     AllocReadme => ("No launch script found: the README now says to set PYTORCH_CUDA_ALLOC_CONF before training.", "未找到启动脚本：在 README 中说明训练前设置 PYTORCH_CUDA_ALLOC_CONF。"),
     AllocEntry => ("No launch script or README: {0} sets it before torch is imported (the allocator reads it when CUDA starts).", "没有启动脚本或 README：在 {0} 中导入 torch 之前设置（分配器在 CUDA 初始化时读取）。"),
     HfCliNoArgs => ("TrainingArguments are parsed with HfArgumentParser, but no launch script (--per_device_train_batch_size ...) or JSON file of them was found: pass the settings on the command line.", "TrainingArguments 由 HfArgumentParser 解析，但没有找到传入它们的启动脚本（--per_device_train_batch_size ...）或 JSON 文件：请在命令行中传入这些设置。"),
     HfBatchArg => ("The Trainer builds its DataLoader from {0}.per_device_train_batch_size.", "Trainer 用 {0}.per_device_train_batch_size 构建 DataLoader。"),
-    HfBatchDead => ("{0}.per_device_train_batch_size is ignored because {1} builds its own DataLoader with batch_size={2}: the batch is set where that value comes from.", "{0}.per_device_train_batch_size 不起作用，因为 {1} 自己用 batch_size={2} 构建 DataLoader：批量在该值的来源处修改。"),
+    HfBatchDead => ("{0}.per_device_train_batch_size is ignored because {1} builds its own DataLoader with batch_size={2}: the batch is set where that value comes from.", "{0}.per_device_train_batch_size 不起作用，因为 {1} 自己用 batch_size={2} 构建 DataLoader：批次大小在该值的来源处修改。"),
     HfArgIgnored => ("{0}: TrainingArguments.{1} has no effect because {2} overrides it; left as is.", "{0}：TrainingArguments.{1} 不起作用，因为 {2} 覆盖了它；保持不变。"),
     HfAccum => ("Gradient accumulation is done by the Trainer's loop ({0}.gradient_accumulation_steps), also with a custom DataLoader.", "梯度累积由 Trainer 的训练循环完成（{0}.gradient_accumulation_steps），自定义 DataLoader 时同样有效。"),
     HfPrecision => ("{0}=True makes the Trainer run the forward pass and loss under autocast ({1}); weights and optimizer state stay fp32.", "{0}=True 让 Trainer 在 autocast（{1}）下运行前向和损失；权重和优化器状态仍为 fp32。"),
@@ -48,15 +48,17 @@ crate::catalogue! { pub enum M {
     NeedsBnb => ("8-bit AdamW needs the bitsandbytes package (pip install bitsandbytes) and a CUDA GPU.", "8 位 AdamW 需要 bitsandbytes 包（pip install bitsandbytes）和 CUDA GPU。"),
     HfDl => ("The Trainer builds its DataLoader with {0}.", "Trainer 用 {0} 构建 DataLoader。"),
     PlPrecision => ("Lightning's precision=\"{0}\": the Trainer runs the forward pass under the matching autocast (and a GradScaler for 16-mixed).", "Lightning 的 precision=\"{0}\"：Trainer 在相应的 autocast 下运行前向（16-mixed 时还使用 GradScaler）。"),
+    PlCliKey => ("LightningCLI passes {0} ({1}) to the data module: it overrides the default in the code.", "LightningCLI 把 {0}（{1}）传给数据模块：它覆盖代码中的默认值。"),
+    PlCliNoConfig => ("LightningCLI is used but no YAML config with a trainer: section was found: pass --trainer.precision / --trainer.accumulate_grad_batches on the command line.", "使用了 LightningCLI，但没有找到含 trainer: 部分的 YAML 配置：请在命令行传入 --trainer.precision / --trainer.accumulate_grad_batches。"),
     PlTf32 => ("Lightning has no tf32 precision: call torch.set_float32_matmul_precision(\"high\") before fitting.", "Lightning 没有 tf32 精度：在训练前调用 torch.set_float32_matmul_precision(\"high\")。"),
     PlAccum => ("accumulate_grad_batches: Lightning sums gradients over that many batches (dividing the loss) before each optimizer step.", "accumulate_grad_batches：Lightning 在每次优化器步骤前累积这么多批次的梯度（并对损失做相应除法）。"),
     AccPrecision => ("Accelerator(mixed_precision=\"{0}\") runs the forward pass under autocast.", "Accelerator(mixed_precision=\"{0}\") 在 autocast 下运行前向。"),
     AccAccum => ("Accelerator(gradient_accumulation_steps=k) with `with accelerator.accumulate(model):` steps the optimizer every k batches.", "Accelerator(gradient_accumulation_steps=k) 配合 `with accelerator.accumulate(model):` 每 k 个批次执行一次优化器步骤。"),
     AccNoContext => ("The loop does not use `with accelerator.accumulate(model):`; without it gradient_accumulation_steps has no effect. Wrap the step in it.", "训练循环没有使用 `with accelerator.accumulate(model):`；没有它 gradient_accumulation_steps 不起作用。请用它包装训练步骤。"),
     DsKey => ("DeepSpeed reads {0} from {1}.", "DeepSpeed 从 {1} 读取 {0}。"),
-    DsTrainBatch => ("{0} also sets train_batch_size, which must equal micro batch x accumulation x GPUs; set it to \"auto\" or update it.", "{0} 还设置了 train_batch_size，它必须等于微批量 x 累积步数 x GPU 数；改为 \"auto\" 或相应更新。"),
+    DsTrainBatch => ("{0} also sets train_batch_size, which must equal micro batch x accumulation x GPUs; set it to \"auto\" or update it.", "{0} 还设置了 train_batch_size，它必须等于微批次大小 x 累积步数 x GPU 数；改为 \"auto\" 或相应更新。"),
     DlBatch => ("The training DataLoader ({0}) takes its batch_size from here.", "训练 DataLoader（{0}）的 batch_size 来自这里。"),
-    NoDataLoader => ("No training DataLoader(...) was found: batch size and DataLoader settings were not changed.", "没有找到训练用的 DataLoader(...)：批量和 DataLoader 设置未修改。"),
+    NoDataLoader => ("No training DataLoader(...) was found: batch size and DataLoader settings were not changed.", "没有找到训练用的 DataLoader(...)：批次大小和 DataLoader 设置未修改。"),
     NoOptimizer => ("No optimizer constructor (torch.optim.*) was found: the optimizer was not changed.", "没有找到优化器构造（torch.optim.*）：优化器未修改。"),
     DlOptOwn => ("{0} is set in the DataLoader that {1} builds (the TrainingArguments dataloader_* fields are ignored there).", "{0} 设在 {1} 构建的 DataLoader 中（那里会忽略 TrainingArguments 的 dataloader_* 字段）。"),
     DlOpt => ("{0} of the training DataLoader ({1}).", "训练 DataLoader（{1}）的 {0}。"),
@@ -74,7 +76,7 @@ crate::catalogue! { pub enum M {
     LoopAccumExisting => ("The loop already accumulates gradients: the step interval is set here.", "循环已经做梯度累积：在此设置步长间隔。"),
     LoopScalerManual => ("{0}: the loop steps inside a condition; use scaler.step(optimizer) and scaler.update() there by hand.", "{0}：循环在条件语句中执行优化器步骤；请在那里手动改用 scaler.step(optimizer) 和 scaler.update()。"),
     LoopScaleBackward => ("With fp16 the loss is scaled before backward so that small gradients do not underflow.", "fp16 下反向传播前先缩放损失，避免小梯度下溢。"),
-    LoopAccumDiv => ("The loss is divided by the accumulation steps so that the summed gradients equal one large-batch gradient.", "损失除以累积步数，使累加的梯度等于一个大批量的梯度。"),
+    LoopAccumDiv => ("The loss is divided by the accumulation steps so that the summed gradients equal one large-batch gradient.", "损失除以累积步数，使累加的梯度等于一个大批次的梯度。"),
     LoopAccumStep => ("{0} steps (and gradients are zeroed) once every grad_accum_steps micro-batches.", "每 grad_accum_steps 个微批次执行一次 {0} 的步骤（并清零梯度）。"),
     LoopZeroGradMoved => ("zero_grad() moves after the optimizer step, so that gradients accumulate across micro-batches.", "zero_grad() 移到优化器步骤之后，使梯度在微批次间累积。"),
     LoopAccumNote => ("After the change {0} holds the divided loss (multiply by grad_accum_steps when logging), step counters count micro-batches, and micro-batches left over at the end of an epoch carry into the next step.", "修改后 {0} 是除过的损失（记录日志时乘以 grad_accum_steps），步数计数器按微批次计数，每个 epoch 末尾剩余的微批次计入下一步。"),
@@ -87,7 +89,7 @@ crate::catalogue! { pub enum M {
     CkptNoMatch => ("{0}: no loop over that module list was found; not checkpointed.", "{0}：没有找到遍历该模块列表的循环；未加检查点。"),
     CkptNoLoops => ("No repeated blocks (for blk in self.blocks: x = blk(x) over an nn.ModuleList) were found to checkpoint.", "没有找到可加检查点的重复块（对 nn.ModuleList 的 for blk in self.blocks: x = blk(x)）。"),
     CkptHfEnable => ("{0} is a Hugging Face model: its own gradient_checkpointing_enable() checkpoints every layer (non-reentrant).", "{0} 是 Hugging Face 模型：用它自带的 gradient_checkpointing_enable() 对每一层做检查点（非重入）。"),
-    CkptWrap => ("Activation checkpointing for {0}: while training, each {1} keeps only its input and recomputes its activations in backward (torch.utils.checkpoint, non-reentrant); in eval mode the blocks run as before.", "为 {0} 加激活检查点：训练时每个 {1} 只保存输入，在反向传播时重算激活（torch.utils.checkpoint，非重入）；评估模式下照常运行。"),
+    CkptWrap => ("Activation checkpointing for {0}: while training, each {1} keeps only its input and recomputes its activations in backward (torch.utils.checkpoint, non-reentrant); in eval mode the blocks run as before.", "为 {0} 加梯度检查点：训练时每个 {1} 只保存输入，在反向传播时重算激活值（torch.utils.checkpoint，非重入）；评估模式下照常运行。"),
     AttnXformers => ("{2}: {0} uses xFormers' memory_efficient_attention when xformers is installed and falls back to {1}'s eager softmax otherwise. Installing xformers (pip install xformers, matching your torch version) is the change; the code is not edited.", "{2}：安装了 xformers 时 {0} 使用 xFormers 的 memory_efficient_attention，否则退回到 {1} 的普通 softmax 注意力。安装 xformers（pip install xformers，与 torch 版本匹配）就是所需的修改；代码未改动。"),
     AttnWeightsUsed => ("{0}: the attention weights ({1}) are used elsewhere (returned or stored); scaled_dot_product_attention does not produce them, so this attention was not rewritten.", "{0}：注意力权重（{1}）在别处被使用（返回或保存）；scaled_dot_product_attention 不产生它们，因此未改写。"),
     AttnRewrite => ("{0}: eager attention keeps the [batch, heads, L, L] probabilities for backward; F.scaled_dot_product_attention uses fused kernels that do not. Same scale ({1}), mask and dropout (scale= needs PyTorch 2.1 or newer).", "{0}：普通注意力为反向传播保存 [batch, heads, L, L] 概率矩阵；F.scaled_dot_product_attention 使用融合内核，不保存它。缩放（{1}）、掩码和 dropout 保持不变（scale= 需要 PyTorch 2.1 及以上）。"),
@@ -146,7 +148,7 @@ pub fn document(patch: &Patch, applied: Option<&Applied>, lang: Lang) -> Documen
         );
     }
     match applied {
-        Some(a) => {
+        Some(a) if !a.written.is_empty() => {
             d.heading(2, M::WroteTitle.text(lang));
             d.bullets(
                 a.written
@@ -158,7 +160,7 @@ pub fn document(patch: &Patch, applied: Option<&Applied>, lang: Lang) -> Documen
         None if !patch.files.is_empty() => {
             d.para(M::ApplyHint.text(lang));
         }
-        None => {}
+        _ => {}
     }
     d
 }

@@ -444,3 +444,32 @@ fn optimizer_swap_drops_arguments_the_new_class_does_not_take() {
         "{s}"
     );
 }
+
+#[test]
+fn lightning_cli_yaml_config() {
+    let d = project(&[
+        (
+            "main.py",
+            "import torch\nfrom lightning.pytorch.cli import LightningCLI\nfrom torch.utils.data import DataLoader\nimport lightning as L\n\n\nclass DM(L.LightningDataModule):\n    def __init__(self, batch_size: int = 32):\n        super().__init__()\n        self.batch_size = batch_size\n\n    def train_dataloader(self):\n        return DataLoader(ds, batch_size=self.batch_size)\n\n\nif __name__ == \"__main__\":\n    LightningCLI(Model, DM)\n",
+        ),
+        ("config.yaml", "trainer:\n  max_epochs: 3\n  devices: 1\ndata:\n  batch_size: 64\n"),
+    ]);
+    let t = Target {
+        precision: Some(Precision::Bf16Mixed),
+        grad_accum: Some(2),
+        batch: Some(32),
+        bf16_supported: Some(true),
+        gpu: Some("A100".into()),
+        ..Default::default()
+    };
+    let p = analyze(d.path(), &t).unwrap();
+    assert_eq!(
+        new_text(&p, "config.yaml"),
+        "trainer:\n  max_epochs: 3\n  devices: 1\n  precision: bf16-mixed\n  accumulate_grad_batches: 2\ndata:\n  batch_size: 32\n"
+    );
+    assert!(
+        p.files.iter().all(|f| f.path != "main.py"),
+        "the code default is overridden by the config"
+    );
+    assert!(has_note(&p, M::LrSame));
+}

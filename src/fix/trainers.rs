@@ -43,6 +43,8 @@ pub struct Setup<'p> {
     pub hf_trainers: Vec<At<'p>>,
     /// Lightning `Trainer(...)` calls.
     pub pl_trainers: Vec<At<'p>>,
+    /// Files that start training through `LightningCLI` (Trainer settings in YAML).
+    pub pl_cli: Vec<usize>,
     pub accelerators: Vec<At<'p>>,
     /// Indices into `Project::other` of DeepSpeed JSON configs.
     pub ds_configs: Vec<usize>,
@@ -62,6 +64,7 @@ impl<'p> Setup<'p> {
             && self.hf_cli.is_empty()
             && self.hf_trainers.is_empty()
             && self.pl_trainers.is_empty()
+            && self.pl_cli.is_empty()
             && self.accelerators.is_empty()
             && self.ds_configs.is_empty()
             && self.backwards.is_empty()
@@ -72,7 +75,7 @@ impl<'p> Setup<'p> {
         if !self.hf_args.is_empty() || !self.hf_trainers.is_empty() || !self.hf_cli.is_empty() {
             v.push(Framework::HfTrainer);
         }
-        if !self.pl_trainers.is_empty() {
+        if !self.pl_trainers.is_empty() || !self.pl_cli.is_empty() {
             v.push(Framework::Lightning);
         }
         if !self.accelerators.is_empty() {
@@ -132,6 +135,9 @@ pub fn detect(p: &Project) -> Setup<'_> {
         let pl = imports_from(f, &["lightning", "pytorch_lightning"]);
         if f.src.contains("HfArgumentParser(") {
             s.hf_cli.push(fi);
+        }
+        if f.src.contains("LightningCLI(") {
+            s.pl_cli.push(fi);
         }
         for n in f.all_nodes() {
             if n.kind() != "call" {
@@ -196,6 +202,9 @@ pub fn apply_rules<'p>(cx: &mut Cx<'p>, s: &Setup<'p>) {
     }
     for &(fi, call) in &s.pl_trainers {
         lightning_rules(cx, s, fi, call);
+    }
+    if s.pl_trainers.is_empty() && !s.pl_cli.is_empty() {
+        lightning_cli_rules(cx, s);
     }
     for &(fi, call) in &s.accelerators {
         accelerate_rules(cx, s, fi, call);
@@ -754,6 +763,149 @@ fn lightning_rules<'p>(cx: &mut Cx<'p>, s: &Setup<'p>, fi: usize, call: Node<'p>
         );
     }
     loader_and_optimizer(cx, s);
+}
+
+/// `LightningCLI`: the Trainer and data settings live in its YAML config (`trainer:`, `data:`).
+fn lightning_cli_rules<'p>(cx: &mut Cx<'p>, s: &Setup<'p>) {
+    let p = cx.p;
+    let Some(oi) = p.other.iter().position(|o| {
+        o.kind == OtherKind::Yaml
+            && (o.src.lines().any(|l| l.trim_end() == "trainer:")
+                || datafile::yaml_scalars(&o.src)
+                    .iter()
+                    .any(|k| k.path.first().map(|x| x == "trainer").unwrap_or(false)))
+    }) else {
+        cx.note(Knob::Precision, M::PlCliNoConfig, &[]);
+        loader_and_optimizer(cx, s);
+        return;
+    };
+    let o = &p.other[oi];
+    let rel = o.rel.clone();
+    let scalars = datafile::yaml_scalars(&o.src);
+    let line = |b: usize| o.src[..b].matches('\n').count() + 1;
+    let find = |key: &str| {
+        scalars
+            .iter()
+            .find(|k| k.path.len() == 2 && k.path[0] == "trainer" && k.path[1] == key)
+            .cloned()
+    };
+    // Inserts `key: value` as the last entry of the `trainer:` block (or a new block at the end).
+    let insert = |cx: &mut Cx, key: &str, value: &str, knob: Knob, why: Msg| {
+        let lines: Vec<&str> = o.src.split_inclusive('\n').collect();
+        let mut off = 0;
+        let mut at = None;
+        let mut indent = "  ".to_string();
+        let mut in_block = false;
+        for l in &lines {
+            let t = l.trim_end();
+            if t == "trainer:" {
+                in_block = true;
+                at = Some(off + l.len());
+            } else if in_block {
+                let ind = t.len() - t.trim_start().len();
+                if t.trim().is_empty() || t.trim_start().starts_with('#') {
+                } else if ind == 0 {
+                    in_block = false;
+                } else {
+                    if at.map(|a| a == off).unwrap_or(false) && indent == "  " {
+                        indent = t[..ind].to_string();
+                    }
+                    at = Some(off + l.len());
+                }
+            }
+            off += l.len();
+        }
+        match at {
+            Some(a) => cx.edit(
+                &rel,
+                a,
+                a,
+                format!("{indent}{key}: {value}\n"),
+                knob,
+                Some(why),
+            ),
+            None => {
+                let sep = if o.src.ends_with('\n') || o.src.is_empty() {
+                    ""
+                } else {
+                    "\n"
+                };
+                let end = o.src.len();
+                cx.edit(
+                    &rel,
+                    end,
+                    end,
+                    format!("{sep}trainer:\n  {key}: {value}\n"),
+                    knob,
+                    Some(why),
+                );
+            }
+        }
+    };
+    if let Some(prec) = cx.t.precision {
+        let v = match prec {
+            Precision::Fp32 | Precision::Tf32 => "32-true",
+            Precision::Bf16Mixed => "bf16-mixed",
+            Precision::Fp16Mixed => "16-mixed",
+            Precision::Bf16True => "bf16-true",
+            Precision::Fp16True => "16-true",
+        };
+        let why = Msg::new(M::PlPrecision, &[&v]);
+        match find("precision") {
+            Some(k) if k.value.trim_matches(['"', '\'']) != v => {
+                cx.edit(&rel, k.start, k.end, v, Knob::Precision, Some(why))
+            }
+            Some(_) => {}
+            None => insert(cx, "precision", v, Knob::Precision, why),
+        }
+    }
+    cx.eff.old_accum = Some(
+        find("accumulate_grad_batches")
+            .and_then(|k| k.value.parse().ok())
+            .unwrap_or(1),
+    );
+    if let Some(k) = cx.t.grad_accum {
+        let why = Msg::new(M::PlAccum, &[]);
+        match find("accumulate_grad_batches") {
+            Some(site) if site.value != k.to_string() => cx.edit(
+                &rel,
+                site.start,
+                site.end,
+                k.to_string(),
+                Knob::GradAccum,
+                Some(why),
+            ),
+            Some(_) => {}
+            None => insert(
+                cx,
+                "accumulate_grad_batches",
+                &k.to_string(),
+                Knob::GradAccum,
+                why,
+            ),
+        }
+    }
+    // The data module's batch_size from the config overrides its default in code.
+    let data_batch = scalars
+        .iter()
+        .find(|k| k.key() == "batch_size" && k.path.first().map(|x| x == "data").unwrap_or(false))
+        .cloned();
+    let batch = cx.t.batch;
+    if let Some(k) = &data_batch {
+        cx.eff.old_batch = k.value.parse().ok();
+        if let Some(b) = batch {
+            if k.value != b.to_string() {
+                let why = Msg::new(
+                    M::PlCliKey,
+                    &[&k.path.join("."), &format!("{rel}:{}", line(k.start))],
+                );
+                cx.edit(&rel, k.start, k.end, b.to_string(), Knob::Batch, Some(why));
+            }
+        }
+        cx.t.batch = None;
+    }
+    loader_and_optimizer(cx, s);
+    cx.t.batch = batch;
 }
 
 fn accelerate_rules<'p>(cx: &mut Cx<'p>, s: &Setup<'p>, fi: usize, call: Node<'p>) {
