@@ -319,6 +319,19 @@ struct Machine<R: Read> {
 
 /// Decodes one pickle from `src`.
 pub fn decode<R: Read>(src: R) -> Result<Decoded, PickleError> {
+    decode_sized(src, 0)
+}
+
+/// Bytes of pickle per trace entry, at least (a snapshot entry with a stack takes 150–400); used
+/// to reserve the trace table from the input size. Reserved but untouched memory costs no RSS.
+const MIN_ENTRY_BYTES: u64 = 128;
+/// Bytes of pickle per memo slot, at least (two slots per entry).
+const MIN_MEMO_BYTES: u64 = 64;
+/// Reservations are capped (entries / memo slots), so a wrong size hint cannot reserve much.
+const MAX_RESERVE: u64 = 1 << 24;
+
+/// [`decode`] with the expected size of the (uncompressed) pickle, to size tables up front.
+pub fn decode_sized<R: Read>(src: R, size_hint: u64) -> Result<Decoded, PickleError> {
     let mut m = Machine {
         inp: Input::new(src),
         stack: Vec::with_capacity(64),
@@ -333,6 +346,10 @@ pub fn decode<R: Read>(src: R) -> Result<Decoded, PickleError> {
         scratch: Vec::new(),
         memo_frames: Vec::new(),
     };
+    m.traces
+        .reserve((size_hint / MIN_ENTRY_BYTES).min(MAX_RESERVE) as usize);
+    m.memo
+        .reserve((size_hint / MIN_MEMO_BYTES).min(MAX_RESERVE) as usize);
     let first = m.inp.byte().map_err(|_| PickleError {
         offset: 0,
         msg: "empty file".into(),
@@ -597,6 +614,30 @@ impl<R: Read> Machine<R> {
         ids.clear();
         let mut other: Option<Value> = None;
         loop {
+            // Tight scan over what is buffered: memo references to frames.
+            {
+                let (buf, end, mf) = (&self.inp.buf, self.inp.end, &self.memo_frames);
+                let mut p = self.inp.pos;
+                while p + 5 <= end {
+                    let (idx, len) = match buf[p] {
+                        op::BINGET => (buf[p + 1] as usize, 2),
+                        op::LONG_BINGET => (
+                            u32::from_le_bytes([buf[p + 1], buf[p + 2], buf[p + 3], buf[p + 4]])
+                                as usize,
+                            5,
+                        ),
+                        _ => break,
+                    };
+                    match mf.get(idx) {
+                        Some(&f) if f != NO_MEMO => {
+                            ids.push(f);
+                            p += len;
+                        }
+                        _ => break,
+                    }
+                }
+                self.inp.pos = p;
+            }
             let idx = match self.inp.peek()? {
                 op::BINGET => {
                     let [_, i] = self.inp.array::<2>()?;
