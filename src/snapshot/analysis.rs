@@ -11,7 +11,7 @@
 //! Each allocation's stack is classified first (the first matching rule wins):
 //! * **optimizer**: a Python frame in `torch/optim/`. Inside `_init_group` (where Adam/AdamW/SGD create
 //!   `exp_avg`, `exp_avg_sq`, momentum buffers) it is **optimizer_state**; other optimizer-step
-//!   allocations are **temporaries** when freed before the step ends (optimizer_state otherwise).
+//!   allocations are **temporaries** when the trace frees them, optimizer_state when they stay.
 //! * **backward**: a C++ frame of the autograd engine (`torch::autograd::Engine`, `AccumulateGrad`) or
 //!   Python `backward` in `torch/_tensor.py` / `torch/autograd/`. Allocations under `AccumulateGrad`
 //!   are **gradients**; other backward allocations are **gradients** when they outlive the backward
@@ -844,8 +844,7 @@ pub fn analyse(snap: &Snapshot) -> Analysis {
             StackClass::Param => Category::Parameters,
             StackClass::OptimState => Category::OptimizerState,
             StackClass::OptimStep => match (a.at, a.free) {
-                // Freed within the step: the next non-optimizer alloc comes after it; approximate the
-                // step end by the allocation's own free being before any later backward run.
+                // Made and freed inside the trace: step work (foreach temporaries).
                 (Some(_), Some(_)) => Category::Temporaries,
                 _ => Category::OptimizerState,
             },

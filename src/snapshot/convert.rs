@@ -50,7 +50,7 @@ type Parts = (
 );
 
 struct Cx {
-    strings: HashMap<String, Arc<str>>,
+    strings: HashMap<String, Arc<str>, super::pickle::FxBuild>,
     /// Trace entries converted while decoding (taken out as they are placed).
     traces: Vec<Option<TraceEntry>>,
 }
@@ -207,6 +207,20 @@ impl Cx {
             for (dev, list) in take_list(tr, &p)?.into_iter().enumerate() {
                 let pd = || format!("device_traces[{dev}]");
                 let entries = take_list(list, &pd)?;
+                // Usual case: the entries are exactly the ones converted while decoding, in order;
+                // move them (in place, no copy) instead of taking them one by one.
+                let identity = entries.len() == self.traces.len()
+                    && entries
+                        .iter()
+                        .enumerate()
+                        .all(|(i, e)| matches!(e, Value::Trace(t) if *t as usize == i))
+                    && self.traces.iter().all(Option::is_some);
+                if identity {
+                    drop(entries);
+                    let all = std::mem::take(&mut self.traces);
+                    device_traces.push(all.into_iter().map_while(|e| e).collect());
+                    continue;
+                }
                 let mut out = Vec::with_capacity(entries.len());
                 for (i, e) in entries.into_iter().enumerate() {
                     let pe = || format!("device_traces[{dev}][{i}]");
@@ -408,7 +422,15 @@ impl Cx {
 /// Converts a trace-entry dict in one pass over its keys. Errors start with `.field`.
 pub(crate) fn trace_from_items(
     items: &[(Value, Value)],
-    strings: &mut HashMap<String, Arc<str>>,
+    strings: &mut HashMap<String, Arc<str>, super::pickle::FxBuild>,
+) -> Res<TraceEntry> {
+    trace_from_pairs(items.iter().map(|(k, v)| (k, v)), strings)
+}
+
+/// [`trace_from_items`] over any sequence of key/value pairs.
+pub(crate) fn trace_from_pairs<'a>(
+    items: impl Iterator<Item = (&'a Value, &'a Value)>,
+    strings: &mut HashMap<String, Arc<str>, super::pickle::FxBuild>,
 ) -> Res<TraceEntry> {
     let mut action = None;
     let mut addr = 0u64;
@@ -444,11 +466,7 @@ pub(crate) fn trace_from_items(
             "addr" => addr = uint(v, &p)?,
             "size" => size = Some(uint(v, &p)?),
             "stream" => stream = int(v, &p)?,
-            "time_us" => {
-                if !matches!(v, Value::None) {
-                    time_us = Some(int(v, &p)?)
-                }
-            }
+            "time_us" if !matches!(v, Value::None) => time_us = Some(int(v, &p)?),
             "device_free" => device_free = Some(uint(v, &p)?),
             "frames" => frames = stack_of(Some(v), &|| String::new())?,
             "compile_context" => {

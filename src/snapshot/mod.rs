@@ -211,26 +211,33 @@ impl Snapshot {
 /// Errors name the file and, for corrupt pickles, the byte offset (of the uncompressed stream).
 pub fn load(path: &Path) -> anyhow::Result<Snapshot> {
     let shown = path.display().to_string();
-    let file = std::fs::File::open(path)
+    let mut file = std::fs::File::open(path)
         .map_err(|e| crate::error::Error::input(format!("{shown}: cannot open: {e}")))?;
-    let mut file = std::io::BufReader::with_capacity(1 << 16, file);
+    let size = file.metadata().map(|m| m.len()).unwrap_or(0);
     let mut magic = [0u8; 2];
     let n = read_up_to(&mut file, &mut magic)
         .map_err(|e| crate::error::Error::input(format!("{shown}: cannot read: {e}")))?;
     let head = std::io::Cursor::new(magic[..n].to_vec());
-    let chained = head.chain(file);
     if n == 2 && magic == [0x1f, 0x8b] {
-        let gz = flate2::read::MultiGzDecoder::new(chained);
-        from_reader(gz, &shown, true)
+        let buffered = std::io::BufReader::with_capacity(1 << 16, file);
+        let gz = flate2::read::MultiGzDecoder::new(head.chain(buffered));
+        // A snapshot compresses about 10x (the fixtures: 8-20x).
+        parse(gz, &shown, true, size.saturating_mul(10))
     } else {
-        from_reader(chained, &shown, false)
+        // The decoder buffers its input itself.
+        parse(head.chain(file), &shown, false, size)
     }
 }
 
 /// Parses a snapshot from any reader (uncompressed pickle, or gzip when `gzip` says so: only used
 /// to word errors). `name` is used in error messages.
 pub fn from_reader<R: Read>(src: R, name: &str, gzip: bool) -> anyhow::Result<Snapshot> {
-    let decoded = pickle::decode(src).map_err(|e| {
+    parse(src, name, gzip, 0)
+}
+
+/// `size_hint`: the expected uncompressed size, to size tables up front (0: unknown).
+fn parse<R: Read>(src: R, name: &str, gzip: bool, size_hint: u64) -> anyhow::Result<Snapshot> {
+    let decoded = pickle::decode_sized(src, size_hint).map_err(|e| {
         let what = if gzip {
             " of the decompressed data"
         } else {

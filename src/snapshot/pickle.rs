@@ -19,7 +19,7 @@ use std::io::Read;
 use std::rc::Rc;
 use std::sync::Arc;
 
-use super::convert::trace_from_items;
+use super::convert::{trace_from_items, trace_from_pairs};
 use super::{Frame, TraceEntry};
 
 /// A decoded pickle value. Containers are shared (`Rc`), as the memo shares them.
@@ -112,7 +112,7 @@ pub struct Decoded {
     /// Trace entries converted while decoding (each referenced once by a `Value::Trace`).
     pub traces: Vec<Option<TraceEntry>>,
     /// Interned strings (file names, function names, trace metadata).
-    pub strings: HashMap<String, Arc<str>>,
+    pub strings: HashMap<String, Arc<str>, FxBuild>,
 }
 
 /// A decoding error with the byte offset where it happened.
@@ -126,7 +126,7 @@ type Res<T> = Result<T, PickleError>;
 
 /// FxHash (rustc's hasher): fast for the small integer keys used in interning.
 #[derive(Default)]
-pub(crate) struct FxHasher(u64);
+pub struct FxHasher(u64);
 impl Hasher for FxHasher {
     fn finish(&self) -> u64 {
         self.0
@@ -155,7 +155,7 @@ impl FxHasher {
         self.0 = (self.0.rotate_left(5) ^ w).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
     }
 }
-pub(crate) type FxBuild = BuildHasherDefault<FxHasher>;
+pub type FxBuild = BuildHasherDefault<FxHasher>;
 
 /// Buffered byte source that tracks the absolute offset.
 struct Input<R: Read> {
@@ -215,7 +215,7 @@ impl<R: Read> Input<R> {
         }
         Ok(())
     }
-    #[inline]
+    #[inline(always)]
     fn byte(&mut self) -> Res<u8> {
         if self.pos < self.end {
             let b = self.buf[self.pos];
@@ -228,8 +228,18 @@ impl<R: Read> Input<R> {
         Ok(b)
     }
     #[inline]
+    fn peek(&mut self) -> Res<u8> {
+        if self.pos < self.end {
+            return Ok(self.buf[self.pos]);
+        }
+        self.fill(1)?;
+        Ok(self.buf[self.pos])
+    }
+    #[inline(always)]
     fn array<const N: usize>(&mut self) -> Res<[u8; N]> {
-        self.fill(N)?;
+        if self.end - self.pos < N {
+            self.fill(N)?;
+        }
         let mut a = [0u8; N];
         a.copy_from_slice(&self.buf[self.pos..self.pos + N]);
         self.pos += N;
@@ -296,14 +306,32 @@ struct Machine<R: Read> {
     memo: Vec<Option<Value>>,
     frames: Vec<Frame>,
     frame_index: HashMap<(usize, i64, usize), u32, FxBuild>,
-    strings: HashMap<String, Arc<str>>,
+    strings: HashMap<String, Arc<str>, FxBuild>,
     stacks: Vec<Box<[u32]>>,
     stack_index: HashMap<Box<[u32]>, u32, FxBuild>,
     traces: Vec<Option<TraceEntry>>,
+    /// Reused buffer of the frames fast path.
+    scratch: Vec<u32>,
+    /// Frame index per memo slot (`NO_MEMO` when the slot is not a frame): a dense copy of the
+    /// memo's frames, 4 bytes a slot, so the frames fast path stays in cache.
+    memo_frames: Vec<u32>,
 }
 
 /// Decodes one pickle from `src`.
 pub fn decode<R: Read>(src: R) -> Result<Decoded, PickleError> {
+    decode_sized(src, 0)
+}
+
+/// Bytes of pickle per trace entry, at least (a snapshot entry with a stack takes 150–400); used
+/// to reserve the trace table from the input size. Reserved but untouched memory costs no RSS.
+const MIN_ENTRY_BYTES: u64 = 128;
+/// Bytes of pickle per memo slot, at least (two slots per entry).
+const MIN_MEMO_BYTES: u64 = 64;
+/// Reservations are capped (entries / memo slots), so a wrong size hint cannot reserve much.
+const MAX_RESERVE: u64 = 1 << 24;
+
+/// [`decode`] with the expected size of the (uncompressed) pickle, to size tables up front.
+pub fn decode_sized<R: Read>(src: R, size_hint: u64) -> Result<Decoded, PickleError> {
     let mut m = Machine {
         inp: Input::new(src),
         stack: Vec::with_capacity(64),
@@ -311,11 +339,17 @@ pub fn decode<R: Read>(src: R) -> Result<Decoded, PickleError> {
         memo: Vec::new(),
         frames: Vec::new(),
         frame_index: HashMap::default(),
-        strings: HashMap::new(),
+        strings: HashMap::default(),
         stacks: vec![Box::new([])],
         stack_index: HashMap::default(),
         traces: Vec::new(),
+        scratch: Vec::new(),
+        memo_frames: Vec::new(),
     };
+    m.traces
+        .reserve((size_hint / MIN_ENTRY_BYTES).min(MAX_RESERVE) as usize);
+    m.memo
+        .reserve((size_hint / MIN_MEMO_BYTES).min(MAX_RESERVE) as usize);
     let first = m.inp.byte().map_err(|_| PickleError {
         offset: 0,
         msg: "empty file".into(),
@@ -545,7 +579,7 @@ impl<R: Read> Machine<R> {
             _ => self.inp.err("missing MARK (corrupt pickle)"),
         }
     }
-    #[inline]
+    #[inline(always)]
     fn memo_get(&mut self, idx: usize) -> Res<()> {
         match self.memo.get(idx) {
             Some(Some(v)) => {
@@ -553,10 +587,115 @@ impl<R: Read> Machine<R> {
                 self.stack.push(v);
                 Ok(())
             }
-            _ => self
-                .inp
-                .err(format!("memo reference {idx} to nothing (corrupt pickle)")),
+            _ => self.bad_memo(idx),
         }
+    }
+    #[cold]
+    fn bad_memo(&self, idx: usize) -> Res<()> {
+        self.inp
+            .err(format!("memo reference {idx} to nothing (corrupt pickle)"))
+    }
+
+    /// Fast path for the commonest shape in a snapshot: a frames list made of memo references,
+    /// `EMPTY_LIST MEMOIZE MARK (BINGET|LONG_BINGET)* APPENDS`. Called at MARK; collects frame
+    /// indices without putting them on the stack. Returns false when the shape does not apply (the
+    /// MARK is then handled normally); on any other opcode it falls back to the general path with
+    /// the same effect.
+    fn frames_run(&mut self) -> Res<bool> {
+        match self.stack.last() {
+            Some(Value::List(rc)) => match &rc.borrow().state {
+                Seq::Items(v) if v.is_empty() => {}
+                Seq::Frames(_) => {}
+                _ => return Ok(false),
+            },
+            _ => return Ok(false),
+        }
+        let mut ids = std::mem::take(&mut self.scratch);
+        ids.clear();
+        let mut other: Option<Value> = None;
+        loop {
+            // Tight scan over what is buffered: memo references to frames.
+            {
+                let (buf, end, mf) = (&self.inp.buf, self.inp.end, &self.memo_frames);
+                let mut p = self.inp.pos;
+                while p + 5 <= end {
+                    let (idx, len) = match buf[p] {
+                        op::BINGET => (buf[p + 1] as usize, 2),
+                        op::LONG_BINGET => (
+                            u32::from_le_bytes([buf[p + 1], buf[p + 2], buf[p + 3], buf[p + 4]])
+                                as usize,
+                            5,
+                        ),
+                        _ => break,
+                    };
+                    match mf.get(idx) {
+                        Some(&f) if f != NO_MEMO => {
+                            ids.push(f);
+                            p += len;
+                        }
+                        _ => break,
+                    }
+                }
+                self.inp.pos = p;
+            }
+            let idx = match self.inp.peek()? {
+                op::BINGET => {
+                    let [_, i] = self.inp.array::<2>()?;
+                    i as usize
+                }
+                op::LONG_BINGET => {
+                    let [_, a, b, c, d] = self.inp.array::<5>()?;
+                    u32::from_le_bytes([a, b, c, d]) as usize
+                }
+                op::APPENDS => {
+                    self.inp.pos += 1;
+                    if let Some(Value::List(rc)) = self.stack.last() {
+                        let rc = rc.clone();
+                        let mut b = rc.borrow_mut();
+                        match &mut b.state {
+                            Seq::Frames(v) => v.extend_from_slice(&ids),
+                            _ if ids.is_empty() => {}
+                            st => {
+                                // Interned now (one APPENDS holds a whole list of < 1000 items);
+                                // a further APPENDS un-interns it (see `append_from`).
+                                let id = self.intern_stack(&ids);
+                                *st = Seq::Stack(id);
+                                let slot = b.memo;
+                                drop(b);
+                                if slot != NO_MEMO {
+                                    self.set_memo(slot, Value::Stack(id));
+                                }
+                            }
+                        }
+                    }
+                    self.scratch = ids;
+                    return Ok(true);
+                }
+                _ => break,
+            };
+            if let Some(&f) = self.memo_frames.get(idx) {
+                if f != NO_MEMO {
+                    ids.push(f);
+                    continue;
+                }
+            }
+            match self.memo.get(idx) {
+                Some(Some(Value::Frame(f))) => ids.push(*f),
+                Some(Some(v)) => {
+                    other = Some(v.clone());
+                    break;
+                }
+                _ => return self.bad_memo(idx).map(|_| true),
+            }
+        }
+        // Not the fast shape after all: continue as the general path would have.
+        self.marks.push(self.stack.len());
+        self.stack.extend(ids.iter().map(|&f| Value::Frame(f)));
+        if let Some(v) = other {
+            self.stack.push(v);
+        }
+        self.scratch = ids;
+        Ok(true)
     }
     fn memo_put(&mut self, idx: usize) -> Res<()> {
         let v = self.top()?.clone();
@@ -567,6 +706,12 @@ impl<R: Read> Machine<R> {
             Value::List(rc) => rc.borrow_mut().memo = idx as u32,
             Value::Dict(rc) => rc.borrow_mut().memo = idx as u32,
             _ => {}
+        }
+        if let Some(f) = self.memo_frames.get_mut(idx) {
+            *f = match v {
+                Value::Frame(id) => id,
+                _ => NO_MEMO,
+            };
         }
         if idx == self.memo.len() {
             self.memo.push(Some(v));
@@ -599,6 +744,13 @@ impl<R: Read> Machine<R> {
 
     fn set_memo(&mut self, slot: u32, v: Value) {
         if let Some(m) = self.memo.get_mut(slot as usize) {
+            if let Value::Frame(f) = v {
+                let i = slot as usize;
+                if self.memo_frames.len() <= i {
+                    self.memo_frames.resize(i + 1, NO_MEMO);
+                }
+                self.memo_frames[i] = f;
+            }
             *m = Some(v);
         }
     }
@@ -616,7 +768,7 @@ impl<R: Read> Machine<R> {
                         Map::Items(items) => {
                             let c = if let Some(f) = self.frame_of(items) {
                                 Some((Map::Frame(f), Value::Frame(f)))
-                            } else if is_trace_entry(items) {
+                            } else if is_trace_entry(items.iter().map(|(k, v)| (k, v))) {
                                 match trace_from_items(items, &mut self.strings) {
                                     Ok(te) => {
                                         let id = self.traces.len() as u32;
@@ -671,16 +823,7 @@ impl<R: Read> Machine<R> {
                         }
                     }
                 };
-                let id = match self.stack_index.get(ids.as_slice()) {
-                    Some(id) => *id,
-                    None => {
-                        let id = self.stacks.len() as u32;
-                        let b: Box<[u32]> = ids.into_boxed_slice();
-                        self.stacks.push(b.clone());
-                        self.stack_index.insert(b, id);
-                        id
-                    }
-                };
+                let id = self.intern_stack(&ids);
                 rc.borrow_mut().state = Seq::Stack(id);
                 drop(v);
                 drop(rc);
@@ -691,6 +834,17 @@ impl<R: Read> Machine<R> {
             }
             _ => v,
         }
+    }
+
+    fn intern_stack(&mut self, ids: &[u32]) -> u32 {
+        if let Some(id) = self.stack_index.get(ids) {
+            return *id;
+        }
+        let id = self.stacks.len() as u32;
+        let b: Box<[u32]> = ids.into();
+        self.stacks.push(b.clone());
+        self.stack_index.insert(b, id);
+        id
     }
 
     /// If `items` is a stack-frame dict, interns it and returns its index.
@@ -753,6 +907,20 @@ impl<R: Read> Machine<R> {
         };
         let rc = rc.clone();
         let mut b = rc.borrow_mut();
+        if let Seq::Stack(id) = b.state {
+            // More items for a list interned at its first APPENDS: back to a growing list, and the
+            // memo slot back to the list itself.
+            let ids = self
+                .stacks
+                .get(id as usize)
+                .map(|s| s.to_vec())
+                .unwrap_or_default();
+            b.state = Seq::Frames(ids);
+            let slot = b.memo;
+            if slot != NO_MEMO {
+                self.set_memo(slot, Value::List(rc.clone()));
+            }
+        }
         let new = &self.stack[at..];
         let all_frames = new.iter().all(|v| matches!(v, Value::Frame(_)));
         match &mut b.state {
@@ -784,7 +952,7 @@ impl<R: Read> Machine<R> {
                 drop(b);
                 return self
                     .inp
-                    .err("APPEND to a list that was already complete (unsupported pickle)");
+                    .err("APPEND to a complete list (unsupported pickle)");
             }
         }
         Ok(())
@@ -807,6 +975,25 @@ impl<R: Read> Machine<R> {
         };
         let rc = rc.clone();
         let mut b = rc.borrow_mut();
+        // A whole trace entry in one SETITEMS: convert it straight from the stack.
+        if matches!(&b.state, Map::Items(i) if i.is_empty()) {
+            let flat = &self.stack[at..];
+            let pairs = || flat.chunks_exact(2).map(|c| (&c[0], &c[1]));
+            if is_trace_entry(pairs()) {
+                if let Ok(te) = trace_from_pairs(pairs(), &mut self.strings) {
+                    let id = self.traces.len() as u32;
+                    self.traces.push(Some(te));
+                    b.state = Map::Trace(id);
+                    let slot = b.memo;
+                    drop(b);
+                    if slot != NO_MEMO {
+                        self.set_memo(slot, Value::Trace(id));
+                    }
+                    self.stack.truncate(at);
+                    return Ok(());
+                }
+            }
+        }
         match &mut b.state {
             Map::Items(items) => {
                 items.reserve((self.stack.len() - at) / 2);
@@ -873,7 +1060,11 @@ impl<R: Read> Machine<R> {
                     };
                     self.memo_get(i)?;
                 }
-                op::MARK => self.marks.push(self.stack.len()),
+                op::MARK => {
+                    if !self.frames_run()? {
+                        self.marks.push(self.stack.len());
+                    }
+                }
                 op::FRAME => {
                     let _ = self.inp.array::<8>()?;
                 }
@@ -1088,7 +1279,7 @@ impl<R: Read> Machine<R> {
 }
 
 /// A dict that looks like a `device_traces` entry (has `action` and `size`).
-fn is_trace_entry(items: &[(Value, Value)]) -> bool {
+fn is_trace_entry<'a>(items: impl Iterator<Item = (&'a Value, &'a Value)>) -> bool {
     let mut action = false;
     let mut size = false;
     for (k, _) in items {
@@ -1167,6 +1358,33 @@ mod tests {
         b.push(b'.');
         let d = dec(&b).unwrap();
         drop_values([d.root]);
+    }
+
+    #[test]
+    fn frames_list_in_two_batches() {
+        // [[f], [f, f (second APPENDS)], <memo ref to the second list>]
+        let mut b = vec![0x80, 4, b']', 0x94, b'(']; // outer list (memo 0), MARK
+        b.extend_from_slice(b"]\x94(}\x94(\x8c\x08filename\x94\x8c\x04a.py\x94\x8c\x04line\x94K\x03\x8c\x04name\x94\x8c\x01f\x94ue");
+        // memo: 1 inner list, 2 dict, 3..7 strings; next list is memo 8
+        b.extend_from_slice(b"]\x94(h\x02e(h\x02e");
+        b.extend_from_slice(b"h\x08e.");
+        let d = dec(&b).unwrap();
+        let Value::List(rc) = &d.root else { panic!() };
+        let bb = rc.borrow();
+        let Seq::Items(items) = &bb.state else {
+            panic!()
+        };
+        assert_eq!(items.len(), 3);
+        let ids: Vec<&[u32]> = items
+            .iter()
+            .map(|v| match v {
+                Value::Stack(id) => &d.stacks[*id as usize][..],
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(ids[0], &[0]);
+        assert_eq!(ids[1], &[0, 0]);
+        assert_eq!(ids[2], &[0, 0]);
     }
 
     #[test]
