@@ -8,11 +8,21 @@ use oomdoc::plan::model_eval::{search_space, ModelEvaluator};
 use oomdoc::plan::search;
 
 fn main() {
-    let mut args = KnobArgs { batch: Some(16), gpus: Some(4), ..Default::default() };
+    let mut args = KnobArgs {
+        batch: Some(16),
+        gpus: Some(4),
+        ..Default::default()
+    };
     args.precision = Some(oomdoc::knobs::Precision::Fp32);
     let w = oomdoc::model::resolve("preset:navdp", Path::new("."), &args).unwrap();
     let base = w.resolve_knobs(&args).unwrap();
-    let gpu = oomdoc::gpu::GpuArgs { gpu: Some("rtx3090".into()), gpu_memory: None }.resolve().unwrap().unwrap();
+    let gpu = oomdoc::gpu::GpuArgs {
+        gpu: Some("rtx3090".into()),
+        gpu_memory: None,
+    }
+    .resolve()
+    .unwrap()
+    .unwrap();
     let rates = gpu.spec.unwrap();
     let eval = ModelEvaluator::new(&w, &gpu, rates, oomdoc::plan::calibrate::FITTED);
     let space = search_space(&w, &base, gpu.spec, true);

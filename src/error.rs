@@ -7,11 +7,11 @@ pub enum Error {
     /// The input (file, flag, field) is wrong; the message names where.
     #[error("{0}")]
     Input(String),
-    /// An I/O problem with a named path.
+    /// An I/O problem with a named path. The OS error is part of the message (not a separate
+    /// `source`), so the one-line `{:#}` rendering does not print it twice.
     #[error("{path}: {source}")]
     Io {
         path: String,
-        #[source]
         source: std::io::Error,
     },
 }

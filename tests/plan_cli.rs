@@ -2,7 +2,11 @@
 use std::process::Command;
 
 fn oomdoc(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_oomdoc")).args(args).env("LANG", "C").output().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_oomdoc"))
+        .args(args)
+        .env("LANG", "C")
+        .output()
+        .unwrap();
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -10,7 +14,17 @@ fn oomdoc(args: &[&str]) -> (i32, String, String) {
     )
 }
 
-const SEED: &[&str] = &["plan", "--model", "preset:navdp", "--gpu", "rtx3090", "--batch", "16", "--precision", "fp32"];
+const SEED: &[&str] = &[
+    "plan",
+    "--model",
+    "preset:navdp",
+    "--gpu",
+    "rtx3090",
+    "--batch",
+    "16",
+    "--precision",
+    "fp32",
+];
 
 /// The seed case's JSON plan, computed once for the tests that read it.
 fn seed_json() -> &'static serde_json::Value {
@@ -30,7 +44,10 @@ const GIB: f64 = (1u64 << 30) as f64;
 fn seed_case_reproduces_the_oom_and_recommends_fused_attention_with_bf16() {
     let p = seed_json();
     let base = &p["baseline"];
-    assert_eq!(base["fits"], false, "fp32 at batch 16 must not fit 23.55 GiB");
+    assert_eq!(
+        base["fits"], false,
+        "fp32 at batch 16 must not fit 23.55 GiB"
+    );
     assert!(base["device_total_bytes"].as_f64().unwrap() > 23.55 * GIB);
     let top = &p["plans"][0];
     assert_eq!(top["knobs"]["precision"], "bf16-mixed");
@@ -42,12 +59,23 @@ fn seed_case_reproduces_the_oom_and_recommends_fused_attention_with_bf16() {
     let need = top["device_total_bytes"].as_f64().unwrap() / GIB;
     assert!((14.5..17.0).contains(&need), "{need}");
     assert!(top["speedup"].as_f64().unwrap() > 1.0);
-    for key in ["knobs", "peak_reserved_bytes", "device_total_bytes", "fits", "samples_per_s", "changes"] {
+    for key in [
+        "knobs",
+        "peak_reserved_bytes",
+        "device_total_bytes",
+        "fits",
+        "samples_per_s",
+        "changes",
+    ] {
         assert!(top.get(key).is_some(), "plan lacks {key}");
     }
     // Plans are best first: every one fits, throughput never rises among the safe ones
     // that change nothing in training dynamics.
-    assert!(p["plans"].as_array().unwrap().iter().all(|c| c["fits"] == true));
+    assert!(p["plans"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|c| c["fits"] == true));
 }
 
 #[test]
@@ -56,13 +84,21 @@ fn seed_case_says_how_safe_bf16_alone_is() {
     let sol = p["solutions"].as_array().unwrap();
     let bf16 = sol
         .iter()
-        .find(|s| s["changes"].as_array().unwrap().len() == 1 && s["knobs"]["precision"] == "bf16-mixed")
+        .find(|s| {
+            s["changes"].as_array().unwrap().len() == 1 && s["knobs"]["precision"] == "bf16-mixed"
+        })
         .expect("bf16 alone is listed");
     // Measured: 22.10 GiB reserved, under 1 GiB to spare on 23.55 GiB: within the estimator's margin.
     assert_eq!(bf16["fits"], true);
     assert_eq!(bf16["safety"], "tight");
-    let sdpa = sol.iter().find(|s| s["knobs"]["attention"] == "sdpa" && s["knobs"]["precision"] == "fp32").unwrap();
-    assert_eq!(sdpa["fits"], false, "SDPA in fp32 runs out of memory on the capped 24 GB run");
+    let sdpa = sol
+        .iter()
+        .find(|s| s["knobs"]["attention"] == "sdpa" && s["knobs"]["precision"] == "fp32")
+        .unwrap();
+    assert_eq!(
+        sdpa["fits"], false,
+        "SDPA in fp32 runs out of memory on the capped 24 GB run"
+    );
 }
 
 #[test]
@@ -71,7 +107,16 @@ fn seed_report_in_chinese_uses_the_seed_headings() {
     a.extend(["--lang", "zh"]);
     let (code, out, _) = oomdoc(&a);
     assert_eq!(code, 0);
-    for h in ["问题分析", "当前状态", "内存使用分析", "解决方案（按优先级排序）", "推荐的组合方案", "实施步骤", "预期效果", "注意事项"] {
+    for h in [
+        "问题分析",
+        "当前状态",
+        "内存使用分析",
+        "解决方案（按优先级排序）",
+        "推荐的组合方案",
+        "实施步骤",
+        "预期效果",
+        "注意事项",
+    ] {
         assert!(out.contains(h), "missing heading {h}");
     }
 }
@@ -79,7 +124,12 @@ fn seed_report_in_chinese_uses_the_seed_headings() {
 #[test]
 fn log_gives_the_current_state() {
     let mut a = SEED.to_vec();
-    a.extend(["--log", "tests/fixtures/plan/navdp_oom.log", "--format", "json"]);
+    a.extend([
+        "--log",
+        "tests/fixtures/plan/navdp_oom.log",
+        "--format",
+        "json",
+    ]);
     let (code, out, err) = oomdoc(&a);
     assert_eq!(code, 0, "{err}");
     let p: serde_json::Value = serde_json::from_str(&out).unwrap();
@@ -96,9 +146,18 @@ fn markdown_report_has_every_section() {
     a.extend(["--format", "markdown", "--num-workers", "8", "--pin-memory"]);
     let (code, out, _) = oomdoc(&a);
     assert_eq!(code, 0);
-    for h in ["## Problem analysis", "### Current state", "## Memory usage analysis", "## Solutions (by priority)",
-              "## Recommended combinations", "## Implementation steps", "## bf16 check", "## Expected effects",
-              "## Host memory and DataLoader", "## Caveats"] {
+    for h in [
+        "## Problem analysis",
+        "### Current state",
+        "## Memory usage analysis",
+        "## Solutions (by priority)",
+        "## Recommended combinations",
+        "## Implementation steps",
+        "## bf16 check",
+        "## Expected effects",
+        "## Host memory and DataLoader",
+        "## Caveats",
+    ] {
         assert!(out.contains(h), "missing {h}");
     }
     assert!(out.contains("scaled_dot_product_attention"));
@@ -106,7 +165,17 @@ fn markdown_report_has_every_section() {
 
 #[test]
 fn nothing_fits_exits_1() {
-    let (code, out, _) = oomdoc(&["plan", "--model", "preset:navdp", "--gpu-memory", "1GiB", "--batch", "16", "--format", "json"]);
+    let (code, out, _) = oomdoc(&[
+        "plan",
+        "--model",
+        "preset:navdp",
+        "--gpu-memory",
+        "1GiB",
+        "--batch",
+        "16",
+        "--format",
+        "json",
+    ]);
     assert_eq!(code, 1);
     let p: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(p["nothing_fits"], true);
@@ -126,4 +195,34 @@ fn plan_needs_a_gpu() {
     let (code, _, err) = oomdoc(&["plan", "--model", "preset:navdp"]);
     assert_eq!(code, 2);
     assert!(err.contains("--gpu"), "{err}");
+}
+
+#[test]
+fn fit_starts_from_the_estimate() {
+    // No GPU needed: the command always succeeds; the first trial is the estimate's largest
+    // fitting micro-batch (fp32 NavDP on 23.55 GiB: 11 by the estimate; 12 fitted in the capped H100 run).
+    let (code, out, err) = oomdoc(&[
+        "fit",
+        "--model",
+        "preset:navdp",
+        "--gpu",
+        "rtx3090",
+        "--precision",
+        "fp32",
+        "--max-trials",
+        "1",
+        "--steps",
+        "1",
+        "--format",
+        "json",
+        "--",
+        "python3",
+        "-c",
+        "pass",
+        "{batch}",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let r: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let first = r["trials"][0]["batch"].as_u64().unwrap();
+    assert!((9..=13).contains(&first), "first trial at batch {first}");
 }

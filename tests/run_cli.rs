@@ -116,6 +116,10 @@ fn oom_is_diagnosed_with_json_report() {
         .unwrap()
         .contains("loss = model(batch)"));
     assert!(v["gpu"].is_object());
+    // The diagnose parser read the message: one CUDA OOM event with its sizes.
+    assert_eq!(v["events"].as_array().unwrap().len(), 1, "{}", v["events"]);
+    assert_eq!(v["events"][0]["kind"], "cuda_oom");
+    assert!(v["events"][0]["requested_bytes"].as_u64().unwrap() > 0);
     let logged = std::fs::read_to_string(&log).unwrap();
     assert!(logged.contains("config: batch 32") && logged.contains("23.55 GiB allowed"));
     // Text report names the line and the next step.

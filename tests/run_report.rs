@@ -8,6 +8,7 @@ const GIB: u64 = 1 << 30;
 fn sample(baseline: u64, own: Option<u64>) -> RunReport {
     let line = "torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 194.00 MiB. GPU 0 has a total capacity of 23.55 GiB of which 11.38 MiB is free.";
     RunReport {
+        events: Vec::new(),
         command: ["python", "train.py", "--batch-size", "16"]
             .iter()
             .map(|s| s.to_string())

@@ -59,9 +59,48 @@ pub struct Args {
     /// Show the trials' output (on stderr).
     #[arg(long)]
     pub show_output: bool,
+    /// Start from the largest micro-batch the memory estimate of this model fits (preset:NAME,
+    /// hf:config.json, ...): with --gpu/--gpu-memory and the knob flags of `estimate`.
+    #[arg(long)]
+    pub model: Option<String>,
+    #[command(flatten)]
+    pub knobs: Box<crate::knobs::KnobArgs>,
+    #[command(flatten)]
+    pub gpu: Box<crate::gpu::GpuArgs>,
     /// The training command with placeholders (after --).
     #[arg(last = true, value_name = "CMD")]
     pub command: Vec<String>,
+}
+
+/// The largest micro-batch (up to `max`) whose estimated device memory fits the target GPU:
+/// the trials then start next to the answer instead of at 1.
+pub fn start_from_estimate(args: &Args, max: u64) -> anyhow::Result<Option<u64>> {
+    let Some(model) = &args.model else {
+        return Ok(None);
+    };
+    let gpu = args.gpu.resolve()?.ok_or_else(|| {
+        anyhow::anyhow!("fit --model needs the target GPU: --gpu NAME or --gpu-memory SIZE")
+    })?;
+    let w = crate::model::resolve(model, std::path::Path::new("."), &args.knobs)?;
+    let mut k = w.resolve_knobs(&args.knobs)?;
+    k.grad_accum = 1;
+    let fits = |b: u64, k: &mut crate::knobs::Knobs| -> anyhow::Result<bool> {
+        k.batch = b;
+        Ok(crate::memory::estimate_fast(&w, k, Some(&gpu))?.device_total_bytes <= gpu.memory_bytes)
+    };
+    if !fits(1, &mut k)? {
+        return Ok(Some(1));
+    }
+    let (mut lo, mut hi) = (1u64, max.max(1));
+    while lo < hi {
+        let mid = lo + (hi - lo).div_ceil(2);
+        if fits(mid, &mut k)? {
+            lo = mid;
+        } else {
+            hi = mid - 1;
+        }
+    }
+    Ok(Some(lo))
 }
 
 /// Default upper bound when no effective batch bounds the search: far above any micro-batch that
@@ -113,7 +152,11 @@ pub fn config(args: &Args) -> anyhow::Result<FitConfig> {
 
 pub fn run(args: &Args, ctx: &Ctx) -> anyhow::Result<u8> {
     let template = Template::parse(&args.command)?;
-    let cfg = config(args)?;
+    let mut cfg = config(args)?;
+    if cfg.start_batch.is_none() {
+        cfg.start_batch = start_from_estimate(args, cfg.max_batch)?
+            .map(|b| b.clamp(cfg.min_batch, cfg.max_batch));
+    }
     let sampler = Sampler::open();
     let gpu = match &sampler {
         Ok(s) => Ok(s),

@@ -39,7 +39,10 @@ pub fn run(args: &Args, ctx: &Ctx) -> anyhow::Result<u8> {
         None => None,
     };
     // The target GPU: the flags, else what the log says the process could use.
-    let from_log = log.as_ref().and_then(|l| l.as_ref()).and_then(|s| s.usable_bytes());
+    let from_log = log
+        .as_ref()
+        .and_then(|l| l.as_ref())
+        .and_then(|s| s.usable_bytes());
     let gpu = match (args.gpu.resolve()?, from_log) {
         (Some(g), _) => g,
         (None, Some(bytes)) => crate::gpu::TargetGpu {

@@ -83,9 +83,16 @@ pub fn run(args: &Args, ctx: &Ctx) -> anyhow::Result<u8> {
                 .collect()
         })
         .unwrap_or_default();
+    // The full diagnosis of the lines around the OOM, with the log parser of `diagnose`.
+    let events = outcome
+        .oom_excerpt
+        .as_deref()
+        .map(crate::oom::parse_str)
+        .unwrap_or_default();
     let r = RunReport {
         command: args.command.clone(),
         oomdoc_exit_code: code,
+        events,
         outcome,
         snapshot_on_oom: args.snapshot_on_oom,
         snapshots,

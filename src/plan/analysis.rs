@@ -124,7 +124,8 @@ pub fn build(
 ) -> anyhow::Result<Plan> {
     let capacity = gpu.memory_bytes;
     let base_eval = eval.evaluate_exact(base)?;
-    let base_sps = (base.batch * base.grad_accum * base.gpus) as f64 / base_eval.step_time_s.max(1e-12);
+    let base_sps =
+        (base.batch * base.grad_accum * base.gpus) as f64 / base_eval.step_time_s.max(1e-12);
     let baseline = search::candidate(base, base.clone(), base_eval, capacity, base_sps);
     let fast = search::search(eval, base, space, capacity, base_sps);
     let searched = fast.len();
@@ -137,7 +138,13 @@ pub fn build(
             return;
         }
         if let Ok(e) = eval.evaluate_exact(&c.knobs) {
-            shown.push(search::candidate(base, c.knobs.clone(), e, capacity, base_sps));
+            shown.push(search::candidate(
+                base,
+                c.knobs.clone(),
+                e,
+                capacity,
+                base_sps,
+            ));
         }
     };
     for c in fast.iter().filter(|c| c.fits).take(EXACT_RECHECK) {
@@ -153,18 +160,32 @@ pub fn build(
     let ranked = shown;
     let fitting: Vec<&Candidate> = ranked.iter().filter(|c| c.fits).collect();
 
-    let plans: Vec<Candidate> = fitting.iter().take(MAX_PLANS).map(|c| (*c).clone()).collect();
+    let plans: Vec<Candidate> = fitting
+        .iter()
+        .take(MAX_PLANS)
+        .map(|c| (*c).clone())
+        .collect();
     let solutions = single_changes(&ranked, &baseline, MAX_SOLUTIONS);
-    let safe: Vec<&Candidate> = fitting.iter().copied().filter(|c| c.safety == Safety::Safe).collect();
-    let pool = if safe.is_empty() { fitting.clone() } else { safe };
+    let safe: Vec<&Candidate> = fitting
+        .iter()
+        .copied()
+        .filter(|c| c.safety == Safety::Safe)
+        .collect();
+    let pool = if safe.is_empty() {
+        fitting.clone()
+    } else {
+        safe
+    };
     let balanced = pool.first().map(|c| (*c).clone());
     let max_saving = max_saving(&fitting, base).map(|c| (*c).clone());
     let conservative = pool
         .iter()
         .min_by(|a, b| {
-            invasiveness(a)
-                .cmp(&invasiveness(b))
-                .then(b.samples_per_s.partial_cmp(&a.samples_per_s).unwrap_or(std::cmp::Ordering::Equal))
+            invasiveness(a).cmp(&invasiveness(b)).then(
+                b.samples_per_s
+                    .partial_cmp(&a.samples_per_s)
+                    .unwrap_or(std::cmp::Ordering::Equal),
+            )
         })
         .map(|c| (*c).clone());
     Ok(Plan {
@@ -197,12 +218,18 @@ fn max_saving<'a>(fitting: &[&'a Candidate], base: &Knobs) -> Option<&'a Candida
     fitting
         .iter()
         .copied()
-        .filter(|c| !c.change_list.iter().any(Change::alters_dynamics) && c.knobs.batch * 4 >= base.batch)
+        .filter(|c| {
+            !c.change_list.iter().any(Change::alters_dynamics) && c.knobs.batch * 4 >= base.batch
+        })
         .min_by(|a, b| {
             a.eval
                 .device_total_bytes
                 .cmp(&b.eval.device_total_bytes)
-                .then(b.samples_per_s.partial_cmp(&a.samples_per_s).unwrap_or(std::cmp::Ordering::Equal))
+                .then(
+                    b.samples_per_s
+                        .partial_cmp(&a.samples_per_s)
+                        .unwrap_or(std::cmp::Ordering::Equal),
+                )
         })
 }
 
@@ -211,7 +238,11 @@ fn max_saving<'a>(fitting: &[&'a Candidate], base: &Knobs) -> Option<&'a Candida
 fn combination_seeds<'a>(fast: &'a [Candidate], base: &Knobs) -> Vec<&'a Candidate> {
     let fitting: Vec<&Candidate> = fast.iter().filter(|c| c.fits).collect();
     let mut out: Vec<&Candidate> = max_saving(&fitting, base).into_iter().collect();
-    let mut by_invasiveness: Vec<&Candidate> = fitting.iter().copied().filter(|c| c.safety == Safety::Safe).collect();
+    let mut by_invasiveness: Vec<&Candidate> = fitting
+        .iter()
+        .copied()
+        .filter(|c| c.safety == Safety::Safe)
+        .collect();
     by_invasiveness.sort_by_key(|c| invasiveness(c));
     out.extend(by_invasiveness.into_iter().take(10));
     out

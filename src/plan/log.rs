@@ -8,8 +8,10 @@ use super::analysis::LogState;
 
 /// The first GPU out-of-memory event of the log (`None` when it has none).
 pub fn read(path: &Path) -> anyhow::Result<Option<LogState>> {
-    let file = std::fs::File::open(path).with_context(|| format!("{}: cannot open the log", path.display()))?;
-    let report = crate::oom::parse_reader(BufReader::new(file)).with_context(|| format!("{}: cannot read the log", path.display()))?;
+    let file = std::fs::File::open(path)
+        .with_context(|| format!("{}: cannot open the log", path.display()))?;
+    let report = crate::oom::parse_reader(BufReader::new(file))
+        .with_context(|| format!("{}: cannot read the log", path.display()))?;
     // The GPU's own failure (with sizes) is what the plan is about; host-side kills are not.
     let ev = report
         .events
@@ -18,7 +20,10 @@ pub fn read(path: &Path) -> anyhow::Result<Option<LogState>> {
         .or_else(|| report.events.first());
     Ok(ev.map(|e| LogState {
         line: e.line,
-        kind: serde_json::to_value(e.kind).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default(),
+        kind: serde_json::to_value(e.kind)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_default(),
         total_capacity_bytes: e.total_capacity_bytes,
         allowed_bytes: e.allowed_bytes,
         process_in_use_bytes: e.process_in_use_bytes,

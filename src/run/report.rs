@@ -10,6 +10,8 @@ use crate::report::{fill, Document, Lang};
 #[derive(Clone, Debug, Serialize)]
 pub struct RunReport {
     pub command: Vec<String>,
+    /// The out-of-memory events in the command's output, as `oomdoc diagnose` reads them.
+    pub events: Vec<crate::oom::OomEvent>,
     /// The exit code oomdoc returns (the command's, 128+n for a signal, 124 for a timeout).
     pub oomdoc_exit_code: u8,
     #[serde(flatten)]
@@ -257,6 +259,9 @@ pub fn run_doc(r: &RunReport, timeout_s: Option<f64>, lang: Lang) -> Document {
         d.bullets(next);
     }
 
+    for (i, ev) in r.events.iter().enumerate() {
+        d.append(crate::oom::report::event_document(ev, i + 1, lang));
+    }
     gpu_section(&mut d, o, lang);
     d
 }
