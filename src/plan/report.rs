@@ -3,7 +3,7 @@ use super::analysis::{Component, Plan};
 use super::search::{Candidate, Change, Safety};
 use super::steps;
 use super::words::W;
-use crate::knobs::{Checkpointing, Knobs};
+use crate::knobs::{Checkpointing, Knobs, Precision};
 use crate::report::units::{bytes, gib};
 use crate::report::{fill, Document, Lang};
 
@@ -381,10 +381,10 @@ fn pros_cons(c: &Change, l: Lang) -> (String, String) {
     let (p, c) = match c {
         Change::Precision { to, .. } => (
             W::ProsPrecision.text(l),
-            if to.name().starts_with("fp16") {
-                W::ConsFp16.text(l)
-            } else {
-                "-"
+            match to {
+                Precision::Bf16True | Precision::Fp16True => W::ConsPureHalf.text(l),
+                Precision::Fp16Mixed => W::ConsFp16.text(l),
+                _ => "-",
             },
         ),
         Change::Attention { .. } => (W::ProsAttention.text(l), W::ConsAttention.text(l)),

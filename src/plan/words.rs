@@ -84,6 +84,7 @@ crate::catalogue! {
         SolSharding => ("Sharding {} over {} GPUs", "在{}块GPU上分片（{}）"),
         SolBatch => ("Smaller batch {} (effective batch changes)", "减小batch_size到{}（有效batch_size改变）"),
         ProsPrecision => ("keeps the batch; activations and matmuls in 16 bit; faster on tensor cores", "保持batch_size不变；激活值和矩阵乘法使用16位；张量核心上更快"),
+        ConsPureHalf => ("weights, gradients and optimizer state in 16 bit: updates below 1/256 of a weight are rounded away; check convergence (or use an optimizer with Kahan summation)", "权重、梯度和优化器状态都是16位：小于权重1/256的更新会被舍入掉；需检查收敛（或使用带Kahan求和的优化器）"),
         ConsFp16 => ("fp16 needs a GradScaler and can overflow", "fp16需要GradScaler，可能数值不稳定"),
         ProsAttention => ("same results; no attention matrix kept for backward; usually faster", "结果相同；反向传播不保存注意力矩阵；通常更快"),
         ConsAttention => ("the model's attention code must call F.scaled_dot_product_attention (oomdoc fix rewrites it)", "需要修改模型的注意力代码为F.scaled_dot_product_attention（oomdoc fix可自动修改）"),
