@@ -13,11 +13,11 @@ use crate::memory::validate::RowArgs;
 /// Fitted by `oomdoc validate --speed tests/fixtures/calibration/measurements-h100-torch2.11.jsonl`
 /// (see docs/accuracy.md); `fitted_coefficients_are_current` refits and compares.
 pub const FITTED: Coefficients = Coefficients {
-    tensor_core: 1.4002930190513403,
-    cuda_core: 1.029132006314361,
+    tensor_core: 1.446027620633935,
+    cuda_core: 1.0310221033194489,
     memory: 1.00000000768714,
-    launch: 4.7627190512917646e-5,
-    optimizer: 0.0,
+    launch: 4.6043057555434796e-5,
+    optimizer: 0.4765454811776465,
 };
 
 /// Measured vs predicted step time of one row.
@@ -40,6 +40,15 @@ pub struct SpeedFit {
 /// Reads the rows of a measurement file that have a step time, computes their features on the
 /// file's GPU (`gpu`, catalogue name) and fits the coefficients.
 pub fn fit_file(path: &Path, gpu: &str) -> Result<SpeedFit> {
+    fit_file_with(path, gpu, None)
+}
+
+/// `fit_file`, with the rows' predictions made by `predict_with` instead of the refit when given.
+pub fn fit_file_with(
+    path: &Path,
+    gpu: &str,
+    predict_with: Option<Coefficients>,
+) -> Result<SpeedFit> {
     let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
     let base = path.parent().unwrap_or(Path::new("."));
     let spec = crate::gpu::lookup(gpu)?;
@@ -92,6 +101,7 @@ pub fn fit_file(path: &Path, gpu: &str) -> Result<SpeedFit> {
         })
         .collect();
     let c = fit(&fit_rows, spec);
+    let p = predict_with.unwrap_or(c);
     let rows = meta
         .iter()
         .map(|(line, workload, estimate_args, t, k, cost)| SpeedRow {
@@ -99,7 +109,7 @@ pub fn fit_file(path: &Path, gpu: &str) -> Result<SpeedFit> {
             workload: workload.clone(),
             estimate_args: estimate_args.clone(),
             measured_step_s: *t,
-            predicted_step_s: c.step_time(cost, k, spec),
+            predicted_step_s: p.step_time(cost, k, spec),
         })
         .collect();
     Ok(SpeedFit {
@@ -107,6 +117,151 @@ pub fn fit_file(path: &Path, gpu: &str) -> Result<SpeedFit> {
         coefficients: c,
         rows,
     })
+}
+
+/// The step-time model with the coefficients in use (`FITTED`) against every row with a step
+/// time, and the refit for comparison.
+#[derive(Clone, Debug, Serialize)]
+pub struct SpeedValidation {
+    pub gpu: String,
+    pub coefficients: Coefficients,
+    pub refit: Coefficients,
+    pub rows: Vec<SpeedRow>,
+    /// |predicted / measured - 1| over all rows.
+    pub median_abs_error: f64,
+    pub max_abs_error: f64,
+    /// Per workload: (name, rows, median |error|, max |error|).
+    pub by_workload: Vec<(String, usize, f64, f64)>,
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    if v.is_empty() {
+        return 0.0;
+    }
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+pub fn speed_validation(path: &Path, gpu: &str) -> Result<SpeedValidation> {
+    // Predictions with the coefficients in use, not the refit.
+    let f = fit_file_with(path, gpu, Some(FITTED))?;
+    let scale = |r: &SpeedRow| r.predicted_step_s;
+    let errs: Vec<f64> = f
+        .rows
+        .iter()
+        .map(|r| (scale(r) / r.measured_step_s - 1.0).abs())
+        .collect();
+    let mut names: Vec<String> = Vec::new();
+    for r in &f.rows {
+        if !names.contains(&r.workload) {
+            names.push(r.workload.clone());
+        }
+    }
+    let by_workload = names
+        .into_iter()
+        .map(|n| {
+            let e: Vec<f64> = f
+                .rows
+                .iter()
+                .filter(|r| r.workload == n)
+                .map(|r| (scale(r) / r.measured_step_s - 1.0).abs())
+                .collect();
+            let max = e.iter().cloned().fold(0.0, f64::max);
+            (n, e.len(), median(e), max)
+        })
+        .collect();
+    Ok(SpeedValidation {
+        gpu: f.gpu.clone(),
+        coefficients: FITTED,
+        refit: f.coefficients,
+        median_abs_error: median(errs.clone()),
+        max_abs_error: errs.iter().cloned().fold(0.0, f64::max),
+        rows: f.rows,
+        by_workload,
+    })
+}
+
+/// The speed validation as a report (English and Chinese headings).
+pub fn document(v: &SpeedValidation, lang: crate::report::Lang) -> crate::report::Document {
+    use crate::report::Lang;
+    let zh = lang == Lang::Zh;
+    let mut d = crate::report::Document::new();
+    d.heading(
+        1,
+        if zh {
+            "步骤时间模型：预测与实测"
+        } else {
+            "Step-time model: predicted vs measured"
+        },
+    );
+    d.para(format!(
+        "{}: {} · median |error| {:.1}% · max {:.1}% · {} rows",
+        if zh { "GPU" } else { "GPU" },
+        v.gpu,
+        v.median_abs_error * 100.0,
+        v.max_abs_error * 100.0,
+        v.rows.len()
+    ));
+    let c = &v.coefficients;
+    d.para(format!(
+        "coefficients: tensor core {:.3}, CUDA core {:.3}, memory {:.3}, launch {:.2} µs/op, optimizer {:.3}",
+        c.tensor_core,
+        c.cuda_core,
+        c.memory,
+        c.launch * 1e6,
+        c.optimizer
+    ));
+    d.table(
+        vec![
+            "workload".into(),
+            "rows".into(),
+            "median |error|".into(),
+            "max |error|".into(),
+        ],
+        v.by_workload
+            .iter()
+            .map(|(n, k, m, x)| {
+                vec![
+                    n.clone(),
+                    k.to_string(),
+                    format!("{:.1}%", m * 100.0),
+                    format!("{:.1}%", x * 100.0),
+                ]
+            })
+            .collect(),
+    );
+    d.table(
+        vec![
+            "line".into(),
+            "configuration".into(),
+            "measured s/step".into(),
+            "predicted".into(),
+            "error".into(),
+        ],
+        v.rows
+            .iter()
+            .map(|r| {
+                vec![
+                    r.line.to_string(),
+                    r.estimate_args
+                        .replace("--model ", "")
+                        .replace(" --grad-accum 1", ""),
+                    format!("{:.3}", r.measured_step_s),
+                    format!("{:.3}", r.predicted_step_s),
+                    format!(
+                        "{:+.0}%",
+                        (r.predicted_step_s / r.measured_step_s - 1.0) * 100.0
+                    ),
+                ]
+            })
+            .collect(),
+    );
+    d
 }
 
 #[cfg(test)]
