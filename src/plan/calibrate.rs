@@ -200,8 +200,7 @@ pub fn document(v: &SpeedValidation, lang: crate::report::Lang) -> crate::report
         },
     );
     d.para(format!(
-        "{}: {} · median |error| {:.1}% · max {:.1}% · {} rows",
-        if zh { "GPU" } else { "GPU" },
+        "GPU: {} · median |error| {:.1}% · max {:.1}% · {} rows",
         v.gpu,
         v.median_abs_error * 100.0,
         v.max_abs_error * 100.0,
