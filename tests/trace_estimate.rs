@@ -115,7 +115,16 @@ fn precision_transformation_is_reported() {
     k.precision = Precision::Fp32;
     k.checkpointing = Checkpointing::Full;
     let ck = trace::estimate(&t, &k).unwrap();
-    assert!(ck.notes.iter().any(|n| n.contains("not applied")));
+    assert!(ck
+        .transformed
+        .iter()
+        .any(|n| n.contains("--checkpointing full")));
+    // the two encoder blocks (blocks.0, blocks.1) no longer keep their activations
+    assert!(ck.peak_allocated_bytes < fp32.peak_allocated_bytes);
+    k.checkpointing = Checkpointing::Selective;
+    k.checkpoint_modules = vec!["blocks".into()];
+    let sel = trace::estimate(&t, &k).unwrap();
+    assert_eq!(sel.peak_allocated_bytes, ck.peak_allocated_bytes);
 }
 
 #[test]

@@ -198,6 +198,8 @@ struct Builder<'a> {
     halve_all: bool,
     mixed_from_fp32: bool,
     sdpa_rule: bool,
+    /// Apply activation checkpointing to a trace taken without it.
+    ckpt_rule: bool,
 }
 
 /// Bytes per element of a torch dtype name.
@@ -262,6 +264,7 @@ impl<'a> Builder<'a> {
             halve_all: false,
             mixed_from_fp32: false,
             sdpa_rule: knobs.attention == Attention::Sdpa,
+            ckpt_rule: false,
         };
         if lo.is_none() {
             b.notes.push(format!(
@@ -300,14 +303,22 @@ impl<'a> Builder<'a> {
             })
         });
         if knobs.checkpointing != Checkpointing::None && !recomputes {
-            b.notes.push(format!(
-                "--checkpointing {} is not applied to this trace (it was taken without activation checkpointing): enable checkpointing in the model and trace again",
+            b.ckpt_rule = true;
+            b.transformed.push(format!(
+                "--checkpointing {}: the trace was taken without activation checkpointing; inside each checkpointed block (repeated blocks, module paths ending in a number{}) what the forward saved for backward is freed at the block's end, and recomputed (all of the block's saved storages at once) while its backward runs (best effort)",
                 match knobs.checkpointing {
                     Checkpointing::Full => "full",
                     Checkpointing::Selective => "selective",
                     Checkpointing::None => "none",
+                },
+                if knobs.checkpointing == Checkpointing::Selective {
+                    format!(" under {}", knobs.checkpoint_modules.join(", "))
+                } else {
+                    String::new()
                 }
             ));
+        } else if knobs.checkpointing == Checkpointing::None && recomputes {
+            b.notes.push("the trace was taken with activation checkpointing: --checkpointing none cannot undo it".into());
         }
         if knobs.gpus > 1 {
             b.notes.push("--gpus/--sharding are not applied to a trace: the figures are one GPU's without sharding".into());
@@ -516,6 +527,12 @@ impl<'a> Builder<'a> {
             })
             .unwrap_or(run.events.len());
         let sdpa = self.sdpa_plan(run, scales);
+        let mut emitted: FxMap<(u64, u64), u64> = FxMap::default();
+        let ckpt = if self.ckpt_rule {
+            self.ckpt_plan(run, scales)
+        } else {
+            CkptPlan::default()
+        };
 
         // live: (rep, id) -> (key, bytes, cat)
         let mut live: FxMap<(u64, u64), (u64, u64, Cat)> = FxMap::default();
@@ -553,6 +570,7 @@ impl<'a> Builder<'a> {
                 if idx > range.start {
                     self.end_regions(&sdpa, idx, rep, &mut live);
                 }
+                self.ckpt_step(&ckpt, idx, rep, step, &mut live, &emitted);
                 let e = &run.events[idx];
                 match e {
                     Event::Call { op, info, phase } => {
@@ -675,6 +693,9 @@ impl<'a> Builder<'a> {
                             cat,
                             at,
                         });
+                        if self.ckpt_rule && ckpt.freed_early.contains(id) {
+                            emitted.insert((rep, *id), bytes);
+                        }
                         if rep > 0 && cat == Cat::Grad {
                             // later micro-batches accumulate into the existing gradient
                             self.ops.push(SimOp::Free { key });
@@ -746,6 +767,169 @@ impl<'a> Builder<'a> {
         after.append(&mut others);
         after.sort_by_key(|x| x.0);
         after
+    }
+
+    /// Checkpointing transformation at event `idx`: frees the block's saved storages at its end,
+    /// allocates / frees its recomputation during backward.
+    fn ckpt_step(
+        &mut self,
+        ckpt: &CkptPlan,
+        idx: usize,
+        rep: u64,
+        step: u8,
+        live: &mut FxMap<(u64, u64), (u64, u64, Cat)>,
+        emitted: &FxMap<(u64, u64), u64>,
+    ) {
+        if let Some(ids) = ckpt.free_at.get(&idx) {
+            for id in ids {
+                let hit = live.remove(&(rep, *id));
+                if let Some((key, _, _)) = hit {
+                    self.ops.push(SimOp::Free { key });
+                }
+            }
+        }
+        if let Some(items) = ckpt.recompute_at.get(&idx) {
+            // the block's forward runs again before its backward: its saved storages come back,
+            // each freed where the trace freed it
+            for &(id, _) in items {
+                // as much as the forward really kept (after the CUDA rules); nothing if dropped
+                let Some(&bytes) = emitted.get(&(rep, id)) else {
+                    continue;
+                };
+                let key = self.key();
+                self.ops.push(SimOp::Alloc {
+                    key,
+                    bytes,
+                    cat: Cat::Activation,
+                    at: Origin {
+                        step,
+                        phase: Phase::Backward,
+                        op: 0,
+                        module: 0,
+                    },
+                });
+                live.insert((rep, id), (key, bytes, Cat::Activation));
+            }
+        }
+    }
+
+    /// Which storages a checkpointed block would not keep, for a trace taken without checkpointing.
+    fn ckpt_plan(&self, run: &Run, scales: &[Scale]) -> CkptPlan {
+        let trace = self.trace;
+        let mut plan = CkptPlan::default();
+        // repeated blocks: module paths "<parent>.<n>" where the parent has several numbered children
+        let mut children: FxMap<String, FxSet<u64>> = FxMap::default();
+        for e in &run.events {
+            if let Event::Alloc { module, .. } = e {
+                let m = trace.string(*module);
+                let parts: Vec<&str> = m.split('.').collect();
+                for i in 1..parts.len() {
+                    if let Ok(n) = parts[i].parse::<u64>() {
+                        children.entry(parts[..i].join(".")).or_default().insert(n);
+                    }
+                }
+            }
+        }
+        let selective = self.knobs.checkpointing == Checkpointing::Selective;
+        let wanted = |parent: &str| -> bool {
+            if selective {
+                self.knobs
+                    .checkpoint_modules
+                    .iter()
+                    .any(|c| c == parent || parent.ends_with(&format!(".{c}")))
+            } else {
+                children.get(parent).is_some_and(|c| c.len() >= 2)
+            }
+        };
+        let block_of = |m: &str| -> Option<String> {
+            let parts: Vec<&str> = m.split('.').collect();
+            (1..parts.len()).find_map(|i| {
+                let parent = parts[..i].join(".");
+                (parts[i].parse::<u64>().is_ok() && wanted(&parent)).then(|| parts[..=i].join("."))
+            })
+        };
+        let saved: FxSet<u64> = run.saved.iter().copied().collect();
+        let mut free_idx: FxMap<u64, usize> = FxMap::default();
+        for (i, e) in run.events.iter().enumerate() {
+            if let Event::Free { id, .. } = e {
+                free_idx.insert(*id, i);
+            }
+        }
+        // block instances: maximal runs of forward allocations inside the same block
+        let mut instances: Vec<BlockInstance> = Vec::new();
+        let mut ai = 0usize;
+        let mut cache: FxMap<u32, Option<String>> = FxMap::default();
+        for (i, e) in run.events.iter().enumerate() {
+            let Event::Alloc {
+                id, module, phase, ..
+            } = e
+            else {
+                continue;
+            };
+            let bytes = scales
+                .get(ai)
+                .map_or(0, |s| s.at(run.batch, self.knobs.batch));
+            ai += 1;
+            if *phase != Phase::Forward {
+                continue;
+            }
+            let block = cache
+                .entry(*module)
+                .or_insert_with(|| block_of(trace.string(*module)))
+                .clone();
+            let Some(block) = block else { continue };
+            match instances.last_mut() {
+                Some((b, v)) if *b == block => v.push((i, *id, bytes)),
+                _ => instances.push((block, vec![(i, *id, bytes)])),
+            }
+        }
+        let fwd_end = run
+            .events
+            .iter()
+            .position(|e| {
+                matches!(
+                    e,
+                    Event::Alloc {
+                        phase: Phase::Backward,
+                        ..
+                    } | Event::Free {
+                        phase: Phase::Backward,
+                        ..
+                    }
+                )
+            })
+            .unwrap_or(run.events.len());
+        for (tag, (_, allocs)) in instances.iter().enumerate() {
+            let Some(&(last_idx, last_id, _)) = allocs.last() else {
+                continue;
+            };
+            let mut bytes = 0;
+            let mut bwd_frees: Vec<usize> = Vec::new();
+            let mut recompute: Vec<(u64, u64)> = Vec::new();
+            for &(_, id, b) in allocs {
+                if id == last_id || !saved.contains(&id) {
+                    continue;
+                }
+                match free_idx.get(&id) {
+                    Some(&f) if f >= fwd_end => {
+                        plan.freed_early.insert(id);
+                        plan.free_at.entry(last_idx + 1).or_default().push(id);
+                        recompute.push((id, b));
+                        bytes += b;
+                        bwd_frees.push(f);
+                    }
+                    _ => {}
+                }
+            }
+            if let Some(&first) = bwd_frees.iter().min() {
+                plan.recompute_at
+                    .entry(first)
+                    .or_default()
+                    .extend(recompute);
+            }
+            let _ = (tag, bytes);
+        }
+        plan
     }
 
     /// Frees the log-sum-exp and backward workspace of the regions whose backward ended with the
@@ -1007,6 +1191,19 @@ fn align(a: &[u32], b: &[u32]) -> Vec<Option<usize>> {
         }
     }
     out
+}
+
+/// A run of forward allocations inside one checkpointed block: (block path, [(event index, id, bytes)]).
+type BlockInstance = (String, Vec<(usize, u64, u64)>);
+
+#[derive(Default)]
+struct CkptPlan {
+    /// saved storages freed at their block's end instead of in backward
+    freed_early: FxSet<u64>,
+    /// event index → ids to free before it
+    free_at: FxMap<usize, Vec<u64>>,
+    /// event index → (id, bytes) recomputed before it
+    recompute_at: FxMap<usize, Vec<(u64, u64)>>,
 }
 
 #[derive(Default)]
