@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{Event, Phase, Run, Trace};
 use crate::error::{Error, Result};
-use crate::knobs::{Attention, Checkpointing, Knobs, Precision};
+use crate::knobs::{Attention, Checkpointing, Knobs, Optimizer, Precision};
 use crate::memory::allocator::{Allocator, AllocatorConfig, FxMap, FxSet};
 
 const MIB: u64 = 1 << 20;
@@ -322,6 +322,24 @@ impl<'a> Builder<'a> {
         }
         if knobs.gpus > 1 {
             b.notes.push("--gpus/--sharding are not applied to a trace: the figures are one GPU's without sharding".into());
+        }
+        let traced_opt: Vec<String> = trace
+            .optimizers
+            .iter()
+            .map(|o| o.to_ascii_lowercase())
+            .collect();
+        let family = match knobs.optimizer {
+            Optimizer::Adamw | Optimizer::AdamwFused | Optimizer::Adamw8bit => "adamw",
+            Optimizer::Adam => "adam",
+            Optimizer::Sgd | Optimizer::SgdMomentum => "sgd",
+            Optimizer::Adafactor => "adafactor",
+        };
+        if !traced_opt.is_empty() && !traced_opt.iter().any(|o| o == family) {
+            b.notes.push(format!(
+                "--optimizer {} is not applied: the trace ran {} and its optimizer state is what is counted",
+                knobs.optimizer.name(),
+                trace.optimizers.join(", ")
+            ));
         }
         if knobs.lora_rank.is_some() {
             b.notes
