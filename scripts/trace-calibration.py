@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Trace the calibration workloads on the CPU with oomdoc_probe (one trace per measured configuration).
 
-Usage: python scripts/trace-calibration.py CALIBRATION_DIR OUTDIR [--only substr,...] [--list]
+Usage: python scripts/trace-calibration.py CALIBRATION_DIR OUTDIR [--only name,...] [--list]
 CALIBRATION_DIR holds harness.py / variants.py / navdp_like.py / measurements-h100-torch2.11.jsonl.
 Needs torch, transformers, timm, torchvision. Writes OUTDIR/<name>.trace.json.gz for every
 distinct (workload, precision, checkpointing, optimizer, variant) of the measurement file; the
@@ -45,7 +45,7 @@ def main():
         todo.setdefault(trace_name(r), r)
     os.makedirs(a.out, exist_ok=True)
     for name, r in todo.items():
-        if a.only and not any(s in name for s in a.only.split(",")):
+        if a.only and name not in a.only.split(","):
             continue
         if a.list:
             print(name)

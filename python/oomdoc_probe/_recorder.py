@@ -259,6 +259,13 @@ def sdpa_wrapper(rec, orig):
                 i = run.live.get(rec.key(st))
                 if i is not None:
                     info["outputs"].append(i)
+        # storages of q, k, v, mask: the CUDA kernels keep q, k, v for backward
+        info["inputs"] = []
+        for t in (q, k, v, mask):
+            st = _storage(t) if isinstance(t, torch.Tensor) else None
+            i = run.live.get(rec.key(st)) if st is not None else None
+            if i is not None and i not in info["inputs"]:
+                info["inputs"].append(i)
         # autograd nodes created inside the region: walk back from the outputs to the inputs' nodes
         stop = {t.grad_fn for t in (q, k, v, mask) if isinstance(t, torch.Tensor) and t.grad_fn is not None}
         todo = [o.grad_fn for o in outs if o.grad_fn is not None]

@@ -280,7 +280,7 @@ type Key = (u64, u64, u64);
 #[derive(Clone, Debug)]
 pub struct Allocator {
     cfg: AllocatorConfig,
-    blocks: HashMap<u64, Block>,
+    blocks: FxMap<u64, Block>,
     free_small: BTreeSet<Key>,
     free_large: BTreeSet<Key>,
     /// Expandable segments by (small pool, stream).
@@ -288,6 +288,33 @@ pub struct Allocator {
     next_addr: u64,
     stats: AllocatorStats,
 }
+
+/// A fast hasher for integer keys (the multiply-rotate scheme of rustc's FxHasher): the simulator
+/// and the trace replay do millions of map operations on u64 keys, where SipHash dominates.
+#[derive(Clone, Copy, Default)]
+pub struct FxHasher(u64);
+
+impl std::hash::Hasher for FxHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.write_u64(b as u64);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = (self.0.rotate_left(5) ^ n).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+    }
+    fn write_usize(&mut self, n: usize) {
+        self.write_u64(n as u64);
+    }
+}
+
+/// HashMap with `FxHasher`.
+pub type FxMap<K, V> = HashMap<K, V, std::hash::BuildHasherDefault<FxHasher>>;
+/// HashSet with `FxHasher`.
+pub type FxSet<K> = std::collections::HashSet<K, std::hash::BuildHasherDefault<FxHasher>>;
 
 /// Virtual address space reserved for one expandable segment (the real one reserves 1⅛ × the
 /// card's memory; only non-overlap matters here).
@@ -297,7 +324,7 @@ impl Allocator {
     pub fn new(cfg: AllocatorConfig) -> Self {
         Allocator {
             cfg,
-            blocks: HashMap::new(),
+            blocks: FxMap::default(),
             free_small: BTreeSet::new(),
             free_large: BTreeSet::new(),
             exp: HashMap::new(),

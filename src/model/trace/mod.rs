@@ -101,6 +101,9 @@ pub struct Region {
     pub requires_grad: bool,
     #[serde(default)]
     pub outputs: Vec<u64>,
+    /// Storages of q, k, v and the mask (format 1 traces from probe 0.1.0 may lack them).
+    #[serde(default)]
+    pub inputs: Vec<u64>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

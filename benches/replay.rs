@@ -1,0 +1,184 @@
+//! Replay speed of the traced tier: a synthetic trace of one million events (a deep network's
+//! forward/backward pattern: activations kept until backward, temporaries freed at once,
+//! sizes from 512 B to 64 MiB) estimated end to end, and the raw allocator simulation.
+//!
+//! `cargo bench --bench replay`
+use std::collections::HashMap;
+
+use criterion::{criterion_group, criterion_main, Criterion};
+use oomdoc::knobs::{Attention, Checkpointing, Knobs, Optimizer, Precision, Sharding};
+use oomdoc::memory::allocator::{Allocator, AllocatorConfig};
+use oomdoc::model::trace::{self, Event, Phase, Run, Trace};
+
+/// A run of about `n` events at `batch`.
+fn run(name: &str, batch: u64, n: usize) -> Run {
+    let mut events = Vec::with_capacity(n);
+    let mut id = 0u64;
+    let mut saved = Vec::new();
+    let mut kept = Vec::new();
+    let mut x = 12345u64;
+    let mut rnd = || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    let layers = n / 8;
+    for _ in 0..layers {
+        // per layer: two kept activations, one temporary
+        for k in 0..3 {
+            let bytes = (512 + rnd() % (64 << 20)) / 4 * batch;
+            events.push(Event::Alloc {
+                id,
+                bytes,
+                dtype: 0,
+                shape: vec![batch],
+                op: 1,
+                module: 0,
+                phase: Phase::Forward,
+                region: None,
+            });
+            if k == 2 {
+                events.push(Event::Free {
+                    id,
+                    phase: Phase::Forward,
+                    region: None,
+                });
+            } else {
+                kept.push(id);
+                saved.push(id);
+            }
+            id += 1;
+        }
+        // keep the live set bounded: free the oldest activations as a backward pass would
+        while kept.len() > 64 {
+            let old = kept.remove(0);
+            events.push(Event::Free {
+                id: old,
+                phase: Phase::Backward,
+                region: None,
+            });
+        }
+        let g = id;
+        id += 1;
+        events.push(Event::Alloc {
+            id: g,
+            bytes: (512 + rnd() % (8 << 20)) * batch,
+            dtype: 0,
+            shape: vec![batch],
+            op: 1,
+            module: 0,
+            phase: Phase::Backward,
+            region: None,
+        });
+        events.push(Event::Free {
+            id: g,
+            phase: Phase::Backward,
+            region: None,
+        });
+    }
+    for old in kept {
+        events.push(Event::Free {
+            id: old,
+            phase: Phase::Backward,
+            region: None,
+        });
+    }
+    Run {
+        name: name.into(),
+        batch,
+        persistent: vec![],
+        events,
+        saved,
+        categories: HashMap::new(),
+        alive_after: vec![],
+        regions: vec![],
+        untraced: vec![],
+    }
+}
+
+fn synthetic() -> Trace {
+    let per_run = 1_000_000 / 3;
+    Trace {
+        version: 1,
+        producer: "bench".into(),
+        torch: String::new(),
+        autocast: vec![],
+        optimizers: vec![],
+        strings: vec!["float32".into(), "aten.mm.default".into()],
+        runs: vec![
+            run("first", 1, per_run),
+            run("steady", 1, per_run),
+            run("steady", 2, per_run),
+        ],
+    }
+}
+
+fn knobs() -> Knobs {
+    Knobs {
+        batch: 4,
+        grad_accum: 1,
+        precision: Precision::Fp32,
+        checkpointing: Checkpointing::None,
+        checkpoint_modules: vec![],
+        attention: Attention::Sdpa,
+        optimizer: Optimizer::Adamw,
+        gpus: 1,
+        sharding: Sharding::None,
+        lora_rank: None,
+        lora_targets: vec![],
+    }
+}
+
+/// CPU time of this thread (the machine may be shared: wall time then says little).
+fn cpu_seconds() -> f64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes into the timespec we own.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    ts.tv_sec as f64 + ts.tv_nsec as f64 * 1e-9
+}
+
+fn bench(c: &mut Criterion) {
+    let t = synthetic();
+    let k = knobs();
+    let t0 = cpu_seconds();
+    let e = trace::estimate(&t, &k).unwrap();
+    eprintln!(
+        "synthetic trace: {} events ({} replayed with the steady steps); one estimate: {:.3} s CPU",
+        t.event_count(),
+        e.events_replayed,
+        cpu_seconds() - t0
+    );
+    let mut g = c.benchmark_group("replay");
+    g.sample_size(10);
+    g.bench_function("estimate_1m_event_trace", |b| {
+        b.iter(|| trace::estimate(&t, &k).unwrap().peak_reserved_bytes)
+    });
+    // the allocator alone: one million malloc/free calls
+    g.bench_function("allocator_1m_calls", |b| {
+        b.iter(|| {
+            let mut a = Allocator::new(AllocatorConfig::default());
+            let mut live = Vec::with_capacity(256);
+            let mut x = 99u64;
+            for i in 0..500_000u64 {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                let addr = a.malloc(512 + x % (32 << 20), 0).unwrap();
+                live.push(addr);
+                if live.len() > 200 || i % 3 == 0 {
+                    let v = live.swap_remove((x % live.len() as u64) as usize);
+                    a.free(v);
+                }
+            }
+            a.stats().peak_reserved
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);

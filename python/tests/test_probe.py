@@ -1,0 +1,130 @@
+"""Tests of oomdoc_probe (CPU, small models). Run: python -m pytest python/tests"""
+import json
+import os
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+import oomdoc_probe  # noqa: E402
+
+
+def mlp_setup(seed=0):
+    torch.manual_seed(seed)
+    m = torch.nn.Sequential(torch.nn.Linear(16, 64), torch.nn.GELU(), torch.nn.LayerNorm(64), torch.nn.Linear(64, 4))
+    opt = torch.optim.AdamW(m.parameters(), lr=1e-3)
+
+    def step(b, autocast=False):
+        g = torch.Generator().manual_seed(b)
+        x = torch.randn(b, 16, generator=g)
+        y = torch.randint(0, 4, (b,), generator=g)
+        if autocast:
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                loss = F.cross_entropy(m(x), y)
+        else:
+            loss = F.cross_entropy(m(x), y)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    return m, opt, step
+
+
+def allocs(doc, run):
+    S = doc["strings"]
+    return [dict(id=e[1], bytes=e[2], dtype=S[e[3]], shape=e[4], op=S[e[5]], module=S[e[6]], phase=e[7], region=e[8])
+            for e in run["events"] if e[0] == "a"]
+
+
+def test_trace_format_and_runs(tmp_path):
+    m, opt, step = mlp_setup()
+    path = tmp_path / "t.json"
+    doc = oomdoc_probe.trace(step, path, batch_sizes=(1, 2), model=m, optimizer=opt)
+    on_disk = json.loads(path.read_text())
+    assert on_disk["format"] == "oomdoc-trace" and on_disk["version"] == oomdoc_probe.FORMAT_VERSION
+    assert [(r["name"], r["batch"]) for r in doc["runs"]] == [("first", 1), ("steady", 1), ("steady", 2)]
+    first, s1, s2 = doc["runs"]
+    # parameters are alive at the start of every run, in module.to() order
+    assert [p[1] for p in first["persistent"]] == [p.numel() * 4 for p in m.parameters()]
+    # the first optimizer step creates the state (exp_avg, exp_avg_sq per parameter)
+    opt_allocs = [a for a in allocs(doc, first) if a["phase"] == "o" and first["categories"].get(str(a["id"])) == "opt_state"]
+    assert len(opt_allocs) == 2 * len(list(m.parameters()))
+    assert not any(p[4] == "opt_state" for p in first["persistent"])
+    assert sum(p[4] == "opt_state" for p in s1["persistent"]) >= 2 * len(list(m.parameters()))
+    # gradients are categorised; activations saved for backward are marked
+    assert any(v == "grad" for v in s1["categories"].values())
+    assert s1["saved"]
+    # the batch shows in the forward allocations
+    fwd1 = sum(a["bytes"] for a in allocs(doc, s1) if a["phase"] == "f")
+    fwd2 = sum(a["bytes"] for a in allocs(doc, s2) if a["phase"] == "f")
+    assert fwd2 > fwd1
+    # module paths are recorded
+    assert any(a["module"] == "0" for a in allocs(doc, s1))
+    assert all(not r["untraced"] for r in doc["runs"])
+
+
+def test_observes_only(tmp_path):
+    m1, o1, step1 = mlp_setup(seed=3)
+    for b in (1, 1, 2):
+        step1(b)
+    m2, o2, step2 = mlp_setup(seed=3)
+    oomdoc_probe.trace(step2, tmp_path / "t.json", batch_sizes=(1, 2), model=m2, optimizer=o2)
+    for p1, p2 in zip(m1.parameters(), m2.parameters()):
+        torch.testing.assert_close(p1, p2, rtol=1e-5, atol=1e-6)
+    # patches are undone
+    assert o2.param_groups[0]["foreach"] is None
+    assert F.scaled_dot_product_attention is torch._C._nn.scaled_dot_product_attention
+
+
+def test_sdpa_regions(tmp_path):
+    torch.manual_seed(0)
+    m = torch.nn.TransformerEncoderLayer(32, 4, 64, dropout=0.1, batch_first=True)
+    opt = torch.optim.SGD(m.parameters(), lr=0.1)
+
+    def step(b):
+        m(torch.randn(b, 8, 32)).square().mean().backward()
+        opt.step()
+        opt.zero_grad()
+
+    doc = oomdoc_probe.trace(step, tmp_path / "t.json", batch_sizes=(1, 2), model=m, optimizer=opt)
+    run = doc["runs"][1]
+    (r,) = run["regions"]
+    assert r["kind"] == "sdpa" and r["q"] == [1, 4, 8, 8] and r["dropout_p"] == pytest.approx(0.1)
+    assert r["outputs"] and r["inputs"] and r["requires_grad"]
+    tagged = [a for a in allocs(doc, run) if a["region"] == 0]
+    assert any(a["phase"] == "f" for a in tagged) and any(a["phase"] == "b" for a in tagged)
+
+
+def test_cuda_autocast_is_emulated(tmp_path):
+    m, opt, step = mlp_setup()
+    doc = oomdoc_probe.trace(lambda b: step(b, autocast=True), tmp_path / "t.json", batch_sizes=(2,),
+                             model=m, optimizer=opt)
+    assert doc["autocast"] == ["bfloat16"]
+    a = allocs(doc, doc["runs"][1])
+    fwd = [x for x in a if x["phase"] == "f"]
+    # linear layers run in bf16, layer_norm in float32 (CUDA autocast lists)
+    assert any(x["op"].startswith("aten.addmm") and x["dtype"] == "bfloat16" for x in fwd)
+    assert any(x["op"].startswith("aten.native_layer_norm") and x["dtype"] == "float32" for x in fwd)
+    # outside the probe, autocast("cuda") on a CPU-only machine is left as torch has it
+    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=False):
+        pass
+
+
+def test_convolution_calls_are_recorded(tmp_path):
+    torch.manual_seed(0)
+    m = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.ReLU(), torch.nn.Flatten(), torch.nn.LazyLinear(2))
+    m(torch.randn(1, 3, 8, 8))
+    opt = torch.optim.SGD(m.parameters(), lr=0.1)
+
+    def step(b):
+        m(torch.randn(b, 3, 8, 8)).sum().backward()
+        opt.step()
+        opt.zero_grad()
+
+    doc = oomdoc_probe.trace(step, tmp_path / "t.json", model=m, optimizer=opt)
+    S = doc["strings"]
+    calls = [S[e[1]] for e in doc["runs"][1]["events"] if e[0] == "c"]
+    assert any(c.startswith("aten.convolution.") for c in calls)
+    assert any(c.startswith("aten.convolution_backward") for c in calls)

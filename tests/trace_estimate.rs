@@ -1,0 +1,264 @@
+//! The traced tier on a recorded trace fixture (tests/fixtures/trace/tiny_transformer.trace.json,
+//! made by make_tiny_trace.py beside it), and its bad-input behaviour.
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use oomdoc::knobs::{Attention, Checkpointing, Knobs, Optimizer, Precision, Sharding};
+use oomdoc::memory::allocator::AllocatorConfig;
+use oomdoc::model::trace::{self, EstimateOptions};
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/trace")
+        .join(name)
+}
+
+fn knobs(batch: u64) -> Knobs {
+    Knobs {
+        batch,
+        grad_accum: 1,
+        precision: Precision::Fp32,
+        checkpointing: Checkpointing::None,
+        checkpoint_modules: vec![],
+        attention: Attention::Sdpa,
+        optimizer: Optimizer::Adamw,
+        gpus: 1,
+        sharding: Sharding::None,
+        lora_rank: None,
+        lora_targets: vec![],
+    }
+}
+
+fn oomdoc(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_oomdoc"))
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn loads_the_probe_trace() {
+    let t = trace::load(&fixture("tiny_transformer.trace.json")).unwrap();
+    assert_eq!(t.version, 1);
+    assert_eq!(t.runs.len(), 3);
+    assert_eq!(t.first_run().unwrap().batch, 1);
+    let steady: Vec<u64> = t.steady_runs().iter().map(|r| r.batch).collect();
+    assert_eq!(steady, vec![1, 2]);
+    assert!(t.runs.iter().all(|r| r.regions.len() == 2));
+    // the first step creates the optimizer state; the steady ones find it alive
+    assert!(t.runs[1].persistent.iter().any(|p| p.kind == "opt_state"));
+    assert!(!t.runs[0].persistent.iter().any(|p| p.kind == "opt_state"));
+}
+
+#[test]
+fn estimate_grows_with_batch_and_accumulation() {
+    let t = trace::load(&fixture("tiny_transformer.trace.json")).unwrap();
+    let e1 = trace::estimate(&t, &knobs(1)).unwrap();
+    let e64 = trace::estimate(&t, &knobs(64)).unwrap();
+    let e256 = trace::estimate(&t, &knobs(256)).unwrap();
+    assert!(e1.peak_allocated_bytes > 0);
+    assert!(e64.peak_allocated_bytes > e1.peak_allocated_bytes);
+    assert!(e256.peak_allocated_bytes > e64.peak_allocated_bytes);
+    assert!(e256.peak_reserved_bytes >= e256.peak_allocated_bytes);
+    assert_eq!(
+        e256.peak_device_bytes,
+        e256.peak_reserved_bytes + e256.outside_pytorch_bytes
+    );
+    // the components add up to the allocated peak
+    let sum: u64 = e256.components.iter().map(|c| c.bytes).sum();
+    assert_eq!(sum, e256.peak_allocated_bytes);
+    // cuBLAS workspaces are part of every estimate
+    let ws = e1
+        .components
+        .iter()
+        .find(|c| c.name == "workspaces")
+        .unwrap();
+    assert!(ws.bytes >= trace::CUBLAS_WORKSPACE_BYTES.iter().sum::<u64>());
+    let mut k = knobs(64);
+    k.grad_accum = 4;
+    let acc = trace::estimate(&t, &k).unwrap();
+    assert!(acc.peak_allocated_bytes >= e64.peak_allocated_bytes);
+    assert!(acc.peak_allocated_bytes < e256.peak_allocated_bytes);
+}
+
+#[test]
+fn fused_attention_rule_keeps_less_than_the_cpu_math_path() {
+    let t = trace::load(&fixture("tiny_transformer.trace.json")).unwrap();
+    let sdpa = trace::estimate(&t, &knobs(512)).unwrap();
+    let mut k = knobs(512);
+    k.attention = Attention::Eager;
+    let eager = trace::estimate(&t, &k).unwrap();
+    assert!(sdpa.peak_allocated_bytes < eager.peak_allocated_bytes);
+    assert!(sdpa
+        .transformed
+        .iter()
+        .any(|n| n.contains("scaled_dot_product_attention")));
+}
+
+#[test]
+fn precision_transformation_is_reported() {
+    let t = trace::load(&fixture("tiny_transformer.trace.json")).unwrap();
+    let fp32 = trace::estimate(&t, &knobs(256)).unwrap();
+    let mut k = knobs(256);
+    k.precision = Precision::Bf16True;
+    let half = trace::estimate(&t, &k).unwrap();
+    assert!(half.peak_allocated_bytes < fp32.peak_allocated_bytes);
+    assert!(half.transformed.iter().any(|n| n.contains("bf16-true")));
+    k.precision = Precision::Bf16Mixed;
+    let mixed = trace::estimate(&t, &k).unwrap();
+    assert!(mixed.transformed.iter().any(|n| n.contains("bf16-mixed")));
+    k.precision = Precision::Fp32;
+    k.checkpointing = Checkpointing::Full;
+    let ck = trace::estimate(&t, &k).unwrap();
+    assert!(ck
+        .transformed
+        .iter()
+        .any(|n| n.contains("--checkpointing full")));
+    // the two encoder blocks (blocks.0, blocks.1) no longer keep their activations
+    assert!(ck.peak_allocated_bytes < fp32.peak_allocated_bytes);
+    k.checkpointing = Checkpointing::Selective;
+    k.checkpoint_modules = vec!["blocks".into()];
+    let sel = trace::estimate(&t, &k).unwrap();
+    assert_eq!(sel.peak_allocated_bytes, ck.peak_allocated_bytes);
+}
+
+#[test]
+fn capacity_gives_the_oom_point() {
+    let t = trace::load(&fixture("tiny_transformer.trace.json")).unwrap();
+    let big = trace::estimate(&t, &knobs(256)).unwrap();
+    let opts = EstimateOptions {
+        allocator: AllocatorConfig {
+            capacity: Some(big.peak_reserved_bytes / 2),
+            ..AllocatorConfig::default()
+        },
+        ..EstimateOptions::default()
+    };
+    let e = trace::estimate_with(&t, &knobs(256), &opts).unwrap();
+    let oom = e.oom.expect("half the reserved memory must not fit");
+    assert!(oom.reserved_bytes <= big.peak_reserved_bytes / 2);
+    assert!(!oom.op.is_empty());
+    let fits = EstimateOptions {
+        allocator: AllocatorConfig {
+            capacity: Some(big.peak_reserved_bytes),
+            ..AllocatorConfig::default()
+        },
+        ..EstimateOptions::default()
+    };
+    assert!(trace::estimate_with(&t, &knobs(256), &fits)
+        .unwrap()
+        .oom
+        .is_none());
+}
+
+#[test]
+fn probe_check_summarises_a_trace() {
+    let f = fixture("tiny_transformer.trace.json");
+    let (code, out, _) = oomdoc(&["probe", "--check", f.to_str().unwrap(), "--format", "json"]);
+    assert_eq!(code, 0);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["version"], 1);
+    assert_eq!(v["runs"].as_array().unwrap().len(), 3);
+}
+
+#[test]
+fn bad_traces_give_one_line_and_exit_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = std::fs::read_to_string(fixture("tiny_transformer.trace.json")).unwrap();
+    let cases = [
+        (
+            "truncated.json",
+            text[..text.len() / 2].to_string(),
+            "truncated",
+        ),
+        (
+            "corrupt.json",
+            text.replacen("\"runs\":[", "\"runs\":[}", 1),
+            "not valid JSON",
+        ),
+        (
+            "newer.json",
+            text.replacen("\"version\":1", "\"version\":99", 1),
+            "newer",
+        ),
+        (
+            "other.json",
+            "{\"format\":\"something\"}".to_string(),
+            "not an oomdoc trace",
+        ),
+        (
+            "badevent.json",
+            text.replacen("[\"a\",", "[\"q\",", 1),
+            "is not an event",
+        ),
+    ];
+    for (name, body, needle) in cases {
+        let p = dir.path().join(name);
+        std::fs::write(&p, body).unwrap();
+        let (code, out, err) = oomdoc(&["probe", "--check", p.to_str().unwrap()]);
+        assert_eq!(code, 2, "{name}: {err}");
+        assert!(out.is_empty(), "{name}");
+        assert_eq!(err.trim_end().lines().count(), 1, "{name}: {err}");
+        assert!(err.contains(needle), "{name}: {err}");
+        assert!(
+            err.contains(name),
+            "{name}: the error names the file: {err}"
+        );
+    }
+    let (code, _, err) = oomdoc(&["probe", "--check", "/nonexistent/x.trace.json"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("/nonexistent/x.trace.json"));
+}
+
+#[test]
+fn probe_path_points_at_the_package() {
+    let (code, out, _) = oomdoc(&["probe", "--path"]);
+    assert_eq!(code, 0);
+    let p = PathBuf::from(out.trim());
+    assert!(p.is_absolute());
+    assert!(p.join("oomdoc_probe/__init__.py").is_file());
+}
+
+#[test]
+fn probe_path_works_without_the_source_tree() {
+    // an installed binary far from the sources: the embedded copy is written to the cache
+    let dir = tempfile::tempdir().unwrap();
+    let exe = dir.path().join("bin/oomdoc");
+    std::fs::create_dir_all(exe.parent().unwrap()).unwrap();
+    std::fs::copy(env!("CARGO_BIN_EXE_oomdoc"), &exe).unwrap();
+    let out = Command::new(&exe)
+        .args(["probe", "--path"])
+        .env("XDG_CACHE_HOME", dir.path().join("cache"))
+        .env_remove("OOMDOC_PROBE_DIR")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let p = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+    assert!(p.join("oomdoc_probe/_recorder.py").is_file());
+    assert!(p.join("pyproject.toml").is_file());
+}
+
+#[test]
+fn probe_to_estimate_end_to_end_when_torch_is_there() {
+    // .ci/run sets OOMDOC_PYTHON to a Python with torch; without it this test has nothing to run.
+    let Ok(python) = std::env::var("OOMDOC_PYTHON") else {
+        eprintln!("skipped: OOMDOC_PYTHON is not set (no Python with torch)");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("tiny.trace.json");
+    let status = Command::new(python)
+        .arg(fixture("make_tiny_trace.py"))
+        .arg(&out)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let t = trace::load(&out).unwrap();
+    let e = trace::estimate(&t, &knobs(32)).unwrap();
+    assert!(e.peak_reserved_bytes >= e.peak_allocated_bytes);
+    assert!(e.peak_allocated_bytes > 0);
+}
