@@ -226,3 +226,37 @@ fn fit_starts_from_the_estimate() {
     let first = r["trials"][0]["batch"].as_u64().unwrap();
     assert!((9..=13).contains(&first), "first trial at batch {first}");
 }
+
+#[test]
+fn estimate_reads_a_trace() {
+    let (code, out, err) = oomdoc(&[
+        "estimate",
+        "--model",
+        "trace:tests/fixtures/trace/tiny_transformer.trace.json",
+        "--batch",
+        "64",
+        "--format",
+        "json",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let e: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let alloc = e["peak_allocated_bytes"].as_u64().unwrap();
+    let reserved = e["peak_reserved_bytes"].as_u64().unwrap();
+    assert!(alloc > 0 && reserved >= alloc, "{alloc} {reserved}");
+    assert_eq!(
+        e["device_total_bytes"].as_u64().unwrap(),
+        reserved + e["components"]["outside_pytorch"].as_u64().unwrap()
+    );
+    assert_eq!(e["workload"]["knobs"]["batch"], 64);
+    // A corrupt trace is one line and exit 2.
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.trace.json");
+    std::fs::write(
+        &bad,
+        "{\"format\": \"oomdoc-trace\", \"version\": 1, \"runs\": [",
+    )
+    .unwrap();
+    let (code, _, err) = oomdoc(&["estimate", "--model", &format!("trace:{}", bad.display())]);
+    assert_eq!(code, 2);
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+}

@@ -38,6 +38,7 @@ crate::catalogue! {
             "批大小 {0} x 梯度累积 {1}，{2}，激活检查点 {3}，注意力 {4}，{5}"
         ),
         Note => ("Analytic estimate (no GPU used); see docs/accuracy.md for its measured error.", "解析估算（未使用 GPU）；实测误差见 docs/accuracy.md。"),
+        TraceNote => ("Traced estimate: the probe's CPU trace replayed through the caching-allocator simulation (no GPU used); see docs/accuracy.md for its measured error.", "追踪估算：探针在CPU上记录的追踪经缓存分配器模拟重放（未使用 GPU）；实测误差见 docs/accuracy.md。"),
     }
 }
 
@@ -143,7 +144,8 @@ pub fn document(e: &Estimate, lang: Lang) -> Document {
             })
             .collect(),
     );
-    d.para(W::Note.text(lang));
+    let traced = e.workload.source.starts_with("trace:");
+    d.para(if traced { W::TraceNote } else { W::Note }.text(lang));
     d
 }
 

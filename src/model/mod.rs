@@ -250,7 +250,7 @@ pub fn resolve(spec: &str, base_dir: &Path, knobs: &KnobArgs) -> Result<Workload
 /// The traced tier (`trace:PATH`, a trace written by the Python probe).
 fn trace_workload(path: &Path) -> Result<Workload> {
     Err(Error::input(format!(
-        "{}: trace: workloads are not supported yet; use preset:, hf:, safetensors: or a .toml workload",
+        "{}: a trace: model works with `oomdoc estimate` (the traced tier); plan and fit search with the analytic model: use preset:, hf:, safetensors: or a .toml workload",
         path.display()
     )))
 }

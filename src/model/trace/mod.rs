@@ -2,6 +2,9 @@
 //! docs/trace-format.md) is loaded here and replayed through the caching-allocator simulation
 //! (`estimate`).
 mod estimate;
+mod to_estimate;
+
+pub use to_estimate::estimate_file;
 
 use std::collections::HashMap;
 use std::io::Read;
