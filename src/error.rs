@@ -1,5 +1,5 @@
 //! Errors that reach the user. Every error leaving a command is "bad input" (exit 2)
-//! unless it is an `Exit` carrying another code chosen by the command.
+//! unless the command chose another code.
 use thiserror::Error;
 
 #[derive(Debug, Error)]
@@ -9,11 +9,8 @@ pub enum Error {
     Input(String),
     /// An I/O problem with a named path. The OS error is part of the message (not a separate
     /// `source`), so the one-line `{:#}` rendering does not print it twice.
-    #[error("{path}: {source}")]
-    Io {
-        path: String,
-        source: std::io::Error,
-    },
+    #[error("{path}: {err}")]
+    Io { path: String, err: std::io::Error },
 }
 
 impl Error {
@@ -23,7 +20,7 @@ impl Error {
     pub fn io(path: impl AsRef<std::path::Path>, source: std::io::Error) -> Self {
         Error::Io {
             path: path.as_ref().display().to_string(),
-            source,
+            err: source,
         }
     }
 }

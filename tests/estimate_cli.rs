@@ -197,9 +197,11 @@ fn hf_config_and_bad_input() {
     assert_eq!(code, 2);
     assert!(err.contains("--batch"), "{err}");
 
+    // A trace that is not there: one line naming the file.
     let (code, _, err) = oomdoc(&["estimate", "--model", "trace:run.trace"]);
     assert_eq!(code, 2);
-    assert!(err.contains("not supported yet"), "{err}");
+    assert!(err.contains("run.trace"), "{err}");
+    assert_eq!(err.matches("No such file").count(), 1, "{err}");
 
     let (code, _, err) = oomdoc(&[
         "estimate",
