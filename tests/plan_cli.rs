@@ -260,3 +260,34 @@ fn estimate_reads_a_trace() {
     assert_eq!(code, 2);
     assert_eq!(err.trim().lines().count(), 1, "{err}");
 }
+
+#[test]
+fn fix_takes_the_plans_recommendation() {
+    let (code, out, err) = oomdoc(&[
+        "fix",
+        "tests/fixtures/fix/navdp",
+        "--model",
+        "preset:navdp",
+        "--gpu",
+        "rtx3090",
+        "--batch",
+        "16",
+        "--precision",
+        "fp32",
+        "--format",
+        "json",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let p: serde_json::Value = serde_json::from_str(&out).unwrap();
+    // The plan's top pick for the seed's case: bf16 autocast and fused attention, batch unchanged.
+    assert_eq!(p["target"]["precision"], "bf16-mixed");
+    assert_eq!(p["target"]["attention"], "sdpa");
+    assert!(p["target"].get("batch").is_none(), "{}", p["target"]);
+    // DINOv2's attention dispatches to xFormers when installed: that is the change, not an edit.
+    let notes = p["notes"].to_string();
+    assert!(notes.contains("xformers"), "{notes}");
+    // Without a GPU the plan cannot be made.
+    let (code, _, err) = oomdoc(&["fix", "tests/fixtures/fix/navdp", "--model", "preset:navdp"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("--gpu"), "{err}");
+}

@@ -30,6 +30,11 @@ pub struct Args {
     /// Target GPU from the catalogue (bf16 becomes fp16 where it has no bf16).
     #[arg(long)]
     pub gpu: Option<String>,
+    /// Take the change from the plan: the knob flags then describe the current configuration of
+    /// this model (preset:NAME, hf:config.json, ...), and the plan's recommended combination on
+    /// --gpu is what gets written.
+    #[arg(long)]
+    pub model: Option<String>,
     /// Write the changes (a backup of each file is kept as FILE.orig).
     #[arg(long)]
     pub apply: bool,
@@ -53,6 +58,9 @@ struct Output<'a> {
 /// The target of `fix` from its flags.
 pub fn target(args: &Args) -> anyhow::Result<Target> {
     let k = &args.knobs;
+    if let Some(model) = &args.model {
+        return target_from_plan(args, model);
+    }
     let unused: Vec<&str> = [
         ("--seq-len", k.seq_len.is_some()),
         ("--target-len", k.target_len.is_some()),
@@ -75,7 +83,38 @@ pub fn target(args: &Args) -> anyhow::Result<Target> {
         ))
         .into());
     }
-    let mut t = Target::from_knob_args(k)?;
+    let t = Target::from_knob_args(k)?;
+    finish_target(args, t)
+}
+
+/// `fix --model M --gpu G`: the plan's recommended combination, relative to the configuration the
+/// knob flags describe.
+fn target_from_plan(args: &Args, model: &str) -> anyhow::Result<Target> {
+    let Some(name) = &args.gpu else {
+        return Err(
+            Error::input("fix --model needs --gpu NAME: the plan is made for that GPU").into(),
+        );
+    };
+    let spec = crate::gpu::lookup(name)?;
+    let gpu = crate::gpu::TargetGpu {
+        name: spec.name.to_string(),
+        memory_bytes: spec.memory_bytes,
+        spec: Some(spec),
+    };
+    let plan = crate::commands::plan::compute(model, &args.knobs, &gpu, false, |_| None)?;
+    let Some(best) = &plan.combinations.balanced else {
+        return Err(Error::input(format!(
+            "no configuration of {model} fits {} (see `oomdoc plan --model {model} --gpu {name}`)",
+            spec.name
+        ))
+        .into());
+    };
+    let t = Target::from_plan(&best.knobs, &plan.baseline.knobs);
+    finish_target(args, t)
+}
+
+/// The DataLoader, allocator and GPU options, common to both ways of giving the target.
+fn finish_target(args: &Args, mut t: Target) -> anyhow::Result<Target> {
     t.dataloader = DataLoaderOpts {
         num_workers: args.num_workers,
         pin_memory: args.pin_memory,

@@ -54,16 +54,44 @@ pub fn run(args: &Args, ctx: &Ctx) -> anyhow::Result<u8> {
             "plan needs a target GPU: --gpu NAME (see `oomdoc gpu --list`), --gpu-memory SIZE, or --log with a CUDA OOM message"
         ),
     };
-    let w = crate::model::resolve(&args.model, Path::new("."), &args.knobs)?;
-    let base = w.resolve_knobs(&args.knobs)?;
+    let host = |batch_bytes: u64| {
+        args.num_workers
+            .map(|n| HostMemory::new(n, args.prefetch_factor, args.pin_memory, batch_bytes))
+    };
+    let mut plan = compute(
+        &args.model,
+        &args.knobs,
+        &gpu,
+        args.allow_batch_change,
+        host,
+    )?;
+    if let Some(state) = log {
+        plan.log_without_event = state.is_none();
+        plan.log = state;
+    }
+    ctx.emit(&plan, |lang| crate::plan::report::document(&plan, lang))?;
+    Ok(if plan.nothing_fits { 1 } else { 0 })
+}
+
+/// Resolves the model, searches the knobs on `gpu` and assembles the plan (without the log's
+/// state); `host` gives the DataLoader figures from the batch's bytes. `fix --model` uses it too.
+pub fn compute(
+    model_spec: &str,
+    knobs: &KnobArgs,
+    gpu: &crate::gpu::TargetGpu,
+    allow_batch_change: bool,
+    host: impl FnOnce(u64) -> Option<HostMemory>,
+) -> anyhow::Result<crate::plan::analysis::Plan> {
+    let w = crate::model::resolve(model_spec, Path::new("."), knobs)?;
+    let base = w.resolve_knobs(knobs)?;
     // Step-time rates: the named GPU's; with only --gpu-memory, the H100's (speeds stay relative).
     let rates = match gpu.spec {
         Some(s) => s,
         None => crate::gpu::lookup("h100")?,
     };
-    let eval = ModelEvaluator::new(&w, &gpu, rates, crate::plan::calibrate::FITTED);
-    let space = search_space(&w, &base, gpu.spec, args.allow_batch_change);
-    let est = crate::memory::estimate_on(&w, &base, Some(&gpu))?;
+    let eval = ModelEvaluator::new(&w, gpu, rates, crate::plan::calibrate::FITTED);
+    let space = search_space(&w, &base, gpu.spec, allow_batch_change);
+    let est = crate::memory::estimate_on(&w, &base, Some(gpu))?;
     let c = &est.components;
     let components = [
         ("parameters", c.parameters),
@@ -83,9 +111,7 @@ pub fn run(args: &Args, ctx: &Ctx) -> anyhow::Result<u8> {
     })
     .collect();
     let batch_bytes = est.components.batch / (base.batch * base.grad_accum).max(1) * base.batch;
-    let host = args
-        .num_workers
-        .map(|n| HostMemory::new(n, args.prefetch_factor, args.pin_memory, batch_bytes));
+    let host = host(batch_bytes);
     let gpu_summary = GpuSummary {
         name: gpu.name.clone(),
         memory_bytes: gpu.memory_bytes,
@@ -98,11 +124,5 @@ pub fn run(args: &Args, ctx: &Ctx) -> anyhow::Result<u8> {
         trainable_params: w.trainable_params,
         input_bytes_per_sample: est.components.batch / (base.batch * base.grad_accum).max(1),
     };
-    let mut plan = analysis::build(&eval, &base, &space, gpu_summary, model, components, host)?;
-    if let Some(state) = log {
-        plan.log_without_event = state.is_none();
-        plan.log = state;
-    }
-    ctx.emit(&plan, |lang| crate::plan::report::document(&plan, lang))?;
-    Ok(if plan.nothing_fits { 1 } else { 0 })
+    analysis::build(&eval, &base, &space, gpu_summary, model, components, host)
 }
