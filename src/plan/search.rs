@@ -408,19 +408,7 @@ mod tests {
     }
 
     fn base() -> Knobs {
-        Knobs {
-            batch: 16,
-            grad_accum: 1,
-            precision: Precision::Fp32,
-            checkpointing: Checkpointing::None,
-            checkpoint_modules: vec![],
-            attention: Attention::Eager,
-            optimizer: Optimizer::Adamw,
-            gpus: 1,
-            sharding: Sharding::None,
-            lora_rank: None,
-            lora_targets: vec![],
-        }
+        crate::plan::test_knobs(16)
     }
 
     #[test]
