@@ -120,8 +120,19 @@ impl Ctx {
 }
 
 /// Atomic file write for output files: temp file in the same directory, then rename.
+/// Something that exists and is not a regular file (`/dev/null`, `/dev/stdout`, a FIFO) is written
+/// in place: renaming over it would replace the device with a file.
 pub fn write_atomic(path: &std::path::Path, bytes: &[u8]) -> anyhow::Result<()> {
     use anyhow::Context;
+    if let Ok(meta) = std::fs::metadata(path) {
+        if !meta.is_file() {
+            return std::fs::OpenOptions::new()
+                .write(true)
+                .open(path)
+                .and_then(|mut f| f.write_all(bytes))
+                .with_context(|| format!("{}: cannot write", path.display()));
+        }
+    }
     let dir = path
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
@@ -134,4 +145,30 @@ pub fn write_atomic(path: &std::path::Path, bytes: &[u8]) -> anyhow::Result<()> 
     std::fs::write(&tmp, bytes).with_context(|| format!("{}: cannot write", tmp.display()))?;
     std::fs::rename(&tmp, path).with_context(|| format!("{}: cannot write", path.display()))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn writing_to_a_device_keeps_the_device() {
+        let null = std::path::Path::new("/dev/null");
+        if !null.exists() {
+            return;
+        }
+        super::write_atomic(null, b"report").unwrap();
+        use std::os::unix::fs::FileTypeExt;
+        assert!(std::fs::metadata(null)
+            .unwrap()
+            .file_type()
+            .is_char_device());
+    }
+
+    #[test]
+    fn regular_files_are_replaced_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("out.txt");
+        std::fs::write(&p, "old content that is longer").unwrap();
+        super::write_atomic(&p, b"new").unwrap();
+        assert_eq!(std::fs::read_to_string(&p).unwrap(), "new");
+    }
 }
