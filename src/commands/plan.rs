@@ -110,8 +110,9 @@ pub fn compute(
         bytes: b,
     })
     .collect();
-    let batch_bytes = est.components.batch / (base.batch * base.grad_accum).max(1) * base.batch;
-    let host = host(batch_bytes);
+    // The batch component counts every micro-batch of the step; one sample's input is a share of it.
+    let input_bytes_per_sample = est.components.batch / (base.batch * base.grad_accum).max(1);
+    let host = host(input_bytes_per_sample * base.batch);
     let gpu_summary = GpuSummary {
         name: gpu.name.clone(),
         memory_bytes: gpu.memory_bytes,
@@ -122,7 +123,7 @@ pub fn compute(
         name: w.name.clone(),
         params: w.params,
         trainable_params: w.trainable_params,
-        input_bytes_per_sample: est.components.batch / (base.batch * base.grad_accum).max(1),
+        input_bytes_per_sample,
     };
     analysis::build(&eval, &base, &space, gpu_summary, model, components, host)
 }

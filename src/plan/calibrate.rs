@@ -150,12 +150,8 @@ fn median(mut v: Vec<f64>) -> f64 {
 pub fn speed_validation(path: &Path, gpu: &str) -> Result<SpeedValidation> {
     // Predictions with the coefficients in use, not the refit.
     let f = fit_file_with(path, gpu, Some(FITTED))?;
-    let scale = |r: &SpeedRow| r.predicted_step_s;
-    let errs: Vec<f64> = f
-        .rows
-        .iter()
-        .map(|r| (scale(r) / r.measured_step_s - 1.0).abs())
-        .collect();
+    let rel_err = |r: &SpeedRow| (r.predicted_step_s / r.measured_step_s - 1.0).abs();
+    let errs: Vec<f64> = f.rows.iter().map(rel_err).collect();
     let mut names: Vec<String> = Vec::new();
     for r in &f.rows {
         if !names.contains(&r.workload) {
@@ -169,7 +165,7 @@ pub fn speed_validation(path: &Path, gpu: &str) -> Result<SpeedValidation> {
                 .rows
                 .iter()
                 .filter(|r| r.workload == n)
-                .map(|r| (scale(r) / r.measured_step_s - 1.0).abs())
+                .map(rel_err)
                 .collect();
             let max = e.iter().cloned().fold(0.0, f64::max);
             (n, e.len(), median(e), max)

@@ -20,10 +20,7 @@ pub fn read(path: &Path) -> anyhow::Result<Option<LogState>> {
         .or_else(|| report.events.first());
     Ok(ev.map(|e| LogState {
         line: e.line,
-        kind: serde_json::to_value(e.kind)
-            .ok()
-            .and_then(|v| v.as_str().map(str::to_string))
-            .unwrap_or_default(),
+        kind: e.kind.name().to_string(),
         total_capacity_bytes: e.total_capacity_bytes,
         allowed_bytes: e.allowed_bytes,
         process_in_use_bytes: e.process_in_use_bytes,
