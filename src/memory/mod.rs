@@ -60,6 +60,17 @@ pub enum ReservedModel {
 /// and kept: measured 65-66 MiB (`a0` of the calibration rows, H100, torch 2.11 + CUDA 13).
 pub const CUBLAS_WORKSPACE_BYTES: u64 = 65 * MIB;
 
+/// Transient cuDNN workspace of a convolution's backward (dgrad / wgrad), as a multiple of the
+/// larger of its input and output (gradient) in bytes; the forward takes none. PyTorch allocates
+/// the workspace cuDNN's heuristic engine asks for through the caching allocator and frees it
+/// when the call returns (`aten/src/ATen/native/cudnn/Conv_v8.cpp`, `run_conv_plan`). The size
+/// depends on the engine cuDNN picks on the GPU, so it is a measured figure: on the H100 (cuDNN 9,
+/// torch 2.11) the checkpointed ResNet-18 rows, whose peak allocation falls inside a backward
+/// convolution, need 2.07x (fp32/TF32) and 2.17x (bf16) on top of the other tensors to reach
+/// their measured peak allocated. Shared by the analytic and the traced tier. Not measured on
+/// depthwise or grouped convolutions (other engines).
+pub const CONV_BWD_WORKSPACE_FACTOR: f64 = 2.1;
+
 /// Memory outside PyTorch's allocator in a training process (CUDA context, loaded kernels of
 /// torch/cuBLAS/cuDNN): device_used_after - reserved_after of the calibration rows is 0.75-0.77 GiB
 /// on the H100 (CUDA 13); 0.527 GiB right after CUDA initialises. Older generations load fewer
@@ -329,7 +340,7 @@ pub fn estimate_with(
         peak_allocated: peak_alloc,
         largest_allocation: largest,
         live: &live,
-        conv_output_max: (prof.conv_output_max * b) as u64,
+        conv_workspace_max: (prof.conv_workspace_max * b) as u64,
         freed_small: if phase == Phase::Backward {
             (prof.casts_total - best.1.casts).max(0.0) as u64
         } else {

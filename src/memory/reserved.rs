@@ -18,8 +18,9 @@ pub struct Inputs<'a> {
     pub largest_allocation: u64,
     /// Live tensors around the peak: (bytes, count).
     pub live: &'a [(u64, u32)],
-    /// Largest output of a convolution with overlapping windows (0 without convolutions).
-    pub conv_output_max: u64,
+    /// Largest cuDNN convolution workspace of the step (0 without convolutions): the allocator
+    /// keeps its block cached after the call.
+    pub conv_workspace_max: u64,
     /// Small blocks (autocast weight copies of checkpointed blocks) freed before the peak: they
     /// sit in 2 MiB / 20 MiB segments that the large requests of backward cannot use.
     pub freed_small: u64,
@@ -71,8 +72,7 @@ pub fn reserved(i: &Inputs) -> u64 {
         .iter()
         .map(|&(s, n)| rounding_waste(s) * n as u64)
         .sum();
-    let ws = (i.conv_output_max as f64 * crate::model::graph::CONV_WORKSPACE_PER_OUTPUT) as u64;
-    let r = i.peak_allocated + waste + i.largest_allocation + ws + i.freed_small;
+    let r = i.peak_allocated + waste + i.largest_allocation + i.conv_workspace_max + i.freed_small;
     r.div_ceil(ROUND_LARGE) * ROUND_LARGE
 }
 

@@ -42,8 +42,8 @@ pub struct Profile {
     /// Sizes (bytes per sample) of the tensors kept at the end of forward, with their counts:
     /// the live set around the peak, for the allocator's rounding (`reserved.rs`).
     pub saved_sizes: Vec<(f64, u32)>,
-    /// Largest overlapping-convolution output, bytes per sample (see `reserved.rs`).
-    pub conv_output_max: f64,
+    /// Largest convolution backward workspace, bytes per sample (see `reserved.rs`).
+    pub conv_workspace_max: f64,
     /// The step's allocations and frees in order, for the caching-allocator replay.
     #[serde(skip)]
     pub events: Vec<Ev>,
@@ -399,7 +399,7 @@ pub fn simulate(t: &Trace, ck: &[bool]) -> Profile {
         largest_alloc: largest,
         churn,
         saved_sizes: sizes,
-        conv_output_max: t.conv_output_max,
+        conv_workspace_max: t.conv_workspace_max,
         events: ev,
         slots: 2 * nt + 3 * nops,
     }

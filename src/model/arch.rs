@@ -945,7 +945,6 @@ impl Builder<'_> {
             n_patch * s.frames,
             true,
             tr,
-            false,
         );
         let _ = self.t.param(&dot("cls_token"), 1, d, tr, false);
         let pos_rows = if s.pos_grid > 0 {
@@ -1067,7 +1066,7 @@ impl Builder<'_> {
         let _y = self.t.input(1.0, Dt::I64);
         self.t.enter("stem", "stem", false);
         let hw = (img / 2) * (img / 2);
-        let x = self.t.conv2d("conv1", x, 3, 64, 7, hw, false, tr, true);
+        let x = self.t.conv2d("conv1", x, 3, 64, 7, hw, false, tr);
         let x = self.t.batch_norm("bn1", x, 64, tr);
         let x = self.t.relu_inplace(x);
         // max_pool2d_with_indices saves its input and the int64 indices
@@ -1108,7 +1107,6 @@ impl Builder<'_> {
                         hw_o,
                         false,
                         tr,
-                        false,
                     );
                     Some(
                         self.t
@@ -1119,53 +1117,29 @@ impl Builder<'_> {
                 };
                 let out = if s.bottleneck {
                     let w = planes * s.width_per_group / 64;
-                    let h = self.t.conv2d(
-                        &format!("{p}.conv1"),
-                        x,
-                        cin,
-                        w,
-                        1,
-                        side * side,
-                        false,
-                        tr,
-                        true,
-                    );
+                    let h =
+                        self.t
+                            .conv2d(&format!("{p}.conv1"), x, cin, w, 1, side * side, false, tr);
                     let h = self.t.batch_norm(&format!("{p}.bn1"), h, w, tr);
                     let h = self.t.relu_inplace(h);
                     let h = self
                         .t
-                        .conv2d(&format!("{p}.conv2"), h, w, w, 3, hw_o, false, tr, true);
+                        .conv2d(&format!("{p}.conv2"), h, w, w, 3, hw_o, false, tr);
                     let h = self.t.batch_norm(&format!("{p}.bn2"), h, w, tr);
+                    let h = self.t.relu_inplace(h);
+                    let h = self
+                        .t
+                        .conv2d(&format!("{p}.conv3"), h, w, cout, 1, hw_o, false, tr);
+                    self.t.batch_norm(&format!("{p}.bn3"), h, cout, tr)
+                } else {
+                    let h =
+                        self.t
+                            .conv2d(&format!("{p}.conv1"), x, cin, planes, 3, hw_o, false, tr);
+                    let h = self.t.batch_norm(&format!("{p}.bn1"), h, planes, tr);
                     let h = self.t.relu_inplace(h);
                     let h =
                         self.t
-                            .conv2d(&format!("{p}.conv3"), h, w, cout, 1, hw_o, false, tr, true);
-                    self.t.batch_norm(&format!("{p}.bn3"), h, cout, tr)
-                } else {
-                    let h = self.t.conv2d(
-                        &format!("{p}.conv1"),
-                        x,
-                        cin,
-                        planes,
-                        3,
-                        hw_o,
-                        false,
-                        tr,
-                        true,
-                    );
-                    let h = self.t.batch_norm(&format!("{p}.bn1"), h, planes, tr);
-                    let h = self.t.relu_inplace(h);
-                    let h = self.t.conv2d(
-                        &format!("{p}.conv2"),
-                        h,
-                        planes,
-                        planes,
-                        3,
-                        hw_o,
-                        false,
-                        tr,
-                        true,
-                    );
+                            .conv2d(&format!("{p}.conv2"), h, planes, planes, 3, hw_o, false, tr);
                     self.t.batch_norm(&format!("{p}.bn2"), h, planes, tr)
                 };
                 // out += identity (in place, saves nothing); relu(inplace) saves the result

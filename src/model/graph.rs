@@ -71,16 +71,6 @@ impl Mode {
     }
 }
 
-/// cuDNN workspace of a convolution with overlapping windows (3x3, 7x7), as a multiple of its
-/// output. With `torch.backends.cudnn.benchmark = False` PyTorch takes cuDNN's heuristic engine
-/// and allocates the workspace it asks for through the caching allocator (`Conv_v8.cpp`); for
-/// these kernels the engines are transformed-tile (Winograd, FFT) or precomputed-index GEMMs whose
-/// workspace holds transformed copies of the input and output (F(4x4,3x3) Winograd tiles are
-/// 36/16 = 2.25x each, so ~4.5x the output for equal input and output sizes). The true size
-/// depends on the engine cuDNN picks for each shape; docs/accuracy.md shows what a single
-/// value leaves unexplained on the ResNet rows.
-pub const CONV_WORKSPACE_PER_OUTPUT: f64 = 4.0;
-
 /// A tensor handle.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct T(pub usize);
@@ -172,9 +162,9 @@ pub struct Trace {
     /// Elements of attention score matrices an eager attention writes, per sample
     /// (read/written several times: see `ComputeProfile`).
     pub attention_matrix_elems: f64,
-    /// Largest output (bytes per sample) of a convolution with overlapping windows (3x3, 7x7):
-    /// what sizes cuDNN's workspace (`reserved.rs`).
-    pub conv_output_max: f64,
+    /// Largest cuDNN backward workspace of a convolution, bytes per sample
+    /// (`memory::CONV_BWD_WORKSPACE_FACTOR`; cached by the allocator, `reserved.rs`).
+    pub conv_workspace_max: f64,
     /// Ops that cannot train (inside `torch.no_grad`) are traced with `grad_enabled = false`.
     grad_enabled: bool,
     stage: usize,
@@ -197,7 +187,7 @@ impl Trace {
             params: Vec::new(),
             input_bytes: 0.0,
             attention_matrix_elems: 0.0,
-            conv_output_max: 0.0,
+            conv_workspace_max: 0.0,
             grad_enabled: true,
             stage: 0,
             param_keys: Default::default(),
@@ -504,7 +494,6 @@ impl Trace {
         hw_out: u64,
         bias: bool,
         trainable: bool,
-        overlapping: bool,
     ) -> T {
         self.param(name, cout, cin * k * k, trainable, true);
         if bias {
@@ -524,14 +513,14 @@ impl Trace {
             2.0 * (cin * k * k * cout * hw_out) as f64,
         );
         self.weight_cast(name, w, trainable, true);
-        if overlapping && k > 1 {
-            let b = (cout * hw_out) as f64 * out_dt.bytes();
-            self.conv_output_max = self.conv_output_max.max(b);
-            // cuDNN workspace of this call (forward, and each backward kernel), allocated through
-            // the caching allocator and freed after the call
-            let ws = b * CONV_WORKSPACE_PER_OUTPUT;
+        if !saved.is_empty() {
+            // cuDNN workspace of the backward kernels, allocated through the caching allocator
+            // and freed when the call returns (every convolution goes through cuDNN)
+            let out_b = (cout * hw_out) as f64 * out_dt.bytes();
+            let in_b = self.elems(xi) * self.dt(xi).bytes();
+            let ws = out_b.max(in_b) * crate::memory::CONV_BWD_WORKSPACE_FACTOR;
+            self.conv_workspace_max = self.conv_workspace_max.max(ws);
             let n = self.ops.len() - 1;
-            self.ops[n].fwd_extra += ws;
             self.ops[n].bwd_extra += ws;
         }
         y

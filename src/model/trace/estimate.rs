@@ -1305,10 +1305,8 @@ fn conv_workspace(info: &serde_json::Value, traced_batch: u64, batch: u64) -> u6
         / traced_batch.max(1) as f64) as u64
 }
 
-/// Multipliers of the convolution workspace rule. Fitted (docs/accuracy.md) to the only CNN rows
-/// measured, ResNet-18 at batch 64/128 in fp32 and bf16-mixed on the H100 (cuDNN 9, torch 2.11):
-/// backward (dgrad + wgrad) 2.5x the larger tensor puts all four within +2..+7%; a forward
-/// workspace made the replay fit worse (its transient blocks are reused later), so it is left out.
-/// Not checked on other CNNs (depthwise convolutions take other cuDNN engines).
-const CONV_BWD_WORKSPACE_FACTOR: f64 = 2.5;
+/// Multipliers of the convolution workspace rule: the backward's is shared with the analytic tier
+/// (`memory::CONV_BWD_WORKSPACE_FACTOR`, where its measurement is described); the forward takes
+/// none.
+use crate::memory::CONV_BWD_WORKSPACE_FACTOR;
 const CONV_FWD_WORKSPACE_FACTOR: f64 = 0.0;
