@@ -262,3 +262,77 @@ fn probe_to_estimate_end_to_end_when_torch_is_there() {
     assert!(e.peak_reserved_bytes >= e.peak_allocated_bytes);
     assert!(e.peak_allocated_bytes > 0);
 }
+
+/// A trace whose larger steady run has an allocation the batch-1 run lacks (a reshape that is a
+/// view at batch 1 copies at every larger batch): the estimate must scale it with the batch, not
+/// drop it.
+#[test]
+fn allocations_seen_only_at_the_larger_traced_batch_are_scaled() {
+    const MIB: u64 = 1 << 20;
+    let run = |name: &str, b: u64| {
+        let mut ev = vec![serde_json::json!([
+            "a",
+            10,
+            MIB * b,
+            0,
+            [b, 256, 1024],
+            1,
+            3,
+            "f",
+            -1
+        ])];
+        let mut saved = vec![10];
+        if b > 1 {
+            ev.push(serde_json::json!([
+                "a",
+                11,
+                MIB * b,
+                0,
+                [b, 256, 1024],
+                2,
+                3,
+                "f",
+                -1
+            ]));
+            saved.push(11);
+        }
+        ev.push(serde_json::json!([
+            "a",
+            20,
+            MIB * b,
+            0,
+            [b, 256, 1024],
+            1,
+            0,
+            "b",
+            -1
+        ]));
+        ev.push(serde_json::json!(["f", 10, "b", -1]));
+        if b > 1 {
+            ev.push(serde_json::json!(["f", 11, "b", -1]));
+        }
+        ev.push(serde_json::json!(["f", 20, "b", -1]));
+        serde_json::json!({
+            "name": name, "batch": b,
+            "persistent": [[1, 4096, 0, [1024], "param", 4]],
+            "events": ev, "saved": saved, "categories": {}, "alive_after": [1],
+            "regions": [], "untraced": []
+        })
+    };
+    let text = serde_json::json!({
+        "format": "oomdoc-trace", "version": 1, "producer": "test", "torch": "2.11",
+        "python": "3.11", "device": "cpu", "autocast": [], "optimizers": [],
+        "foreach_forced": false,
+        "strings": ["float32", "aten.mm.default", "aten.clone.default", "layer", "w"],
+        "runs": [run("first", 1), run("steady", 1), run("steady", 2)]
+    })
+    .to_string();
+    let t = trace::parse(&text).unwrap();
+    let e8 = trace::estimate(&t, &knobs(8)).unwrap();
+    let e16 = trace::estimate(&t, &knobs(16)).unwrap();
+    // three batch-sized tensors are alive together in backward: 8 more samples add 3 x 8 MiB
+    assert_eq!(
+        e16.peak_allocated_bytes - e8.peak_allocated_bytes,
+        3 * 8 * MIB
+    );
+}

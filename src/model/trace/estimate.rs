@@ -239,8 +239,10 @@ impl<'a> Builder<'a> {
     fn new(trace: &'a Trace, knobs: &'a Knobs) -> Result<Self> {
         let steady_runs = trace.steady_runs();
         let first = trace.first_run();
+        // the steady step is replayed from the largest traced batch: at batch 1 some reshapes
+        // are views that copy at every larger batch, so a batch-1 run lacks those allocations
         let steady = *steady_runs
-            .first()
+            .last()
             .or(first.as_ref())
             .ok_or_else(|| Error::input("the trace has no recorded step"))?;
         let first = first.unwrap_or(steady);
@@ -390,21 +392,35 @@ impl<'a> Builder<'a> {
         let mine = per_phase(run);
         let mut slopes: [Vec<Option<f64>>; 4] = Default::default();
         let mut unmatched = 0usize;
+        // `run` is the larger steady run itself: its allocations are matched to the smaller run's
+        let is_hi = self.hi.is_some_and(|h| std::ptr::eq(h, run));
         if let (Some(lr), Some(hr)) = (self.lo, self.hi) {
             let (lo, hi) = (per_phase(lr), per_phase(hr));
             let db = (hr.batch - lr.batch) as f64;
             for p in 0..4 {
                 let ops = |v: &Vec<(u64, u32)>| v.iter().map(|x| x.1).collect::<Vec<u32>>();
-                let to_lo = align(&ops(&mine[p]), &ops(&lo[p]));
-                let lo_hi = align(&ops(&lo[p]), &ops(&hi[p]));
-                slopes[p] = to_lo
-                    .iter()
-                    .map(|m| {
-                        let l = (*m)?;
-                        let h = lo_hi[l]?;
-                        Some((hi[p][h].0 as f64 - lo[p][l].0 as f64) / db)
-                    })
-                    .collect();
+                if is_hi {
+                    // the same matching as for the smaller runs (smaller -> larger), inverted
+                    let lo_hi = align(&ops(&lo[p]), &ops(&hi[p]));
+                    let mut s = vec![None; hi[p].len()];
+                    for (l, m) in lo_hi.iter().enumerate() {
+                        if let Some(h) = *m {
+                            s[h] = Some((hi[p][h].0 as f64 - lo[p][l].0 as f64) / db);
+                        }
+                    }
+                    slopes[p] = s;
+                } else {
+                    let to_lo = align(&ops(&mine[p]), &ops(&lo[p]));
+                    let lo_hi = align(&ops(&lo[p]), &ops(&hi[p]));
+                    slopes[p] = to_lo
+                        .iter()
+                        .map(|m| {
+                            let l = (*m)?;
+                            let h = lo_hi[l]?;
+                            Some((hi[p][h].0 as f64 - lo[p][l].0 as f64) / db)
+                        })
+                        .collect();
+                }
                 if p <= 1 {
                     unmatched += slopes[p].iter().filter(|x| x.is_none()).count();
                 }
@@ -425,8 +441,15 @@ impl<'a> Builder<'a> {
             let p = *phase as usize;
             let k = counts[p];
             counts[p] += 1;
-            let slope = if self.lo.is_some() {
-                slopes[p].get(k).copied().flatten().unwrap_or(0.0)
+            let matched = slopes[p].get(k).copied().flatten();
+            let slope = if let Some(m) = matched {
+                m
+            } else if is_hi && matches!(phase, Phase::Forward | Phase::Backward) {
+                // only at the larger batch (a copy that is a view at the smaller one): it grows
+                // with the batch like the tensors around it
+                *bytes as f64 / run.batch as f64
+            } else if self.lo.is_some() {
+                0.0
             } else if run.batch >= 2
                 && shape.first() == Some(&run.batch)
                 && matches!(phase, Phase::Forward | Phase::Backward)
@@ -440,7 +463,7 @@ impl<'a> Builder<'a> {
                 slope,
             });
         }
-        if unmatched > 0 {
+        if unmatched > 0 && !is_hi {
             self.notes.push(format!(
                 "{unmatched} forward/backward allocations of the '{}' step have no counterpart at the other traced batch size and are not scaled",
                 run.name
