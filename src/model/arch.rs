@@ -420,10 +420,15 @@ impl Builder<'_> {
                 self.head_linear(s, emb_name, x, d, true)
             }
         };
-        // transformers 5 loss (`ForCausalLMLoss` / `ForMaskedLMLoss`): `logits.float()`, then
-        // cross_entropy over every position; the model output holds the logits until forward ends
+        // the model output holds the logits until forward ends; transformers 5's causal-LM loss
+        // (`ForCausalLMLoss`) upcasts them (`logits.float()`) before cross_entropy over every
+        // position, while `BertForMaskedLM` calls `CrossEntropyLoss` on them as they are
         self.t.pin(logits);
-        let lf = self.t.cast(logits, Dt::F32);
+        let lf = if s.style == LmStyle::Bert {
+            logits
+        } else {
+            self.t.cast(logits, Dt::F32)
+        };
         let _ = mode;
         self.t.cross_entropy(lf, seq, s.vocab);
         self.t.leave();
@@ -795,9 +800,9 @@ impl Builder<'_> {
         } else {
             self.t.linear("lm_head", y, d, s.vocab, false, tr, false)
         };
+        // `T5ForConditionalGeneration` calls `CrossEntropyLoss` on the logits as they are
         self.t.pin(logits);
-        let lf = self.t.autocast_f32(logits);
-        self.t.cross_entropy(lf, tgt, s.vocab);
+        self.t.cross_entropy(logits, tgt, s.vocab);
         self.t.leave();
     }
 

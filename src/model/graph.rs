@@ -832,22 +832,31 @@ impl Trace {
         )
     }
 
-    /// Cross-entropy on `rows` x `classes` logits (`F.cross_entropy` = log_softmax + nll_loss,
-    /// both on autocast's fp32 list): the fp32 log-probabilities are saved; backward allocates
-    /// the nll gradient and the log_softmax gradient (both fp32, full size) while the saved
-    /// output is alive.
+    /// `F.cross_entropy` on `rows` x `classes` logits: `log_softmax(logits, dim,
+    /// dtype=logits.dtype)` then `nll_loss` (`cross_entropy_loss` in
+    /// aten/src/ATen/native/LossNLL.cpp). The explicit dtype keeps autocast from upcasting
+    /// log_softmax (its `fp32_set_opt_dtype` policy keeps a given dtype), so half logits give half
+    /// log-probabilities, which LogSoftmaxBackward saves; `nll_loss` is on autocast's fp32 list, so
+    /// it takes an fp32 copy of them, which NllLossBackward saves. Callers that upcast first
+    /// (`logits.float()`, transformers' `ForCausalLMLoss`) pass fp32 logits: one fp32 tensor is
+    /// saved. Backward allocates the nll gradient and the log_softmax gradient, full size.
     pub fn cross_entropy(&mut self, logits: T, rows: f64, classes: u64) -> T {
-        let x = self.autocast_f32(logits);
-        let e = self.elems(x);
-        let dt = self.dt(x);
-        let lsm = self.op(&[x], e, dt, &[], 0.0, 5.0 * e);
+        let e = self.elems(logits);
+        let dt = self.dt(logits);
+        let lsm = self.op(&[logits], e, dt, &[], 0.0, 5.0 * e);
         if self.rg(lsm) && self.grad_enabled {
             let idx = self.ops.len() - 1;
             self.tensors[lsm.0].savers.push(idx);
         }
         let _ = classes;
+        let nll_in = self.autocast_f32(lsm);
         let target = self.constant(rows, Dt::I64);
-        self.op(&[lsm, target], 1.0, Dt::F32, &[target], 0.0, rows)
+        let saved = if nll_in == lsm {
+            vec![target]
+        } else {
+            vec![nll_in, target]
+        };
+        self.op(&[nll_in, target], 1.0, Dt::F32, &saved, 0.0, rows)
     }
 
     /// Reduction of a loss-like tensor to a scalar (`.mean()`, `.square().mean()`).

@@ -13,11 +13,11 @@ use crate::memory::validate::RowArgs;
 /// Fitted by `oomdoc validate --speed tests/fixtures/calibration/measurements-h100-torch2.11.jsonl`
 /// (see docs/accuracy.md); `fitted_coefficients_are_current` refits and compares.
 pub const FITTED: Coefficients = Coefficients {
-    tensor_core: 1.446027620633935,
-    cuda_core: 1.0310221033194489,
+    tensor_core: 1.4460276206440257,
+    cuda_core: 1.029280385007864,
     memory: 1.00000000768714,
-    launch: 4.6043057555434796e-5,
-    optimizer: 0.4765454811776465,
+    launch: 4.603116156041211e-5,
+    optimizer: 0.6180888655626829,
 };
 
 /// Measured vs predicted step time of one row.
