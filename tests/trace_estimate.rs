@@ -263,11 +263,9 @@ fn probe_to_estimate_end_to_end_when_torch_is_there() {
     assert!(e.peak_allocated_bytes > 0);
 }
 
-/// A trace whose larger steady run has an allocation the batch-1 run lacks (a reshape that is a
-/// view at batch 1 copies at every larger batch): the estimate must scale it with the batch, not
-/// drop it.
-#[test]
-fn allocations_seen_only_at_the_larger_traced_batch_are_scaled() {
+/// A hand-made trace: per batch b, a saved activation, at b > 1 a saved copy (a reshape that is a
+/// view at batch 1 copies at every larger batch), and a gradient in backward.
+fn two_batch_trace(region: Option<serde_json::Value>) -> trace::Trace {
     const MIB: u64 = 1 << 20;
     let run = |name: &str, b: u64| {
         let mut ev = vec![serde_json::json!([
@@ -312,11 +310,12 @@ fn allocations_seen_only_at_the_larger_traced_batch_are_scaled() {
             ev.push(serde_json::json!(["f", 11, "b", -1]));
         }
         ev.push(serde_json::json!(["f", 20, "b", -1]));
+        let regions: Vec<serde_json::Value> = region.iter().cloned().collect();
         serde_json::json!({
             "name": name, "batch": b,
             "persistent": [[1, 4096, 0, [1024], "param", 4]],
             "events": ev, "saved": saved, "categories": {}, "alive_after": [1],
-            "regions": [], "untraced": []
+            "regions": regions, "untraced": []
         })
     };
     let text = serde_json::json!({
@@ -327,12 +326,42 @@ fn allocations_seen_only_at_the_larger_traced_batch_are_scaled() {
         "runs": [run("first", 1), run("steady", 1), run("steady", 2)]
     })
     .to_string();
-    let t = trace::parse(&text).unwrap();
+    trace::parse(&text).unwrap()
+}
+
+/// The allocations only the larger traced batch has are scaled with the batch, not dropped.
+#[test]
+fn allocations_seen_only_at_the_larger_traced_batch_are_scaled() {
+    const MIB: u64 = 1 << 20;
+    let t = two_batch_trace(None);
     let e8 = trace::estimate(&t, &knobs(8)).unwrap();
     let e16 = trace::estimate(&t, &knobs(16)).unwrap();
     // three batch-sized tensors are alive together in backward: 8 more samples add 3 x 8 MiB
     assert_eq!(
         e16.peak_allocated_bytes - e8.peak_allocated_bytes,
         3 * 8 * MIB
+    );
+}
+
+/// A trace from a probe that did not record attention-region inputs replays the smaller batch
+/// (as before) and says so.
+#[test]
+fn traces_without_region_inputs_replay_the_smaller_batch_and_say_so() {
+    const MIB: u64 = 1 << 20;
+    let region = serde_json::json!({
+        "id": 0, "kind": "sdpa", "q": [1, 4, 16, 8], "k": [1, 4, 16, 8], "v": [1, 4, 16, 8],
+        "dtype": "float32", "requires_grad": true, "outputs": []
+    });
+    let t = two_batch_trace(Some(region));
+    let e8 = trace::estimate(&t, &knobs(8)).unwrap();
+    let e16 = trace::estimate(&t, &knobs(16)).unwrap();
+    assert_eq!(
+        e16.peak_allocated_bytes - e8.peak_allocated_bytes,
+        2 * 8 * MIB
+    );
+    assert!(
+        e16.notes.iter().any(|n| n.contains("older probe")),
+        "{:?}",
+        e16.notes
     );
 }

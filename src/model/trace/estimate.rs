@@ -240,11 +240,22 @@ impl<'a> Builder<'a> {
         let steady_runs = trace.steady_runs();
         let first = trace.first_run();
         // the steady step is replayed from the largest traced batch: at batch 1 some reshapes
-        // are views that copy at every larger batch, so a batch-1 run lacks those allocations
-        let steady = *steady_runs
-            .last()
-            .or(first.as_ref())
-            .ok_or_else(|| Error::input("the trace has no recorded step"))?;
+        // are views that copy at every larger batch, so a batch-1 run lacks those allocations.
+        // Traces written before the probe recorded the inputs of attention regions cannot say
+        // which storages the fused kernels keep at the larger batch (there the CPU's math path
+        // copies q/k/v instead of keeping views of them): those replay the smallest batch.
+        let regions_have_inputs = trace
+            .runs
+            .iter()
+            .flat_map(|r| &r.regions)
+            .all(|g| !g.requires_grad || !g.inputs.is_empty());
+        let steady = *(if regions_have_inputs {
+            steady_runs.last()
+        } else {
+            steady_runs.first()
+        })
+        .or(first.as_ref())
+        .ok_or_else(|| Error::input("the trace has no recorded step"))?;
         let first = first.unwrap_or(steady);
         let (lo, hi) = match (steady_runs.first(), steady_runs.last()) {
             (Some(l), Some(h)) if h.batch > l.batch => (Some(*l), Some(*h)),
@@ -268,6 +279,12 @@ impl<'a> Builder<'a> {
             sdpa_rule: knobs.attention == Attention::Sdpa,
             ckpt_rule: false,
         };
+        if !regions_have_inputs && lo.is_some() {
+            b.notes.push(format!(
+                "the trace does not record the inputs of its attention regions (an older probe): the steady step is replayed from batch {}, whose allocations copies made only at larger batches lack; trace again with the current probe",
+                steady.batch
+            ));
+        }
         if lo.is_none() {
             b.notes.push(format!(
                 "the trace has one batch size ({}): tensors whose first dimension is the batch are scaled in proportion, the rest not; trace at two batch sizes for exact scaling",
