@@ -36,7 +36,7 @@ LOWER = _fns(
 FP32 = _fns(
     F.layer_norm, torch.layer_norm, F.group_norm, torch.group_norm,
     F.softmax, torch.softmax, T.softmax, F.log_softmax, torch.log_softmax, T.log_softmax,
-    F.softmin, F.cross_entropy, F.nll_loss, F.mse_loss, F.l1_loss, F.smooth_l1_loss, F.huber_loss,
+    F.softmin, F.nll_loss, F.mse_loss, F.l1_loss, F.smooth_l1_loss, F.huber_loss,
     F.kl_div, F.binary_cross_entropy_with_logits, F.poisson_nll_loss, F.cosine_embedding_loss,
     F.hinge_embedding_loss, F.margin_ranking_loss, F.multilabel_margin_loss, F.soft_margin_loss,
     F.triplet_margin_loss, F.multi_margin_loss, F.cosine_similarity, F.pdist, torch.cdist, torch.dist,
@@ -47,6 +47,29 @@ FP32 = _fns(
     torch.cumsum, T.cumsum, torch.cumprod, T.cumprod, torch.prod, T.prod,
     F.interpolate,
 )
+
+
+# fp32_set_opt_dtype: autocast passes dtype=float32 unless the call already gives a dtype, which it
+# keeps (autocast_mode.cpp, `set_opt_dtype`).
+SET_OPT_DTYPE = _fns(
+    F.softmax, torch.softmax, T.softmax, F.log_softmax, torch.log_softmax, T.log_softmax,
+    torch.cumsum, T.cumsum, torch.cumprod, T.cumprod, torch.prod, T.prod,
+)
+
+
+def _cross_entropy(input, target, weight=None, size_average=None, ignore_index=-100, reduce=None,
+                   reduction="mean", label_smoothing=0.0):
+    """F.cross_entropy as CUDA autocast runs it: aten's cross_entropy_loss calls
+    log_softmax(input, dim, dtype=input.dtype), which autocast leaves in the input's dtype, then
+    nll_loss, which autocast runs in float32 (so it keeps a float32 copy of the log-probabilities
+    for backward)."""
+    if size_average is not None or reduce is not None:
+        reduction = torch.nn._reduction.legacy_get_string(size_average, reduce)
+    dim = 0 if input.dim() == 1 else 1
+    lsm = F.log_softmax(input, dim, dtype=input.dtype)
+    if weight is not None and _eligible(weight):
+        weight = weight.float()
+    return F.nll_loss(lsm.float(), target, weight, ignore_index=ignore_index, reduction=reduction)
 
 
 def _eligible(t):
@@ -80,6 +103,23 @@ class CudaAutocastMode(TorchFunctionMode):
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
+        if func is F.cross_entropy:
+            target_arg = args[1] if len(args) > 1 else kwargs.get("target")
+            smoothing = kwargs.get("label_smoothing", args[7] if len(args) > 7 else 0.0)
+            x = args[0] if args else kwargs.get("input")
+            if (_eligible(x) and x.dtype != torch.float32 and smoothing == 0.0
+                    and isinstance(target_arg, torch.Tensor) and not target_arg.is_floating_point()):
+                return _cross_entropy(*args, **kwargs)
+            # float32 logits, or probabilities / label smoothing as targets: as before
+            args = tuple(self._cast(a, torch.float32) for a in args)
+            kwargs = {k: self._cast(v, torch.float32) for k, v in kwargs.items()}
+            return func(*args, **kwargs)
+        if func in SET_OPT_DTYPE:
+            dtype = kwargs.get("dtype")
+            if dtype is None and len(args) > 2 and isinstance(args[2], torch.dtype):
+                dtype = args[2]
+            if dtype is not None:
+                return func(*args, **kwargs)
         if func in LOWER:
             target = self.dtype
         elif func in FP32:
@@ -137,9 +177,41 @@ class _Patch:
             return patch.orig_exit(s, *exc)
 
         cls.__init__, cls.__enter__, cls.__exit__ = init, enter, exit_
+
+        # torch.utils.checkpoint re-enters the autocast state of the forward when it recomputes in
+        # backward, but it reads the state of the inputs' device (the CPU), where the emulation
+        # leaves autocast off: recompute the function under the same emulated CUDA autocast.
+        import torch.utils.checkpoint as ckpt
+        self.ckpt = ckpt
+        # the generator checkpoint() calls by name (torch >= 2.12: the _impl one)
+        self.orig_gens = {}
+        for name in ("_checkpoint_without_reentrant_generator_impl",
+                     "_checkpoint_without_reentrant_generator"):
+            orig = getattr(ckpt, name, None)
+            if orig is None:
+                continue
+            self.orig_gens[name] = orig
+
+            def gen(fn, *a, _orig=orig, **k):
+                mode = patch.mode
+                if mode is None:
+                    return _orig(fn, *a, **k)
+                dtype = mode.dtype
+
+                def fn_under_autocast(*fa, **fk):
+                    if patch.mode is None:  # recomputation in backward
+                        with torch.autocast("cuda", dtype=dtype):
+                            return fn(*fa, **fk)
+                    return fn(*fa, **fk)
+
+                return _orig(fn_under_autocast, *a, **k)
+
+            setattr(ckpt, name, gen)
         return self
 
     def __exit__(self, *exc):
         cls = self.cls
         cls.__init__, cls.__enter__, cls.__exit__ = self.orig_init, self.orig_enter, self.orig_exit
+        for name, orig in self.orig_gens.items():
+            setattr(self.ckpt, name, orig)
         return False

@@ -128,3 +128,45 @@ def test_convolution_calls_are_recorded(tmp_path):
     calls = [S[e[1]] for e in doc["runs"][1]["events"] if e[0] == "c"]
     assert any(c.startswith("aten.convolution.") for c in calls)
     assert any(c.startswith("aten.convolution_backward") for c in calls)
+
+
+def test_cross_entropy_under_autocast_keeps_half_log_probabilities_and_an_fp32_copy(tmp_path):
+    # aten's cross_entropy calls log_softmax with the logits' dtype (autocast keeps it), then
+    # nll_loss, which autocast runs in float32
+    m, opt, step = mlp_setup()
+    doc = oomdoc_probe.trace(lambda b: step(b, autocast=True), tmp_path / "t.json", batch_sizes=(2,),
+                             model=m, optimizer=opt)
+    a = allocs(doc, doc["runs"][1])
+    fwd = [x for x in a if x["phase"] == "f"]
+    assert any(x["op"].startswith("aten._log_softmax") and x["dtype"] == "bfloat16" for x in fwd)
+    saved = set(doc["runs"][1]["saved"])
+    assert any(x["dtype"] == "float32" and x["shape"] == [2, 4] and x["id"] in saved for x in fwd)
+
+
+def test_checkpoint_recomputes_under_the_emulated_autocast(tmp_path):
+    from torch.utils.checkpoint import checkpoint
+
+    torch.manual_seed(0)
+    blocks = torch.nn.ModuleList(
+        torch.nn.Sequential(torch.nn.Conv2d(4, 4, 3, padding=1), torch.nn.BatchNorm2d(4), torch.nn.ReLU())
+        for _ in range(2))
+    opt = torch.optim.SGD(blocks.parameters(), lr=0.1)
+
+    def step(b):
+        x = torch.randn(b, 4, 8, 8)
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            for blk in blocks:
+                x = checkpoint(blk, x, use_reentrant=False)
+            loss = x.float().square().mean()
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    doc = oomdoc_probe.trace(step, tmp_path / "t.json", batch_sizes=(1, 2), model=blocks, optimizer=opt)
+    a = allocs(doc, doc["runs"][2])
+    # the recomputed convolutions in backward run in bf16, as on CUDA
+    conv_bwd = [x for x in a if x["phase"] == "b" and x["op"].startswith("aten.convolution.")]
+    assert conv_bwd and all(x["dtype"] == "bfloat16" for x in conv_bwd)
+    # and the checkpoint function is restored afterwards
+    import torch.utils.checkpoint as ckpt
+    assert "oomdoc" not in getattr(ckpt._checkpoint_without_reentrant_generator, "__qualname__", "")
