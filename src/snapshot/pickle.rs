@@ -110,7 +110,7 @@ pub struct Decoded {
     /// Interned stacks (frame indices in file order, innermost first); index 0 is the empty stack.
     pub stacks: Vec<Box<[u32]>>,
     /// Trace entries converted while decoding (each referenced once by a `Value::Trace`).
-    pub traces: Vec<Option<TraceEntry>>,
+    pub traces: Vec<TraceEntry>,
     /// Interned strings (file names, function names, trace metadata).
     pub strings: HashMap<String, Arc<str>, FxBuild>,
 }
@@ -131,10 +131,19 @@ impl Hasher for FxHasher {
     fn finish(&self) -> u64 {
         self.0
     }
+    #[inline]
     fn write(&mut self, bytes: &[u8]) {
-        for chunk in bytes.chunks(8) {
+        // Whole words first (a fixed-size copy compiles to one load), then the tail.
+        let mut words = bytes.chunks_exact(8);
+        for w in &mut words {
             let mut b = [0u8; 8];
-            b[..chunk.len()].copy_from_slice(chunk);
+            b.copy_from_slice(w);
+            self.add(u64::from_le_bytes(b));
+        }
+        let tail = words.remainder();
+        if !tail.is_empty() {
+            let mut b = [0u8; 8];
+            b[..tail.len()].copy_from_slice(tail);
             self.add(u64::from_le_bytes(b));
         }
     }
@@ -309,7 +318,7 @@ struct Machine<R: Read> {
     strings: HashMap<String, Arc<str>, FxBuild>,
     stacks: Vec<Box<[u32]>>,
     stack_index: HashMap<Box<[u32]>, u32, FxBuild>,
-    traces: Vec<Option<TraceEntry>>,
+    traces: Vec<TraceEntry>,
     /// Reused buffer of the frames fast path.
     scratch: Vec<u32>,
     /// Frame index per memo slot (`NO_MEMO` when the slot is not a frame): a dense copy of the
@@ -729,7 +738,7 @@ impl<R: Read> Machine<R> {
         let done = match self.trace_scan(&mut pending, &mut ids) {
             Some((len, dict_memo, te)) => {
                 let id = self.traces.len() as u32;
-                self.traces.push(Some(te));
+                self.traces.push(te);
                 if dict_memo {
                     pending[0] = Value::Trace(id);
                 }
@@ -1059,7 +1068,7 @@ impl<R: Read> Machine<R> {
                                 match trace_from_items(items, &mut self.strings) {
                                     Ok(te) => {
                                         let id = self.traces.len() as u32;
-                                        self.traces.push(Some(te));
+                                        self.traces.push(te);
                                         Some((Map::Trace(id), Value::Trace(id)))
                                     }
                                     // Left as a dict: the conversion reports it with its path.
@@ -1262,7 +1271,7 @@ impl<R: Read> Machine<R> {
             if is_trace_entry(pairs()) {
                 if let Ok(te) = trace_from_pairs(pairs(), &mut self.strings) {
                     let id = self.traces.len() as u32;
-                    self.traces.push(Some(te));
+                    self.traces.push(te);
                     b.state = Map::Trace(id);
                     let slot = b.memo;
                     drop(b);
