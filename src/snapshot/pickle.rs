@@ -332,6 +332,11 @@ struct Machine<R: Read> {
     /// Per memo slot, what its string is as a trace-entry key and action ([`Machine::slot_tag`]);
     /// `TAG_UNKNOWN` until looked at, reset whenever the slot is written.
     slot_tags: Vec<u8>,
+    /// A value read in place by the fast path (kept here so that it can be borrowed).
+    pending_value: Option<Value>,
+    /// The last compile_context / user_metadata interned by the fast path.
+    last_cc: Option<Arc<str>>,
+    last_um: Option<Arc<str>>,
 }
 
 /// Decodes one pickle from `src`.
@@ -369,6 +374,9 @@ fn decode_with<R: Read>(src: R, size_hint: u64, fast: bool) -> Result<Decoded, P
         fast,
         pending: Vec::new(),
         slot_tags: Vec::new(),
+        pending_value: None,
+        last_cc: None,
+        last_um: None,
     };
     m.traces
         .reserve((size_hint / MIN_ENTRY_BYTES).min(MAX_RESERVE) as usize);
@@ -751,6 +759,7 @@ impl<R: Read> Machine<R> {
         };
         pending.clear();
         self.pending = pending;
+        self.pending_value = None;
         self.scratch = ids;
         done
     }
@@ -903,9 +912,41 @@ impl<R: Read> Machine<R> {
                     };
                 }
                 k => {
-                    let v = scalar(buf, &mut p, &self.memo)?;
-                    if let (Key::CompileContext | Key::UserMetadata, Value::Str(s)) = (k, &v) {
-                        let a = intern(&mut self.strings, s);
+                    // A memo reference is read in place (no clone unless memoised again).
+                    let slot = match *buf.get(p)? {
+                        op::BINGET => Some((*buf.get(p + 1)? as usize, 2)),
+                        op::LONG_BINGET => Some((le32(buf, p + 1)? as usize, 5)),
+                        _ => None,
+                    };
+                    let (v, len) = match slot {
+                        Some((slot, len)) => match self.memo.get(slot) {
+                            Some(Some(v)) if !is_container(v) => (v, len),
+                            _ => return None,
+                        },
+                        None => {
+                            let mut q = p;
+                            let v = scalar(buf, &mut q, &self.memo)?;
+                            let len = q - p;
+                            self.pending_value = Some(v);
+                            (self.pending_value.as_ref()?, len)
+                        }
+                    };
+                    p += len;
+                    if let (Key::CompileContext | Key::UserMetadata, Value::Str(s)) = (k, v) {
+                        let last = if k == Key::CompileContext {
+                            &mut self.last_cc
+                        } else {
+                            &mut self.last_um
+                        };
+                        // Consecutive entries usually carry the same text: skip the hash lookup.
+                        let a = match last {
+                            Some(a) if **a == ***s => a.clone(),
+                            _ => {
+                                let a = intern(&mut self.strings, s);
+                                *last = Some(a.clone());
+                                a
+                            }
+                        };
                         if k == Key::CompileContext {
                             compile_context = Some(a);
                         } else {
@@ -913,8 +954,16 @@ impl<R: Read> Machine<R> {
                         }
                     }
                     if memo_op(&self.inp.buf[..end], &mut p, base + pending.len())? {
+                        let v = match self.pending_value.take() {
+                            Some(v) if slot.is_none() => v,
+                            _ => match slot.and_then(|(s, _)| self.memo.get(s)) {
+                                Some(Some(v)) => v.clone(),
+                                _ => return None,
+                            },
+                        };
                         pending.push(v);
                     }
+                    self.pending_value = None;
                 }
             }
         }
