@@ -129,7 +129,9 @@ type Res<T> = Result<T, PickleError>;
 pub struct FxHasher(u64);
 impl Hasher for FxHasher {
     fn finish(&self) -> u64 {
-        self.0
+        // As rustc-hash 2 does: the product's low bits depend only on the key's low bits, and
+        // keys such as block addresses (multiples of 512) would all land in one bucket.
+        self.0.rotate_left(26)
     }
     #[inline]
     fn write(&mut self, bytes: &[u8]) {
