@@ -405,7 +405,8 @@ fn decode_with<R: Read>(src: R, size_hint: u64, fast: bool) -> Result<Decoded, P
     let result = m.run();
     let memo = std::mem::take(&mut m.memo);
     let stack = std::mem::take(&mut m.stack);
-    drop_values(memo.into_iter().flatten().chain(stack));
+    // Only containers can hold a tree; the rest (mostly compacted entries) drops in place.
+    drop_values(memo.into_iter().flatten().filter(is_container).chain(stack));
     let root = result?;
     Ok(Decoded {
         root,
