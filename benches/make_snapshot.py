@@ -3,9 +3,10 @@
 
 Scales a real snapshot's trace (default: tests/fixtures/snapshots/gpt2_bf16_b4_two_steps_history.pickle.gz)
 by repeating it with distinct entries (addresses and times shifted per copy) until the uncompressed
-pickle reaches --size bytes (the file ends up at most one copy, ~3 MB, above it). Frames are shared
-the way PyTorch shares them in `_snapshot()`: every frame dict is one object referenced from many
-stacks (memo references in the pickle), and every trace entry gets its own frames list (each allocation has its own traceback), as in Module.cpp/py_symbolize.
+pickle reaches --size bytes (it ends a little above: 1,079,932,890 bytes for --size 1073741824).
+Frames are shared the way PyTorch shares them in `_snapshot()`: every frame dict is one object
+referenced from many stacks (memo references in the pickle), and every trace entry gets its own
+frames list (each allocation has its own traceback), as in Module.cpp/py_symbolize.
 Written with pickle protocol 4, as torch.cuda.memory._dump_snapshot does on CPython 3.8-3.13.
 
 usage: make_snapshot.py OUT.pickle [--size BYTES] [--source FIXTURE.pickle.gz]
