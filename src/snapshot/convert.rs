@@ -19,7 +19,11 @@ pub fn snapshot(d: Decoded) -> Res<Snapshot> {
         traces,
         strings,
     } = d;
-    let mut cx = Cx { strings, traces };
+    let mut cx = Cx {
+        strings,
+        traces,
+        taken: Vec::new(),
+    };
     let out = match &root {
         Value::Dict(_) => cx.dict_form(&root),
         Value::List(_) => cx.legacy(&root),
@@ -51,8 +55,10 @@ type Parts = (
 
 struct Cx {
     strings: HashMap<String, Arc<str>, super::pickle::FxBuild>,
-    /// Trace entries converted while decoding (taken out as they are placed).
-    traces: Vec<Option<TraceEntry>>,
+    /// Trace entries converted while decoding (moved out whole in the usual case).
+    traces: Vec<TraceEntry>,
+    /// Which of `traces` were placed, when they are placed one by one (empty until then).
+    taken: Vec<bool>,
 }
 
 fn items<'a>(v: &'a Value, path: &dyn Fn() -> String) -> Res<Ref<'a, Vec<(Value, Value)>>> {
@@ -214,11 +220,10 @@ impl Cx {
                         .iter()
                         .enumerate()
                         .all(|(i, e)| matches!(e, Value::Trace(t) if *t as usize == i))
-                    && self.traces.iter().all(Option::is_some);
+                    && self.taken.is_empty();
                 if identity {
                     drop(entries);
-                    let all = std::mem::take(&mut self.traces);
-                    device_traces.push(all.into_iter().map_while(|e| e).collect());
+                    device_traces.push(std::mem::take(&mut self.traces));
                     continue;
                 }
                 let mut out = Vec::with_capacity(entries.len());
@@ -408,11 +413,17 @@ impl Cx {
 
     fn trace_entry(&mut self, v: &Value, path: &dyn Fn() -> String) -> Res<TraceEntry> {
         if let Value::Trace(i) = v {
-            return self
-                .traces
-                .get_mut(*i as usize)
-                .and_then(Option::take)
-                .ok_or_else(|| format!("{}: trace entry referenced twice", path()));
+            let i = *i as usize;
+            if self.taken.len() < self.traces.len() {
+                self.taken.resize(self.traces.len(), false);
+            }
+            return match (self.traces.get(i), self.taken.get_mut(i)) {
+                (Some(e), Some(t)) if !*t => {
+                    *t = true;
+                    Ok(e.clone())
+                }
+                _ => Err(format!("{}: trace entry referenced twice", path())),
+            };
         }
         let it = items(v, path)?;
         trace_from_items(&it, &mut self.strings).map_err(|e| format!("{}{e}", path()))

@@ -20,7 +20,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 
 use super::convert::{trace_from_items, trace_from_pairs};
-use super::{Frame, TraceEntry};
+use super::{Action, Frame, StackId, TraceEntry};
 
 /// A decoded pickle value. Containers are shared (`Rc`), as the memo shares them.
 #[derive(Clone, Debug)]
@@ -110,7 +110,7 @@ pub struct Decoded {
     /// Interned stacks (frame indices in file order, innermost first); index 0 is the empty stack.
     pub stacks: Vec<Box<[u32]>>,
     /// Trace entries converted while decoding (each referenced once by a `Value::Trace`).
-    pub traces: Vec<Option<TraceEntry>>,
+    pub traces: Vec<TraceEntry>,
     /// Interned strings (file names, function names, trace metadata).
     pub strings: HashMap<String, Arc<str>, FxBuild>,
 }
@@ -129,12 +129,23 @@ type Res<T> = Result<T, PickleError>;
 pub struct FxHasher(u64);
 impl Hasher for FxHasher {
     fn finish(&self) -> u64 {
-        self.0
+        // As rustc-hash 2 does: the product's low bits depend only on the key's low bits, and
+        // keys such as block addresses (multiples of 512) would all land in one bucket.
+        self.0.rotate_left(26)
     }
+    #[inline]
     fn write(&mut self, bytes: &[u8]) {
-        for chunk in bytes.chunks(8) {
+        // Whole words first (a fixed-size copy compiles to one load), then the tail.
+        let mut words = bytes.chunks_exact(8);
+        for w in &mut words {
             let mut b = [0u8; 8];
-            b[..chunk.len()].copy_from_slice(chunk);
+            b.copy_from_slice(w);
+            self.add(u64::from_le_bytes(b));
+        }
+        let tail = words.remainder();
+        if !tail.is_empty() {
+            let mut b = [0u8; 8];
+            b[..tail.len()].copy_from_slice(tail);
             self.add(u64::from_le_bytes(b));
         }
     }
@@ -309,12 +320,25 @@ struct Machine<R: Read> {
     strings: HashMap<String, Arc<str>, FxBuild>,
     stacks: Vec<Box<[u32]>>,
     stack_index: HashMap<Box<[u32]>, u32, FxBuild>,
-    traces: Vec<Option<TraceEntry>>,
+    traces: Vec<TraceEntry>,
     /// Reused buffer of the frames fast path.
     scratch: Vec<u32>,
     /// Frame index per memo slot (`NO_MEMO` when the slot is not a frame): a dense copy of the
     /// memo's frames, 4 bytes a slot, so the frames fast path stays in cache.
     memo_frames: Vec<u32>,
+    /// Take the trace-entry fast path ([`Machine::trace_run`]); off only to test it against the
+    /// general path.
+    fast: bool,
+    /// Reused buffer of the trace-entry fast path: the new memo values.
+    pending: Vec<Value>,
+    /// Per memo slot, what its string is as a trace-entry key and action ([`Machine::slot_tag`]);
+    /// `TAG_UNKNOWN` until looked at, reset whenever the slot is written.
+    slot_tags: Vec<u8>,
+    /// A value read in place by the fast path (kept here so that it can be borrowed).
+    pending_value: Option<Value>,
+    /// The last compile_context / user_metadata interned by the fast path.
+    last_cc: Option<Arc<str>>,
+    last_um: Option<Arc<str>>,
 }
 
 /// Decodes one pickle from `src`.
@@ -332,6 +356,10 @@ const MAX_RESERVE: u64 = 1 << 24;
 
 /// [`decode`] with the expected size of the (uncompressed) pickle, to size tables up front.
 pub fn decode_sized<R: Read>(src: R, size_hint: u64) -> Result<Decoded, PickleError> {
+    decode_with(src, size_hint, true)
+}
+
+fn decode_with<R: Read>(src: R, size_hint: u64, fast: bool) -> Result<Decoded, PickleError> {
     let mut m = Machine {
         inp: Input::new(src),
         stack: Vec::with_capacity(64),
@@ -345,6 +373,12 @@ pub fn decode_sized<R: Read>(src: R, size_hint: u64) -> Result<Decoded, PickleEr
         traces: Vec::new(),
         scratch: Vec::new(),
         memo_frames: Vec::new(),
+        fast,
+        pending: Vec::new(),
+        slot_tags: Vec::new(),
+        pending_value: None,
+        last_cc: None,
+        last_um: None,
     };
     m.traces
         .reserve((size_hint / MIN_ENTRY_BYTES).min(MAX_RESERVE) as usize);
@@ -371,7 +405,8 @@ pub fn decode_sized<R: Read>(src: R, size_hint: u64) -> Result<Decoded, PickleEr
     let result = m.run();
     let memo = std::mem::take(&mut m.memo);
     let stack = std::mem::take(&mut m.stack);
-    drop_values(memo.into_iter().flatten().chain(stack));
+    // Only containers can hold a tree; the rest (mostly compacted entries) drops in place.
+    drop_values(memo.into_iter().flatten().filter(is_container).chain(stack));
     let root = result?;
     Ok(Decoded {
         root,
@@ -697,6 +732,318 @@ impl<R: Read> Machine<R> {
         self.scratch = ids;
         Ok(true)
     }
+    /// Fast path for the bulk of a snapshot: a trace-entry dict written in one piece,
+    /// `EMPTY_DICT [memo] MARK (key value [memo])* SETITEMS`, whose keys are memo references to
+    /// strings and whose values are ints, strings, `None`, memo references to those, or a frames
+    /// list `EMPTY_LIST [memo] [MARK (BINGET|LONG_BINGET)* APPENDS]` of memoised frames. Called
+    /// after EMPTY_DICT. It reads the buffered bytes straight into a [`TraceEntry`] without
+    /// touching the stack or the memo, and commits (the entry, its memo slots, `Value::Trace` on
+    /// the stack) only once the whole dict has been read. It returns false, having changed
+    /// nothing the general path can see, when anything differs (another opcode or value type, a
+    /// dict that is not a trace entry, the dict running past the buffer): the general path then
+    /// decodes the dict from its start, with the result this path would have given.
+    fn trace_run(&mut self) -> bool {
+        let mut pending = std::mem::take(&mut self.pending);
+        let mut ids = std::mem::take(&mut self.scratch);
+        pending.clear();
+        let done = match self.trace_scan(&mut pending, &mut ids) {
+            Some((len, dict_memo, te)) => {
+                let id = self.traces.len() as u32;
+                self.traces.push(te);
+                if dict_memo {
+                    pending[0] = Value::Trace(id);
+                }
+                self.memo.extend(pending.drain(..).map(Some));
+                self.inp.pos += len;
+                self.stack.push(Value::Trace(id));
+                true
+            }
+            None => false,
+        };
+        pending.clear();
+        self.pending = pending;
+        self.pending_value = None;
+        self.scratch = ids;
+        done
+    }
+
+    /// What the memo string in `slot` is as a trace-entry key and as an action (cached per slot).
+    #[inline(always)]
+    fn slot_tag(&mut self, slot: usize) -> u8 {
+        if let Some(&t) = self.slot_tags.get(slot) {
+            if t != TAG_UNKNOWN {
+                return t;
+            }
+        }
+        let t = match self.memo.get(slot) {
+            Some(Some(Value::Str(s))) => {
+                let key = Key::parse(s) as u8;
+                (key + 1) | ((Action::parse(s) as u8) << 4)
+            }
+            Some(Some(_)) => TAG_NOT_STR,
+            // Not written yet: not cached.
+            _ => return TAG_NOT_STR,
+        };
+        if slot < MAX_TAGGED_SLOT {
+            if self.slot_tags.len() <= slot {
+                self.slot_tags.resize(slot + 1, TAG_UNKNOWN);
+            }
+            self.slot_tags[slot] = t;
+        }
+        t
+    }
+
+    /// The reading half of [`Machine::trace_run`]: returns the bytes read, whether the dict is
+    /// memoised and the entry, and fills `pending` with the new memo values (the dict's own slot
+    /// first, as a placeholder, when it has one). Its only side effects are interning the frames
+    /// lists and the interned strings, which the general path would intern identically.
+    fn trace_scan(
+        &mut self,
+        pending: &mut Vec<Value>,
+        ids: &mut Vec<u32>,
+    ) -> Option<(usize, bool, TraceEntry)> {
+        let (start, end) = (self.inp.pos, self.inp.end);
+        let base = self.memo.len();
+        let mut p = start;
+        let dict_memo = memo_op(&self.inp.buf[..end], &mut p, base)?;
+        if dict_memo {
+            pending.push(Value::None);
+        }
+        if *self.inp.buf[..end].get(p)? != op::MARK {
+            return None;
+        }
+        p += 1;
+        let mut action = None;
+        let mut addr = 0u64;
+        let mut size = None;
+        let mut stream = 0i64;
+        let mut time_us = None;
+        let mut device_free = None;
+        let mut frames = StackId(0);
+        let mut compile_context = None;
+        let mut user_metadata = None;
+        loop {
+            let buf = &self.inp.buf[..end];
+            let slot = match *buf.get(p)? {
+                op::BINGET => {
+                    p += 2;
+                    *buf.get(p - 1)? as usize
+                }
+                op::LONG_BINGET => {
+                    p += 5;
+                    le32(buf, p - 4)? as usize
+                }
+                op::SETITEMS => {
+                    p += 1;
+                    break;
+                }
+                _ => return None,
+            };
+            let tag = self.slot_tag(slot);
+            if tag == TAG_NOT_STR {
+                return None;
+            }
+            let buf = &self.inp.buf[..end];
+            match Key::from_tag(tag) {
+                Key::Action => match *buf.get(p)? {
+                    op::BINGET | op::LONG_BINGET => {
+                        let s = if buf[p] == op::BINGET {
+                            p += 2;
+                            *buf.get(p - 1)? as usize
+                        } else {
+                            p += 5;
+                            le32(buf, p - 4)? as usize
+                        };
+                        let t = self.slot_tag(s);
+                        if t == TAG_NOT_STR {
+                            return None;
+                        }
+                        action = Some(ACTIONS[(t >> 4) as usize]);
+                        if memo_op(&self.inp.buf[..end], &mut p, base + pending.len())? {
+                            return None;
+                        }
+                    }
+                    _ => {
+                        let v = scalar(buf, &mut p, &self.memo)?;
+                        let Value::Str(s) = &v else { return None };
+                        action = Some(Action::parse(s));
+                        if memo_op(buf, &mut p, base + pending.len())? {
+                            pending.push(v);
+                        }
+                    }
+                },
+                k @ (Key::Addr | Key::Size | Key::Stream | Key::TimeUs | Key::DeviceFree) => {
+                    let v = match (*buf.get(p)?, k) {
+                        (op::NONE, Key::TimeUs) => {
+                            p += 1;
+                            None
+                        }
+                        _ => Some(int_at(buf, &mut p)?),
+                    };
+                    if memo_op(buf, &mut p, base + pending.len())? {
+                        pending.push(v.map_or(Value::None, Value::Int));
+                    }
+                    match (k, v) {
+                        (Key::TimeUs, v) => time_us = v.or(time_us),
+                        (Key::Stream, Some(v)) => stream = v,
+                        (_, Some(v)) => {
+                            let v = u64::try_from(v).ok()?;
+                            match k {
+                                Key::Addr => addr = v,
+                                Key::Size => size = Some(v),
+                                _ => device_free = Some(v),
+                            }
+                        }
+                        _ => return None,
+                    }
+                }
+                Key::Frames => {
+                    frames = match *buf.get(p)? {
+                        op::EMPTY_LIST => self.frames_list(&mut p, end, base, pending, ids)?,
+                        _ => {
+                            let v = scalar(buf, &mut p, &self.memo)?;
+                            let f = match &v {
+                                Value::None => StackId(0),
+                                Value::Stack(id) => StackId(*id),
+                                _ => return None,
+                            };
+                            if memo_op(buf, &mut p, base + pending.len())? {
+                                pending.push(v);
+                            }
+                            f
+                        }
+                    };
+                }
+                k => {
+                    // A memo reference is read in place (no clone unless memoised again).
+                    let slot = match *buf.get(p)? {
+                        op::BINGET => Some((*buf.get(p + 1)? as usize, 2)),
+                        op::LONG_BINGET => Some((le32(buf, p + 1)? as usize, 5)),
+                        _ => None,
+                    };
+                    let (v, len) = match slot {
+                        Some((slot, len)) => match self.memo.get(slot) {
+                            Some(Some(v)) if !is_container(v) => (v, len),
+                            _ => return None,
+                        },
+                        None => {
+                            let mut q = p;
+                            let v = scalar(buf, &mut q, &self.memo)?;
+                            let len = q - p;
+                            self.pending_value = Some(v);
+                            (self.pending_value.as_ref()?, len)
+                        }
+                    };
+                    p += len;
+                    if let (Key::CompileContext | Key::UserMetadata, Value::Str(s)) = (k, v) {
+                        let last = if k == Key::CompileContext {
+                            &mut self.last_cc
+                        } else {
+                            &mut self.last_um
+                        };
+                        // Consecutive entries usually carry the same text: skip the hash lookup.
+                        let a = match last {
+                            Some(a) if **a == ***s => a.clone(),
+                            _ => {
+                                let a = intern(&mut self.strings, s);
+                                *last = Some(a.clone());
+                                a
+                            }
+                        };
+                        if k == Key::CompileContext {
+                            compile_context = Some(a);
+                        } else {
+                            user_metadata = Some(a);
+                        }
+                    }
+                    if memo_op(&self.inp.buf[..end], &mut p, base + pending.len())? {
+                        let v = match self.pending_value.take() {
+                            Some(v) if slot.is_none() => v,
+                            _ => match slot.and_then(|(s, _)| self.memo.get(s)) {
+                                Some(Some(v)) => v.clone(),
+                                _ => return None,
+                            },
+                        };
+                        pending.push(v);
+                    }
+                    self.pending_value = None;
+                }
+            }
+        }
+        let te = TraceEntry {
+            action: action?,
+            addr,
+            size: size?,
+            stream,
+            time_us,
+            device_free,
+            frames,
+            compile_context,
+            user_metadata,
+        };
+        Some((p - start, dict_memo, te))
+    }
+
+    /// A frames list in the trace-entry fast path, from its EMPTY_LIST at `p`.
+    fn frames_list(
+        &mut self,
+        p: &mut usize,
+        end: usize,
+        base: usize,
+        pending: &mut Vec<Value>,
+        ids: &mut Vec<u32>,
+    ) -> Option<StackId> {
+        let buf = &self.inp.buf[..end];
+        *p += 1;
+        let slot = base + pending.len();
+        let list_memo = memo_op(buf, p, slot)?;
+        if list_memo {
+            pending.push(Value::None);
+        }
+        ids.clear();
+        if *buf.get(*p)? == op::MARK {
+            *p += 1;
+            let mf = &self.memo_frames[..];
+            loop {
+                let (idx, len) = match *buf.get(*p)? {
+                    op::BINGET => (*buf.get(*p + 1)? as usize, 2),
+                    op::LONG_BINGET => (le32(buf, *p + 1)? as usize, 5),
+                    op::APPENDS => {
+                        *p += 1;
+                        break;
+                    }
+                    _ => return None,
+                };
+                match mf.get(idx) {
+                    Some(&f) if f != NO_MEMO => ids.push(f),
+                    _ => return None,
+                }
+                *p += len;
+            }
+        }
+        // More items for the list, or a memo opcode after it: left to the general path.
+        if matches!(
+            *buf.get(*p)?,
+            op::MARK | op::APPEND | op::MEMOIZE | op::BINPUT | op::LONG_BINPUT
+        ) {
+            return None;
+        }
+        let (v, id) = if ids.is_empty() {
+            let l = Value::new_list(Vec::new());
+            if let (true, Value::List(rc)) = (list_memo, &l) {
+                rc.borrow_mut().memo = slot as u32;
+            }
+            (l, 0)
+        } else {
+            let id = intern_stack(&mut self.stacks, &mut self.stack_index, ids);
+            (Value::Stack(id), id)
+        };
+        if list_memo {
+            pending[slot - base] = v;
+        }
+        Some(StackId(id))
+    }
+
     fn memo_put(&mut self, idx: usize) -> Res<()> {
         let v = self.top()?.clone();
         if idx > self.memo.len() + (1 << 24) || idx >= NO_MEMO as usize {
@@ -706,6 +1053,9 @@ impl<R: Read> Machine<R> {
             Value::List(rc) => rc.borrow_mut().memo = idx as u32,
             Value::Dict(rc) => rc.borrow_mut().memo = idx as u32,
             _ => {}
+        }
+        if let Some(t) = self.slot_tags.get_mut(idx) {
+            *t = TAG_UNKNOWN;
         }
         if let Some(f) = self.memo_frames.get_mut(idx) {
             *f = match v {
@@ -734,15 +1084,13 @@ impl<R: Read> Machine<R> {
     }
 
     fn intern_str(&mut self, s: &str) -> Arc<str> {
-        if let Some(a) = self.strings.get(s) {
-            return a.clone();
-        }
-        let a: Arc<str> = Arc::from(s);
-        self.strings.insert(s.to_string(), a.clone());
-        a
+        intern(&mut self.strings, s)
     }
 
     fn set_memo(&mut self, slot: u32, v: Value) {
+        if let Some(t) = self.slot_tags.get_mut(slot as usize) {
+            *t = TAG_UNKNOWN;
+        }
         if let Some(m) = self.memo.get_mut(slot as usize) {
             if let Value::Frame(f) = v {
                 let i = slot as usize;
@@ -772,7 +1120,7 @@ impl<R: Read> Machine<R> {
                                 match trace_from_items(items, &mut self.strings) {
                                     Ok(te) => {
                                         let id = self.traces.len() as u32;
-                                        self.traces.push(Some(te));
+                                        self.traces.push(te);
                                         Some((Map::Trace(id), Value::Trace(id)))
                                     }
                                     // Left as a dict: the conversion reports it with its path.
@@ -837,14 +1185,7 @@ impl<R: Read> Machine<R> {
     }
 
     fn intern_stack(&mut self, ids: &[u32]) -> u32 {
-        if let Some(id) = self.stack_index.get(ids) {
-            return *id;
-        }
-        let id = self.stacks.len() as u32;
-        let b: Box<[u32]> = ids.into();
-        self.stacks.push(b.clone());
-        self.stack_index.insert(b, id);
-        id
+        intern_stack(&mut self.stacks, &mut self.stack_index, ids)
     }
 
     /// If `items` is a stack-frame dict, interns it and returns its index.
@@ -982,7 +1323,7 @@ impl<R: Read> Machine<R> {
             if is_trace_entry(pairs()) {
                 if let Ok(te) = trace_from_pairs(pairs(), &mut self.strings) {
                     let id = self.traces.len() as u32;
-                    self.traces.push(Some(te));
+                    self.traces.push(te);
                     b.state = Map::Trace(id);
                     let slot = b.memo;
                     drop(b);
@@ -1071,7 +1412,11 @@ impl<R: Read> Machine<R> {
                 op::PROTO => {
                     let _ = self.inp.byte()?;
                 }
-                op::EMPTY_DICT => self.stack.push(Value::new_dict(Vec::new())),
+                op::EMPTY_DICT => {
+                    if !(self.fast && self.trace_run()) {
+                        self.stack.push(Value::new_dict(Vec::new()));
+                    }
+                }
                 op::EMPTY_LIST | op::EMPTY_SET => self.stack.push(Value::new_list(Vec::new())),
                 op::EMPTY_TUPLE => self.stack.push(Value::Tuple(Rc::new(Vec::new()))),
                 op::SHORT_BINUNICODE => {
@@ -1278,6 +1623,215 @@ impl<R: Read> Machine<R> {
     }
 }
 
+fn intern_stack(
+    stacks: &mut Vec<Box<[u32]>>,
+    index: &mut HashMap<Box<[u32]>, u32, FxBuild>,
+    ids: &[u32],
+) -> u32 {
+    if let Some(id) = index.get(ids) {
+        return *id;
+    }
+    let id = stacks.len() as u32;
+    let b: Box<[u32]> = ids.into();
+    stacks.push(b.clone());
+    index.insert(b, id);
+    id
+}
+
+/// `slot_tags` value of a slot not looked at yet.
+const TAG_UNKNOWN: u8 = 0;
+/// `slot_tags` value of a slot that does not hold a string.
+const TAG_NOT_STR: u8 = 0xff;
+/// Slots above this are looked up each time, not cached (keys are memoised early in a file; this
+/// bounds the cache at 1 MiB whatever the file says).
+const MAX_TAGGED_SLOT: usize = 1 << 20;
+
+/// [`Action`]s by their discriminant (`Action as u8`), to decode a slot tag.
+const ACTIONS: [Action; 11] = [
+    Action::Alloc,
+    Action::FreeRequested,
+    Action::FreeCompleted,
+    Action::SegmentAlloc,
+    Action::SegmentFree,
+    Action::SegmentMap,
+    Action::SegmentUnmap,
+    Action::Snapshot,
+    Action::Oom,
+    Action::Annotate,
+    Action::Unknown,
+];
+
+/// The keys of a trace entry (`TraceEntry` in CUDACachingAllocator.h, as `_snapshot()` names them).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Key {
+    Action,
+    Addr,
+    Size,
+    Stream,
+    TimeUs,
+    DeviceFree,
+    Frames,
+    CompileContext,
+    UserMetadata,
+    Other,
+}
+
+/// [`Key`]s by their discriminant, to decode a slot tag.
+const KEYS: [Key; 10] = [
+    Key::Action,
+    Key::Addr,
+    Key::Size,
+    Key::Stream,
+    Key::TimeUs,
+    Key::DeviceFree,
+    Key::Frames,
+    Key::CompileContext,
+    Key::UserMetadata,
+    Key::Other,
+];
+
+impl Key {
+    fn parse(s: &str) -> Key {
+        match s {
+            "action" => Key::Action,
+            "addr" => Key::Addr,
+            "size" => Key::Size,
+            "stream" => Key::Stream,
+            "time_us" => Key::TimeUs,
+            "device_free" => Key::DeviceFree,
+            "frames" => Key::Frames,
+            "compile_context" => Key::CompileContext,
+            "user_metadata" => Key::UserMetadata,
+            _ => Key::Other,
+        }
+    }
+    /// From a slot tag (not `TAG_UNKNOWN` / `TAG_NOT_STR`).
+    #[inline(always)]
+    fn from_tag(tag: u8) -> Key {
+        KEYS[((tag & 0x0f) as usize - 1).min(KEYS.len() - 1)]
+    }
+}
+
+/// Interns a string in the table that the typed snapshot's strings come from.
+fn intern(strings: &mut HashMap<String, Arc<str>, FxBuild>, s: &str) -> Arc<str> {
+    if let Some(a) = strings.get(s) {
+        return a.clone();
+    }
+    let a: Arc<str> = Arc::from(s);
+    strings.insert(s.to_string(), a.clone());
+    a
+}
+
+/// An integer opcode (or a bool, which the conversion takes as 0/1) at `p` (fast path).
+#[inline(always)]
+fn int_at(buf: &[u8], p: &mut usize) -> Option<i64> {
+    let at = *p;
+    let (v, len) = match *buf.get(at)? {
+        op::BININT1 => (*buf.get(at + 1)? as i64, 2),
+        op::BININT2 => {
+            let b = buf.get(at + 1..at + 3)?;
+            (u16::from_le_bytes([b[0], b[1]]) as i64, 3)
+        }
+        op::BININT => (le32(buf, at + 1)? as i32 as i64, 5),
+        op::LONG1 => {
+            let n = *buf.get(at + 1)? as usize;
+            if n > 8 {
+                return None;
+            }
+            let b = buf.get(at + 2..at + 2 + n)?;
+            let v = if n == 0 {
+                0
+            } else {
+                let mut w = if b[n - 1] & 0x80 != 0 {
+                    [0xffu8; 8]
+                } else {
+                    [0u8; 8]
+                };
+                w[..n].copy_from_slice(b);
+                i64::from_le_bytes(w)
+            };
+            (v, 2 + n)
+        }
+        op::NEWTRUE => (1, 1),
+        op::NEWFALSE => (0, 1),
+        _ => return None,
+    };
+    *p = at + len;
+    Some(v)
+}
+
+#[inline(always)]
+fn le32(buf: &[u8], at: usize) -> Option<u32> {
+    let b = buf.get(at..at + 4)?;
+    Some(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+}
+
+/// A memo opcode for a new object whose slot must be `next` (the fast path keeps slots sequential,
+/// as pickle writes them): `Some(true)` consumed one, `Some(false)` none there, `None` another slot.
+#[inline(always)]
+fn memo_op(buf: &[u8], p: &mut usize, next: usize) -> Option<bool> {
+    let idx = match *buf.get(*p)? {
+        op::MEMOIZE => {
+            *p += 1;
+            return (next < NO_MEMO as usize).then_some(true);
+        }
+        op::BINPUT => (*buf.get(*p + 1)? as usize, 2),
+        op::LONG_BINPUT => (le32(buf, *p + 1)? as usize, 5),
+        _ => return Some(false),
+    };
+    if idx.0 != next || next >= NO_MEMO as usize {
+        return None;
+    }
+    *p += idx.1;
+    Some(true)
+}
+
+/// A scalar, a string or a memo reference to a non-container, read from `buf` at `p` (fast path).
+#[inline(always)]
+fn scalar(buf: &[u8], p: &mut usize, memo: &[Option<Value>]) -> Option<Value> {
+    let at = *p;
+    let (v, len) = match *buf.get(at)? {
+        op::BINGET | op::LONG_BINGET => {
+            let (idx, len) = if buf[at] == op::BINGET {
+                (*buf.get(at + 1)? as usize, 2)
+            } else {
+                (le32(buf, at + 1)? as usize, 5)
+            };
+            match memo.get(idx) {
+                Some(Some(v)) if !is_container(v) => (v.clone(), len),
+                _ => return None,
+            }
+        }
+        op::BININT1 | op::BININT2 | op::BININT | op::LONG1 => {
+            let mut q = at;
+            let v = int_at(buf, &mut q)?;
+            (Value::Int(v), q - at)
+        }
+        op::NONE => (Value::None, 1),
+        op::NEWTRUE => (Value::Bool(true), 1),
+        op::NEWFALSE => (Value::Bool(false), 1),
+        op::BINFLOAT => {
+            let b = buf.get(at + 1..at + 9)?;
+            let mut w = [0u8; 8];
+            w.copy_from_slice(b);
+            (Value::Float(f64::from_be_bytes(w)), 9)
+        }
+        op::SHORT_BINUNICODE | op::BINUNICODE => {
+            let (n, head) = if buf[at] == op::SHORT_BINUNICODE {
+                (*buf.get(at + 1)? as usize, 2)
+            } else {
+                (le32(buf, at + 1)? as usize, 5)
+            };
+            let b = buf.get(at + head..at + head + n)?;
+            let s = std::str::from_utf8(b).ok()?;
+            (Value::Str(Rc::new(s.to_string())), head + n)
+        }
+        _ => return None,
+    };
+    *p = at + len;
+    Some(v)
+}
+
 /// A dict that looks like a `device_traces` entry (has `action` and `size`).
 fn is_trace_entry<'a>(items: impl Iterator<Item = (&'a Value, &'a Value)>) -> bool {
     let mut action = false;
@@ -1404,5 +1958,101 @@ mod tests {
         };
         assert!(matches!(items[0], Value::Stack(1)));
         assert!(matches!(items[1], Value::Stack(1)));
+    }
+
+    /// The typed snapshot and the memo-visible effects, with and without the trace-entry fast
+    /// path: they must be the same.
+    fn both_ways(bytes: &[u8]) -> (String, String) {
+        let run = |fast: bool| match decode_with(bytes, 0, fast) {
+            Ok(d) => {
+                let summary = format!("{} traces, {} stacks", d.traces.len(), d.stacks.len());
+                match super::super::convert::snapshot(d) {
+                    Ok(s) => format!("{summary}\n{}", serde_json::to_string(&s).unwrap()),
+                    Err(e) => format!("{summary}\nconvert error: {e}"),
+                }
+            }
+            Err(e) => format!("error at {}: {}", e.offset, e.msg),
+        };
+        (run(true), run(false))
+    }
+
+    fn gunzip(path: &std::path::Path) -> Vec<u8> {
+        let mut out = Vec::new();
+        let f = std::fs::File::open(path).unwrap();
+        flate2::read::MultiGzDecoder::new(f)
+            .read_to_end(&mut out)
+            .unwrap();
+        out
+    }
+
+    #[test]
+    fn fast_path_agrees_with_the_general_path_on_the_fixtures() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/snapshots");
+        let mut n = 0;
+        for e in std::fs::read_dir(dir).unwrap() {
+            let path = e.unwrap().path();
+            let name = path.to_string_lossy().to_string();
+            let bytes = if name.ends_with(".pickle.gz") {
+                gunzip(&path)
+            } else if name.ends_with(".pickle") {
+                std::fs::read(&path).unwrap()
+            } else {
+                continue;
+            };
+            let (fast, general) = both_ways(&bytes);
+            assert!(fast == general, "{name}: fast path differs");
+            // Cut anywhere: the same error or result either way.
+            for cut in [bytes.len() / 3, bytes.len() / 2, bytes.len() - 7] {
+                let (fast, general) = both_ways(&bytes[..cut]);
+                assert_eq!(fast, general, "{name} cut at {cut}");
+            }
+            n += 1;
+        }
+        assert!(n >= 4, "fixtures not found");
+    }
+
+    #[test]
+    fn fast_path_agrees_on_odd_entries() {
+        // Memo: 0 the outer list, 1 'action', 2 'size', 3 'alloc', 4 'frames', 5 a frame dict,
+        // 6..10 its keys and values; then entries in shapes that the fast path takes or leaves to
+        // the general path (the slot each one memoises is noted).
+        let mut head = vec![0x80, 4, b']', 0x94, b'('];
+        head.extend_from_slice(
+            b"\x8c\x06action\x94\x8c\x04size\x94\x8c\x05alloc\x94\x8c\x06frames\x94",
+        );
+        head.extend_from_slice(b"}\x94(\x8c\x08filename\x94\x8c\x04a.py\x94\x8c\x04line\x94K\x03\x8c\x04name\x94\x8c\x01f\x94u");
+        let entries: &[&[u8]] = &[
+            // 11, 12: {action: alloc, size: 5, frames: [f, f]}
+            b"}\x94(h\x01h\x03h\x02K\x05h\x04]\x94(h\x05h\x05eu",
+            // 13, 14: a memoised action string
+            b"}\x94(h\x01\x8c\x04oom!\x94h\x02J\xff\xff\xff\x7fu",
+            // 15: that string by reference, a LONG1 size and a LONG_BINGET key
+            b"}\x94(h\x01h\x0ej\x02\x00\x00\x00\x8a\x05\x00\x00\x00\x00\x01u",
+            // 16: negative size: not converted (the general path reports it)
+            b"}\x94(h\x01h\x03h\x02J\xff\xff\xff\xffu",
+            // 17: no action: a plain dict
+            b"}\x94(h\x02K\x01u",
+            // 18, 19: frames list in two batches
+            b"}\x94(h\x01h\x03h\x02K\x05h\x04]\x94(h\x05e(h\x05eu",
+            // 20: frames None; 21, 22: empty frames list; 23: a key that is not a string
+            b"}\x94(h\x01h\x03h\x02K\x05h\x04Nu",
+            b"}\x94(h\x01h\x03h\x02K\x05h\x04]\x94u",
+            b"}\x94(h\x01h\x03h\x02K\x05K\x07K\x08u",
+            // references to an earlier entry's dict and frames list, and frames by reference
+            b"h\x0b",
+            b"h\x0c",
+            b"}\x94(h\x01h\x03h\x02K\x05h\x04h\x0cu",
+            // a dict referring to a slot that does not exist yet
+            b"}\x94(h\x01h\x03h\x02h\x7fu",
+        ];
+        for k in 1..=entries.len() {
+            let mut b = head.clone();
+            for e in &entries[..k] {
+                b.extend_from_slice(e);
+            }
+            b.extend_from_slice(b"e.");
+            let (fast, general) = both_ways(&b);
+            assert_eq!(fast, general, "first {k} entries");
+        }
     }
 }
