@@ -194,7 +194,10 @@ pub fn module_matches(pattern: &str, path: &str) -> bool {
         return false;
     }
     let path = path.split('#').next().unwrap_or(path);
-    path == p || path.starts_with(&format!("{p}."))
+    // `path == p || path.starts_with(p + ".")`, without building the string (the plan search
+    // matches every stage against the modules for every candidate)
+    path.strip_prefix(p)
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with('.'))
 }
 
 /// Model description before shapes are applied (what the parsers return).
