@@ -7,6 +7,7 @@
 //! linear in the batch, so a profile is computed once per (precision, attention, checkpointing)
 //! and reused for every batch size, optimizer and accumulation.
 pub mod allocator;
+mod free_set;
 pub mod optimizer;
 pub mod report;
 pub mod reserved;

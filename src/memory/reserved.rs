@@ -97,8 +97,7 @@ mod tests {
 // ---------------------------------------------------------------------------------------------
 // Replay of a training step through the caching allocator.
 
-use std::collections::BTreeSet;
-
+use super::free_set::FreeSet;
 use super::sim::{Ev, Profile};
 use crate::knobs::Optimizer;
 use crate::model::graph::Param;
@@ -120,8 +119,8 @@ struct Block {
 #[derive(Default)]
 pub struct Allocator {
     blocks: Vec<Block>,
-    free_small: BTreeSet<(u64, usize)>,
-    free_large: BTreeSet<(u64, usize)>,
+    free_small: FreeSet,
+    free_large: FreeSet,
     pub reserved: u64,
     pub peak_reserved: u64,
     pub allocated: u64,
@@ -129,7 +128,7 @@ pub struct Allocator {
 }
 
 impl Allocator {
-    fn set(&mut self, small: bool) -> &mut BTreeSet<(u64, usize)> {
+    fn set(&mut self, small: bool) -> &mut FreeSet {
         if small {
             &mut self.free_small
         } else {
@@ -156,7 +155,7 @@ impl Allocator {
     pub fn malloc(&mut self, size: u64) -> usize {
         let r = Self::round(size);
         let small = r <= SMALL_SIZE;
-        let found = self.set(small).range((r, 0)..).next().copied();
+        let found = self.set(small).first_from((r, 0));
         let id = match found {
             Some(k) => {
                 self.set(small).remove(&k);
