@@ -15,7 +15,8 @@ const BUCKETS: usize = SUB + (64 - SUB_BITS as usize) * SUB;
 const WORDS: usize = BUCKETS.div_ceil(64);
 
 pub struct FreeSet {
-    buckets: Box<[Vec<(u64, usize)>]>,
+    /// Entries as `size << 64 | id` (the same order as the tuples, one comparison).
+    buckets: Box<[Vec<u128>]>,
     /// Bit `b` is set when bucket `b` holds an entry.
     nonempty: [u64; WORDS],
 }
@@ -30,6 +31,14 @@ impl Default for FreeSet {
 }
 
 /// Bucket of a size; monotone: `a <= b` implies `bucket(a) <= bucket(b)`.
+fn pack(key: (u64, usize)) -> u128 {
+    ((key.0 as u128) << 64) | key.1 as u128
+}
+
+fn unpack(k: u128) -> (u64, usize) {
+    ((k >> 64) as u64, k as u64 as usize)
+}
+
 fn bucket(size: u64) -> usize {
     if size < SUB as u64 {
         return size as usize;
@@ -44,9 +53,10 @@ impl FreeSet {
     pub fn first_from(&self, key: (u64, usize)) -> Option<(u64, usize)> {
         let b = bucket(key.0);
         let v = &self.buckets[b];
-        let i = v.partition_point(|e| *e < key);
+        let k = pack(key);
+        let i = v.partition_point(|e| *e < k);
         if let Some(e) = v.get(i) {
-            return Some(*e);
+            return Some(unpack(*e));
         }
         // the smallest entry of the next non-empty bucket
         let next = b + 1;
@@ -58,7 +68,7 @@ impl FreeSet {
         loop {
             if bits != 0 {
                 let nb = w * 64 + bits.trailing_zeros() as usize;
-                return self.buckets[nb].first().copied();
+                return self.buckets[nb].first().map(|e| unpack(*e));
             }
             w += 1;
             if w >= WORDS {
@@ -72,10 +82,11 @@ impl FreeSet {
     pub fn insert(&mut self, key: (u64, usize)) -> bool {
         let b = bucket(key.0);
         let v = &mut self.buckets[b];
-        match v.binary_search(&key) {
+        let k = pack(key);
+        match v.binary_search(&k) {
             Ok(_) => false,
             Err(i) => {
-                v.insert(i, key);
+                v.insert(i, k);
                 self.nonempty[b / 64] |= 1 << (b % 64);
                 true
             }
@@ -86,7 +97,7 @@ impl FreeSet {
     pub fn remove(&mut self, key: &(u64, usize)) -> bool {
         let b = bucket(key.0);
         let v = &mut self.buckets[b];
-        match v.binary_search(key) {
+        match v.binary_search(&pack(*key)) {
             Ok(i) => {
                 v.remove(i);
                 if v.is_empty() {

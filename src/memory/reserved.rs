@@ -266,6 +266,7 @@ pub fn replay(p: &Profile, r: &Replay) -> u64 {
     }
     let mut slot: Vec<usize> = vec![NONE; p.slots];
     let mut pgrads: Vec<usize> = Vec::new();
+    let mut is_pgrad: Vec<bool> = vec![false; p.slots];
     let mut state_made = false;
     let mut ws_made = false;
     for _step in 0..2 {
@@ -300,6 +301,7 @@ pub fn replay(p: &Profile, r: &Replay) -> u64 {
                         if slot[s] == NONE {
                             slot[s] = a.malloc(abs as u64);
                             pgrads.push(s);
+                            is_pgrad[s] = true;
                         }
                     }
                     Ev::EndForward => {}
@@ -307,7 +309,7 @@ pub fn replay(p: &Profile, r: &Replay) -> u64 {
             }
             // anything the walk left allocated (never expected) goes with the micro-batch
             for (s, id) in slot.iter_mut().enumerate() {
-                if *id != NONE && !pgrads.contains(&s) {
+                if *id != NONE && !is_pgrad[s] {
                     a.free(*id);
                     *id = NONE;
                 }
@@ -342,6 +344,7 @@ pub fn replay(p: &Profile, r: &Replay) -> u64 {
         }
         // zero_grad(set_to_none=True)
         for s in pgrads.drain(..) {
+            is_pgrad[s] = false;
             if slot[s] != NONE {
                 a.free(slot[s]);
                 slot[s] = NONE;
