@@ -394,12 +394,15 @@ pub fn rank_cmp(a: &Candidate, b: &Candidate) -> std::cmp::Ordering {
 
 /// Sorts best first: the stable `sort_by(rank_cmp)`, with each candidate's key computed once.
 pub fn rank(candidates: Vec<Candidate>) -> Vec<Candidate> {
-    let mut keyed: Vec<(RankKey, Candidate)> = candidates
-        .into_iter()
-        .map(|c| (RankKey::of(&c), c))
+    // sort (key, position) pairs, not the candidates themselves (a few hundred bytes each)
+    let mut keyed: Vec<(RankKey, usize)> = candidates
+        .iter()
+        .enumerate()
+        .map(|(i, c)| (RankKey::of(c), i))
         .collect();
     keyed.sort_by(|a, b| a.0.cmp(&b.0));
-    keyed.into_iter().map(|(_, c)| c).collect()
+    let mut slots: Vec<Option<Candidate>> = candidates.into_iter().map(Some).collect();
+    keyed.iter().filter_map(|&(_, i)| slots[i].take()).collect()
 }
 
 /// Evaluates every candidate of the space and returns them ranked, best first.
