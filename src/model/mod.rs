@@ -379,3 +379,20 @@ pub fn build(source: &str, desc: ModelDesc, knobs: &KnobArgs) -> Result<Workload
         cache: Arc::new(Mutex::new(Default::default())),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::module_matches;
+
+    #[test]
+    fn module_patterns_match_the_path_and_its_children() {
+        assert!(module_matches("rgb_model.blocks", "rgb_model.blocks"));
+        assert!(module_matches("rgb_model.blocks", "rgb_model.blocks.3"));
+        assert!(module_matches(" rgb_model.blocks. ", "rgb_model.blocks.3"));
+        assert!(module_matches("decoder", "decoder.3#pass1"));
+        assert!(!module_matches("rgb_model.block", "rgb_model.blocks.3"));
+        assert!(!module_matches("rgb_model.blocks", "rgb_model"));
+        assert!(!module_matches("", "rgb_model"));
+        assert!(!module_matches(".", "rgb_model"));
+    }
+}
