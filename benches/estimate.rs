@@ -30,6 +30,17 @@ fn bench(c: &mut Criterion) {
             })
         },
     );
+    // the parts of a cold estimate: tracing, then the step walk (profile), then the replay
+    c.bench_function("resolve navdp (cold: trace)", |b| {
+        b.iter(|| oomdoc::model::resolve("preset:navdp", Path::new("."), &args).unwrap())
+    });
+    c.bench_function("resolve + prepare navdp (cold: trace, walk)", |b| {
+        b.iter(|| {
+            let w = oomdoc::model::resolve("preset:navdp", Path::new("."), &args).unwrap();
+            let k = w.resolve_knobs(&args).unwrap();
+            oomdoc::memory::prepare(&w, &k).profile.points.len()
+        })
+    });
     c.bench_function(
         "resolve + estimate navdp (cold: trace, walk, replay)",
         |b| {

@@ -7,6 +7,7 @@
 //! linear in the batch, so a profile is computed once per (precision, attention, checkpointing)
 //! and reused for every batch size, optimizer and accumulation.
 pub mod allocator;
+mod free_set;
 pub mod optimizer;
 pub mod report;
 pub mod reserved;
@@ -200,21 +201,204 @@ pub fn saved_by_stage(t: &Trace) -> Vec<f64> {
     out
 }
 
-fn profile(w: &Workload, knobs: &Knobs) -> Arc<Profile> {
+/// What an estimate needs that depends only on the precision mode, attention and checkpointing:
+/// the trace, which of its stages are checkpointed, and the walk's profile. `estimate` prepares
+/// it for each call; `plan` prepares it once per such group and evaluates every batch size,
+/// accumulation, optimizer and sharding of the group against it ([`totals_fast`]).
+#[derive(Clone, Debug)]
+pub struct Prepared<'w> {
+    pub trace: &'w Trace,
+    /// `checkpoint_flags` of the knobs.
+    pub flags: Vec<bool>,
+    pub profile: Arc<Profile>,
+}
+
+/// The trace and profile of `knobs`' precision, attention and checkpointing (the profile is
+/// walked once per workload and cached).
+pub fn prepare<'w>(w: &'w Workload, knobs: &Knobs) -> Prepared<'w> {
     let mode = Mode::of(knobs.precision);
     let t = w.trace(mode, knobs.attention);
-    let ck = checkpoint_flags(t, knobs);
-    let key = (mode, knobs.attention, ck);
-    if let Ok(c) = w.cache.lock() {
-        if let Some(p) = c.profiles.get(&key) {
-            return p.clone();
+    let key = (mode, knobs.attention, checkpoint_flags(t, knobs));
+    let cached = w
+        .cache
+        .lock()
+        .ok()
+        .and_then(|c| c.profiles.get(&key).cloned());
+    let profile = match cached {
+        Some(p) => p,
+        None => {
+            let p = Arc::new(sim::simulate(t, &key.2));
+            if let Ok(mut c) = w.cache.lock() {
+                c.profiles.insert(key.clone(), p.clone());
+            }
+            p
+        }
+    };
+    Prepared {
+        trace: t,
+        flags: key.2,
+        profile,
+    }
+}
+
+/// The tensors alive around a forward/backward peak at batch `b`, (bytes, count), for the
+/// closed-form reserved model (`reserved::Inputs::live`). Cleared and refilled.
+pub fn live_set(prof: &Profile, batch: u64, out: &mut Vec<(u64, u32)>) {
+    let b = batch as f64;
+    out.clear();
+    out.extend(prof.saved_sizes.iter().map(|&(s, n)| ((s * b) as u64, n)));
+}
+
+/// The peak allocation of one configuration, before reserved memory.
+struct Peak {
+    peak_alloc: u64,
+    phase: Phase,
+    /// The forward/backward point with the largest memory (default without points).
+    best: Point,
+    fwd_peak: f64,
+    bwd_peak: f64,
+    /// Parameters, optimizer state, input batches and cuBLAS workspace.
+    common: f64,
+    opt_step: f64,
+    param_bytes: u64,
+    grad_total: f64,
+    opt_state: f64,
+    batch_bytes: u64,
+    step_temp: f64,
+    pbytes: f64,
+    p_shard: f64,
+    g_shard: f64,
+}
+
+fn check_knobs(knobs: &Knobs) -> Result<()> {
+    if knobs.batch == 0 || knobs.grad_accum == 0 {
+        return Err(Error::input("--batch and --grad-accum must be at least 1"));
+    }
+    Ok(())
+}
+
+fn peak(w: &Workload, prep: &Prepared, knobs: &Knobs, opt: &optimizer::OptimizerMemory) -> Peak {
+    let prof = &*prep.profile;
+    let t = prep.trace;
+    let mode = t.mode;
+    let pbytes = mode.param_dt().bytes();
+    let b = knobs.batch as f64;
+    let accum = knobs.grad_accum;
+    let gpus = knobs.gpus.max(1) as f64;
+
+    // parameters, gradients, optimizer (sharded by ZeRO/FSDP over the data-parallel group)
+    let (p_shard, g_shard, o_shard) = match knobs.sharding {
+        Sharding::None => (1.0, 1.0, 1.0),
+        Sharding::Zero1 => (1.0, 1.0, gpus),
+        Sharding::Zero2 => (1.0, gpus, gpus),
+        Sharding::Zero3 | Sharding::Fsdp => (gpus, gpus, gpus),
+    };
+    let param_bytes = (w.params as f64 * pbytes / p_shard) as u64 + w.buffer_bytes;
+    let grad_total = prof.pgrad_total * pbytes / g_shard;
+    let opt_state = opt.state_bytes / o_shard;
+    let batch_bytes = (t.input_bytes * b) as u64 * accum;
+
+    // fwd/bwd points: act*b + casts + grads; pick the largest
+    let mut best_v = f64::MIN;
+    let mut best: Option<&Point> = None;
+    let mut fwd_peak = 0.0f64;
+    let mut bwd_peak = 0.0f64;
+    for p in &prof.points {
+        let grads = if accum > 1 {
+            grad_total
+        } else {
+            p.pgrad * pbytes / g_shard
+        };
+        // ZeRO-3 / FSDP gather each layer's weights for its use only: their autocast copies are
+        // not cached leaves (views of a flat parameter), so only a layer's worth lives at a time
+        let v = (p.saved + p.transient) * b + p.casts / p_shard + grads;
+        if p.phase == Phase::Forward {
+            fwd_peak = fwd_peak.max(v);
+        } else {
+            bwd_peak = bwd_peak.max(v);
+        }
+        if v > best_v {
+            best_v = v;
+            best = Some(p);
         }
     }
-    let p = Arc::new(sim::simulate(t, &key.2));
-    if let Ok(mut c) = w.cache.lock() {
-        c.profiles.insert(key, p.clone());
+    let best = best.cloned().unwrap_or_default();
+    let common =
+        param_bytes as f64 + opt_state + batch_bytes as f64 + CUBLAS_WORKSPACE_BYTES as f64;
+    let step_temp = opt.step_temp_bytes / o_shard;
+    let opt_step = grad_total + step_temp;
+    let (peak_alloc, phase) = if opt_step > best_v {
+        (common + opt_step, Phase::OptimizerStep)
+    } else {
+        (common + best_v, best.phase)
+    };
+    Peak {
+        peak_alloc: peak_alloc.max(0.0) as u64,
+        phase,
+        best,
+        fwd_peak,
+        bwd_peak,
+        common,
+        opt_step,
+        param_bytes,
+        grad_total,
+        opt_state,
+        batch_bytes,
+        step_temp,
+        pbytes,
+        p_shard,
+        g_shard,
     }
-    p
+}
+
+/// Reserved bytes from the closed form (`reserved::reserved`); `live` is `live_set` at the batch.
+fn closed_form(prof: &Profile, knobs: &Knobs, pk: &Peak, live: &[(u64, u32)]) -> u64 {
+    let b = knobs.batch as f64;
+    reserved::reserved(&reserved::Inputs {
+        peak_allocated: pk.peak_alloc,
+        largest_allocation: (prof.largest_alloc * b) as u64,
+        live: if pk.phase == Phase::OptimizerStep {
+            &[]
+        } else {
+            live
+        },
+        conv_workspace_max: (prof.conv_workspace_max * b) as u64,
+        freed_small: if pk.phase == Phase::Backward {
+            (prof.casts_total - pk.best.casts).max(0.0) as u64
+        } else {
+            0
+        },
+    })
+}
+
+/// The three totals of [`estimate_fast`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Totals {
+    pub peak_allocated_bytes: u64,
+    pub peak_reserved_bytes: u64,
+    pub device_total_bytes: u64,
+}
+
+/// `estimate_fast`'s totals for `knobs` against `prep` (prepared for the same precision,
+/// attention and checkpointing), without building the report: the same arithmetic, for
+/// searching many configurations. `opt` is `optimizer::optimizer_memory` of the trace's
+/// parameters for `knobs.optimizer`; `live` is `live_set` of the profile at `knobs.batch`.
+pub fn totals_fast(
+    w: &Workload,
+    prep: &Prepared,
+    knobs: &Knobs,
+    gpu: Option<&TargetGpu>,
+    opt: &optimizer::OptimizerMemory,
+    live: &[(u64, u32)],
+) -> Result<Totals> {
+    check_knobs(knobs)?;
+    let pk = peak(w, prep, knobs, opt);
+    let reserved = closed_form(&prep.profile, knobs, &pk, live);
+    Ok(Totals {
+        peak_allocated_bytes: pk.peak_alloc,
+        peak_reserved_bytes: reserved,
+        device_total_bytes: reserved + outside_pytorch_bytes(gpu),
+    })
 }
 
 /// Peak memory of one training step of `w` with `knobs` (reserved memory from the allocator
@@ -240,80 +424,36 @@ pub fn estimate_with(
     gpu: Option<&TargetGpu>,
     model: ReservedModel,
 ) -> Result<Estimate> {
-    if knobs.batch == 0 || knobs.grad_accum == 0 {
-        return Err(Error::input("--batch and --grad-accum must be at least 1"));
-    }
-    let mode = Mode::of(knobs.precision);
-    let prof = profile(w, knobs);
-    let t = w.trace(mode, knobs.attention);
-    let pbytes = mode.param_dt().bytes();
+    check_knobs(knobs)?;
+    let prep = prepare(w, knobs);
+    let prof = &*prep.profile;
+    let t = prep.trace;
+    let mode = t.mode;
     let b = knobs.batch as f64;
     let accum = knobs.grad_accum;
-    let gpus = knobs.gpus.max(1) as f64;
-
-    // parameters, gradients, optimizer (sharded by ZeRO/FSDP over the data-parallel group)
-    let (p_shard, g_shard, o_shard) = match knobs.sharding {
-        Sharding::None => (1.0, 1.0, 1.0),
-        Sharding::Zero1 => (1.0, 1.0, gpus),
-        Sharding::Zero2 => (1.0, gpus, gpus),
-        Sharding::Zero3 | Sharding::Fsdp => (gpus, gpus, gpus),
-    };
-    let param_bytes = (w.params as f64 * pbytes / p_shard) as u64 + w.buffer_bytes;
-    let grad_total = prof.pgrad_total * pbytes / g_shard;
     let opt = optimizer::optimizer_memory(&t.params, knobs.optimizer, mode);
-    let opt_state = opt.state_bytes / o_shard;
-    let batch_bytes = (t.input_bytes * b) as u64 * accum;
-
-    // fwd/bwd points: act*b + casts + grads; pick the largest
-    let mut best = (f64::MIN, Point::default());
-    let mut fwd_peak = 0.0f64;
-    let mut bwd_peak = 0.0f64;
-    for p in &prof.points {
-        let grads = if accum > 1 {
-            grad_total
-        } else {
-            p.pgrad * pbytes / g_shard
-        };
-        // ZeRO-3 / FSDP gather each layer's weights for its use only: their autocast copies are
-        // not cached leaves (views of a flat parameter), so only a layer's worth lives at a time
-        let v = (p.saved + p.transient) * b + p.casts / p_shard + grads;
-        if p.phase == Phase::Forward {
-            fwd_peak = fwd_peak.max(v);
-        } else {
-            bwd_peak = bwd_peak.max(v);
-        }
-        if v > best.0 {
-            best = (v, p.clone());
-        }
-    }
-    let common =
-        param_bytes as f64 + opt_state + batch_bytes as f64 + CUBLAS_WORKSPACE_BYTES as f64;
-    let opt_step = grad_total + opt.step_temp_bytes / o_shard;
-    let (peak_alloc, phase) = if opt_step > best.0 {
-        (common + opt_step, Phase::OptimizerStep)
-    } else {
-        (common + best.0, best.1.phase)
-    };
-    let peak_alloc = peak_alloc.max(0.0) as u64;
+    let pk = peak(w, &prep, knobs, &opt);
+    let peak_alloc = pk.peak_alloc;
+    let phase = pk.phase;
 
     let mut c = Components {
-        parameters: param_bytes,
-        optimizer_state: opt_state as u64,
-        batch: batch_bytes,
+        parameters: pk.param_bytes,
+        optimizer_state: pk.opt_state as u64,
+        batch: pk.batch_bytes,
         workspace: CUBLAS_WORKSPACE_BYTES,
         ..Default::default()
     };
     if phase == Phase::OptimizerStep {
-        c.gradients = grad_total as u64;
-        c.transient = (opt.step_temp_bytes / o_shard) as u64;
+        c.gradients = pk.grad_total as u64;
+        c.transient = pk.step_temp as u64;
     } else {
-        let p = &best.1;
+        let p = &pk.best;
         c.gradients = if accum > 1 {
-            grad_total
+            pk.grad_total
         } else {
-            p.pgrad * pbytes / g_shard
+            p.pgrad * pk.pbytes / pk.g_shard
         } as u64;
-        c.activations = (p.saved * b + p.casts / p_shard) as u64;
+        c.activations = (p.saved * b + p.casts / pk.p_shard) as u64;
         c.transient = (p.transient * b) as u64;
     }
     let alloc_sum = c.parameters
@@ -328,32 +468,18 @@ pub fn estimate_with(
         c.transient += peak_alloc - alloc_sum;
     }
     let largest = (prof.largest_alloc * b) as u64;
-    let live: Vec<(u64, u32)> = if phase == Phase::OptimizerStep {
-        Vec::new()
-    } else {
-        prof.saved_sizes
-            .iter()
-            .map(|&(s, n)| ((s * b) as u64, n))
-            .collect()
-    };
-    let reserved = reserved::reserved(&reserved::Inputs {
-        peak_allocated: peak_alloc,
-        largest_allocation: largest,
-        live: &live,
-        conv_workspace_max: (prof.conv_workspace_max * b) as u64,
-        freed_small: if phase == Phase::Backward {
-            (prof.casts_total - best.1.casts).max(0.0) as u64
-        } else {
-            0
-        },
-    });
+    let mut live = Vec::new();
+    if phase != Phase::OptimizerStep {
+        live_set(prof, knobs.batch, &mut live);
+    }
+    let reserved = closed_form(prof, knobs, &pk, &live);
     let reserved = match model {
         ReservedModel::ClosedForm => reserved,
         ReservedModel::Replay => {
             let key = (
                 mode,
                 knobs.attention,
-                checkpoint_flags(t, knobs),
+                prep.flags.clone(),
                 knobs.batch,
                 accum,
                 knobs.optimizer,
@@ -367,12 +493,12 @@ pub fn estimate_with(
                 Some(r) => r,
                 None => {
                     let r = reserved::replay(
-                        &prof,
+                        prof,
                         &reserved::Replay {
                             batch: knobs.batch,
                             grad_accum: accum,
                             params: &t.params,
-                            param_bytes: pbytes,
+                            param_bytes: pk.pbytes,
                             buffer_bytes: w.buffer_bytes,
                             input_bytes_per_sample: t.input_bytes,
                             optimizer: knobs.optimizer,
@@ -426,12 +552,12 @@ pub fn estimate_with(
         peak_phase: phase,
         details: Details {
             autocast_weight_cache: prof.casts_total as u64,
-            activation_gradients: (best.1.act_grads * b) as u64,
+            activation_gradients: (pk.best.act_grads * b) as u64,
             saved_activations_end_of_forward: (prof.saved_end * b) as u64,
             largest_allocation: largest,
-            optimizer_step_peak: (common + opt_step) as u64,
-            forward_peak: (common + fwd_peak) as u64,
-            backward_peak: (common + bwd_peak) as u64,
+            optimizer_step_peak: (pk.common + pk.opt_step) as u64,
+            forward_peak: (pk.common + pk.fwd_peak) as u64,
+            backward_peak: (pk.common + pk.bwd_peak) as u64,
             reserved_model: model,
         },
     })

@@ -97,8 +97,7 @@ mod tests {
 // ---------------------------------------------------------------------------------------------
 // Replay of a training step through the caching allocator.
 
-use std::collections::BTreeSet;
-
+use super::free_set::FreeSet;
 use super::sim::{Ev, Profile};
 use crate::knobs::Optimizer;
 use crate::model::graph::Param;
@@ -120,8 +119,8 @@ struct Block {
 #[derive(Default)]
 pub struct Allocator {
     blocks: Vec<Block>,
-    free_small: BTreeSet<(u64, usize)>,
-    free_large: BTreeSet<(u64, usize)>,
+    free_small: FreeSet,
+    free_large: FreeSet,
     pub reserved: u64,
     pub peak_reserved: u64,
     pub allocated: u64,
@@ -129,7 +128,7 @@ pub struct Allocator {
 }
 
 impl Allocator {
-    fn set(&mut self, small: bool) -> &mut BTreeSet<(u64, usize)> {
+    fn set(&mut self, small: bool) -> &mut FreeSet {
         if small {
             &mut self.free_small
         } else {
@@ -156,7 +155,7 @@ impl Allocator {
     pub fn malloc(&mut self, size: u64) -> usize {
         let r = Self::round(size);
         let small = r <= SMALL_SIZE;
-        let found = self.set(small).range((r, 0)..).next().copied();
+        let found = self.set(small).first_from((r, 0));
         let id = match found {
             Some(k) => {
                 self.set(small).remove(&k);
@@ -267,6 +266,7 @@ pub fn replay(p: &Profile, r: &Replay) -> u64 {
     }
     let mut slot: Vec<usize> = vec![NONE; p.slots];
     let mut pgrads: Vec<usize> = Vec::new();
+    let mut is_pgrad: Vec<bool> = vec![false; p.slots];
     let mut state_made = false;
     let mut ws_made = false;
     for _step in 0..2 {
@@ -301,6 +301,7 @@ pub fn replay(p: &Profile, r: &Replay) -> u64 {
                         if slot[s] == NONE {
                             slot[s] = a.malloc(abs as u64);
                             pgrads.push(s);
+                            is_pgrad[s] = true;
                         }
                     }
                     Ev::EndForward => {}
@@ -308,7 +309,7 @@ pub fn replay(p: &Profile, r: &Replay) -> u64 {
             }
             // anything the walk left allocated (never expected) goes with the micro-batch
             for (s, id) in slot.iter_mut().enumerate() {
-                if *id != NONE && !pgrads.contains(&s) {
+                if *id != NONE && !is_pgrad[s] {
                     a.free(*id);
                     *id = NONE;
                 }
@@ -343,6 +344,7 @@ pub fn replay(p: &Profile, r: &Replay) -> u64 {
         }
         // zero_grad(set_to_none=True)
         for s in pgrads.drain(..) {
+            is_pgrad[s] = false;
             if slot[s] != NONE {
                 a.free(slot[s]);
                 slot[s] = NONE;

@@ -410,20 +410,29 @@ pub fn simulate(t: &Trace, ck: &[bool]) -> Profile {
 /// `g = 0` on the per-point part).
 fn hull(pts: Vec<Point>, _pgrad_total: f64) -> Vec<Point> {
     let mut keep: Vec<bool> = vec![false; pts.len()];
+    let x = |p: &Point| p.saved + p.transient;
+    let by = |a: f64, b: f64| a.partial_cmp(&b).unwrap_or(std::cmp::Ordering::Equal);
+    // Points in the order of a stable sort by (x, y) for each g: sorted by x (then position)
+    // once; only the runs of equal x are re-sorted by (y, position) per g.
+    let mut by_x: Vec<(f64, usize)> = pts.iter().enumerate().map(|(i, p)| (x(p), i)).collect();
+    by_x.sort_unstable_by(|a, b| by(a.0, b.0).then(a.1.cmp(&b.1)));
+    let mut idx: Vec<usize> = Vec::with_capacity(pts.len());
     for g in [0.0, 2.0, 4.0] {
-        let mut idx: Vec<usize> = (0..pts.len()).collect();
-        let x = |p: &Point| p.saved + p.transient;
         let y = |p: &Point| p.casts + g * p.pgrad;
-        idx.sort_by(|&a, &b| {
-            x(&pts[a])
-                .partial_cmp(&x(&pts[b]))
-                .unwrap_or(std::cmp::Ordering::Equal)
-                .then(
-                    y(&pts[a])
-                        .partial_cmp(&y(&pts[b]))
-                        .unwrap_or(std::cmp::Ordering::Equal),
-                )
-        });
+        idx.clear();
+        let mut start = 0;
+        while start < by_x.len() {
+            let mut end = start + 1;
+            while end < by_x.len() && by(by_x[end].0, by_x[start].0).is_eq() {
+                end += 1;
+            }
+            let run = idx.len();
+            idx.extend(by_x[start..end].iter().map(|e| e.1));
+            if end - start > 1 {
+                idx[run..].sort_by(|&a, &b| by(y(&pts[a]), y(&pts[b])).then(a.cmp(&b)));
+            }
+            start = end;
+        }
         // upper hull (monotone chain), then keep the part where the slope is >= 0 in y vs x
         // from the right end: maxima of b*x + y with b >= 0 lie on it
         let mut h: Vec<usize> = Vec::new();

@@ -194,7 +194,10 @@ pub fn module_matches(pattern: &str, path: &str) -> bool {
         return false;
     }
     let path = path.split('#').next().unwrap_or(path);
-    path == p || path.starts_with(&format!("{p}."))
+    // `path == p || path.starts_with(p + ".")`, without building the string (the plan search
+    // matches every stage against the modules for every candidate)
+    path.strip_prefix(p)
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with('.'))
 }
 
 /// Model description before shapes are applied (what the parsers return).
@@ -375,4 +378,21 @@ pub fn build(source: &str, desc: ModelDesc, knobs: &KnobArgs) -> Result<Workload
         traces: Arc::new(traces),
         cache: Arc::new(Mutex::new(Default::default())),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::module_matches;
+
+    #[test]
+    fn module_patterns_match_the_path_and_its_children() {
+        assert!(module_matches("rgb_model.blocks", "rgb_model.blocks"));
+        assert!(module_matches("rgb_model.blocks", "rgb_model.blocks.3"));
+        assert!(module_matches(" rgb_model.blocks. ", "rgb_model.blocks.3"));
+        assert!(module_matches("decoder", "decoder.3#pass1"));
+        assert!(!module_matches("rgb_model.block", "rgb_model.blocks.3"));
+        assert!(!module_matches("rgb_model.blocks", "rgb_model"));
+        assert!(!module_matches("", "rgb_model"));
+        assert!(!module_matches(".", "rgb_model"));
+    }
 }

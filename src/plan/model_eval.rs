@@ -1,12 +1,12 @@
 //! The evaluator behind `plan`: the analytic memory model (`memory::estimate_on`) for memory and
 //! the roofline (`throughput`) for time, on one workload and GPU.
 use super::search::{Evaluation, Evaluator, SearchSpace};
-use std::cell::RefCell;
-use std::collections::HashMap;
+use std::cell::{Cell, RefCell};
 
 use super::throughput::{Coefficients, OpCost, StepCost};
 use crate::gpu::{GpuSpec, TargetGpu};
 use crate::knobs::{Attention, Checkpointing, Knobs, Optimizer, Precision, Sharding};
+use crate::memory::optimizer::OptimizerMemory;
 use crate::model::graph::Mode;
 use crate::model::Workload;
 
@@ -54,8 +54,32 @@ pub fn step_cost(w: &Workload, k: &Knobs) -> StepCost {
     }
 }
 
-/// What the per-sample step time depends on: precision, attention and which stages are checkpointed.
-type StepKey = (Precision, Attention, Vec<bool>);
+/// What does not change within one (precision, attention, checkpointing) group of candidates:
+/// the memory model's prepared profile, the per-sample step time, and what each optimizer and
+/// batch size of the group needed so far. The search enumerates candidates group by group, so
+/// each group is built once and every further candidate costs a pass over the profile's points.
+struct Group<'a> {
+    precision: Precision,
+    attention: Attention,
+    checkpointing: Checkpointing,
+    modules: Vec<String>,
+    prep: crate::memory::Prepared<'a>,
+    /// Step time of one sample of one micro-step (roofline), and the launches per micro-step.
+    per_sample: f64,
+    launches: f64,
+    optimizers: Vec<(Optimizer, OptimizerMemory)>,
+    /// `memory::live_set` per batch size.
+    live: Vec<(u64, Vec<(u64, u32)>)>,
+}
+
+impl Group<'_> {
+    fn is_for(&self, k: &Knobs) -> bool {
+        self.precision == k.precision
+            && self.attention == k.attention
+            && self.checkpointing == k.checkpointing
+            && self.modules == k.checkpoint_modules
+    }
+}
 
 pub struct ModelEvaluator<'a> {
     pub workload: &'a Workload,
@@ -63,9 +87,9 @@ pub struct ModelEvaluator<'a> {
     /// Rates for the step-time model.
     pub rates: &'static GpuSpec,
     pub coefficients: Coefficients,
-    /// Step time of one sample of one micro-step, and the launches, per (precision, attention,
-    /// checkpointing): the rest scales linearly with batch and accumulation.
-    cache: RefCell<HashMap<StepKey, (f64, f64)>>,
+    /// The groups evaluated so far, and the one used last.
+    groups: RefCell<Vec<Group<'a>>>,
+    last: Cell<usize>,
 }
 
 impl<'a> ModelEvaluator<'a> {
@@ -80,33 +104,60 @@ impl<'a> ModelEvaluator<'a> {
             gpu,
             rates,
             coefficients,
-            cache: RefCell::new(HashMap::new()),
+            groups: RefCell::new(Vec::new()),
+            last: Cell::new(0),
         }
+    }
+
+    /// Index of `k`'s group in `groups`, built on first use.
+    fn group(&self, k: &Knobs) -> usize {
+        {
+            let groups = self.groups.borrow();
+            let last = self.last.get();
+            if groups.get(last).is_some_and(|g| g.is_for(k)) {
+                return last;
+            }
+            if let Some(i) = groups.iter().position(|g| g.is_for(k)) {
+                self.last.set(i);
+                return i;
+            }
+        }
+        // Step time of one sample of one micro-step, and the launches: the rest scales
+        // linearly with batch and accumulation.
+        let unit = Knobs {
+            batch: 1,
+            grad_accum: 1,
+            ..k.clone()
+        };
+        let cost = step_cost(self.workload, &unit);
+        let terms = self.coefficients.terms(&cost, &unit, self.rates);
+        let mut groups = self.groups.borrow_mut();
+        groups.push(Group {
+            precision: k.precision,
+            attention: k.attention,
+            checkpointing: k.checkpointing,
+            modules: k.checkpoint_modules.clone(),
+            prep: crate::memory::prepare(self.workload, k),
+            per_sample: terms.roofline,
+            launches: terms.launches,
+            optimizers: Vec::new(),
+            live: Vec::new(),
+        });
+        self.last.set(groups.len() - 1);
+        groups.len() - 1
+    }
+
+    fn step_time_in(&self, g: &Group, k: &Knobs) -> f64 {
+        let opt = step_cost_optimizer_bytes(self.workload, k) / (self.rates.bandwidth_gbs * 1e9);
+        (k.batch * k.grad_accum) as f64 * g.per_sample
+            + self.coefficients.launch * g.launches * k.grad_accum as f64
+            + self.coefficients.optimizer * opt
     }
 
     /// Predicted seconds per optimizer step.
     pub fn step_time(&self, k: &Knobs) -> f64 {
-        let t = self.workload.trace(Mode::of(k.precision), k.attention);
-        let key = (
-            k.precision,
-            k.attention,
-            crate::memory::checkpoint_flags(t, k),
-        );
-        let unit = Knobs {
-            batch: 1,
-            grad_accum: 1,
-            optimizer: k.optimizer,
-            ..k.clone()
-        };
-        let (per_sample, launches) = *self.cache.borrow_mut().entry(key).or_insert_with(|| {
-            let cost = step_cost(self.workload, &unit);
-            let terms = self.coefficients.terms(&cost, &unit, self.rates);
-            (terms.roofline, terms.launches)
-        });
-        let opt = step_cost_optimizer_bytes(self.workload, k) / (self.rates.bandwidth_gbs * 1e9);
-        (k.batch * k.grad_accum) as f64 * per_sample
-            + self.coefficients.launch * launches * k.grad_accum as f64
-            + self.coefficients.optimizer * opt
+        let gi = self.group(k);
+        self.step_time_in(&self.groups.borrow()[gi], k)
     }
 }
 
@@ -121,14 +172,43 @@ fn step_cost_optimizer_bytes(w: &Workload, k: &Knobs) -> f64 {
 }
 
 impl Evaluator for ModelEvaluator<'_> {
-    /// The search uses the closed-form reserved-memory model (microseconds per candidate).
+    /// The search uses the closed-form reserved-memory model (`memory::totals_fast`, the numbers
+    /// of `memory::estimate_fast`) against the candidate's group, prepared once.
     fn evaluate(&self, k: &Knobs) -> anyhow::Result<Evaluation> {
-        let e = crate::memory::estimate_fast(self.workload, k, Some(self.gpu))?;
+        let gi = self.group(k);
+        let mut groups = self.groups.borrow_mut();
+        let g = &mut groups[gi];
+        let opt = match g.optimizers.iter().find(|(o, _)| *o == k.optimizer) {
+            Some(&(_, m)) => m,
+            None => {
+                let t = g.prep.trace;
+                let m = crate::memory::optimizer::optimizer_memory(&t.params, k.optimizer, t.mode);
+                g.optimizers.push((k.optimizer, m));
+                m
+            }
+        };
+        let li = match g.live.iter().position(|(b, _)| *b == k.batch) {
+            Some(i) => i,
+            None => {
+                let mut live = Vec::new();
+                crate::memory::live_set(&g.prep.profile, k.batch, &mut live);
+                g.live.push((k.batch, live));
+                g.live.len() - 1
+            }
+        };
+        let e = crate::memory::totals_fast(
+            self.workload,
+            &g.prep,
+            k,
+            Some(self.gpu),
+            &opt,
+            &g.live[li].1,
+        )?;
         Ok(Evaluation {
             peak_allocated_bytes: e.peak_allocated_bytes,
             peak_reserved_bytes: e.peak_reserved_bytes,
             device_total_bytes: e.device_total_bytes,
-            step_time_s: self.step_time(k),
+            step_time_s: self.step_time_in(g, k),
         })
     }
 
@@ -231,4 +311,62 @@ fn dedup<T: PartialEq + Clone>(v: &mut Vec<T>) {
         }
     }
     *v = out;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::knobs::KnobArgs;
+    use crate::plan::search::Evaluator;
+
+    /// The grouped fast path must give exactly what a fresh `estimate_fast` and a step time
+    /// computed from scratch give (the search before the group caches), on a sample of the
+    /// seed's candidates visited out of order.
+    #[test]
+    fn grouped_evaluation_equals_the_direct_one() {
+        let args = KnobArgs {
+            batch: Some(16),
+            gpus: Some(4),
+            precision: Some(Precision::Fp32),
+            ..Default::default()
+        };
+        let w = crate::model::resolve("preset:navdp", std::path::Path::new("."), &args).unwrap();
+        let base = w.resolve_knobs(&args).unwrap();
+        let gpu = crate::gpu::GpuArgs {
+            gpu: Some("rtx3090".into()),
+            gpu_memory: None,
+        }
+        .resolve()
+        .unwrap()
+        .unwrap();
+        let rates = gpu.spec.unwrap();
+        let coefficients = crate::plan::calibrate::FITTED;
+        let eval = ModelEvaluator::new(&w, &gpu, rates, coefficients);
+        let space = search_space(&w, &base, gpu.spec, true);
+        let all: Vec<Knobs> = space.candidates(&base).collect();
+        assert!(all.len() > 10_000);
+        // every 37th candidate (every group, batch, optimizer and sharding appear), last first
+        let sample: Vec<&Knobs> = all.iter().step_by(37).rev().collect();
+        for k in sample {
+            let fast = eval.evaluate(k).unwrap();
+            let e = crate::memory::estimate_fast(&w, k, Some(&gpu)).unwrap();
+            let unit = Knobs {
+                batch: 1,
+                grad_accum: 1,
+                ..k.clone()
+            };
+            let terms = coefficients.terms(&step_cost(&w, &unit), &unit, rates);
+            let opt = step_cost_optimizer_bytes(&w, k) / (rates.bandwidth_gbs * 1e9);
+            let step = (k.batch * k.grad_accum) as f64 * terms.roofline
+                + coefficients.launch * terms.launches * k.grad_accum as f64
+                + coefficients.optimizer * opt;
+            let direct = Evaluation {
+                peak_allocated_bytes: e.peak_allocated_bytes,
+                peak_reserved_bytes: e.peak_reserved_bytes,
+                device_total_bytes: e.device_total_bytes,
+                step_time_s: step,
+            };
+            assert_eq!(fast, direct, "{k:?}");
+        }
+    }
 }

@@ -283,11 +283,25 @@ pub struct Candidate {
     pub speedup: f64,
     #[serde(skip)]
     pub change_list: Vec<Change>,
-    /// Human-readable changes (English; reports translate `change_list`).
+    /// Human-readable changes (English; reports translate `change_list`). Filled by
+    /// `candidate`; empty in the ranking `search` returns.
     pub changes: Vec<String>,
 }
 
 pub fn candidate(
+    base: &Knobs,
+    knobs: Knobs,
+    eval: Evaluation,
+    capacity: u64,
+    base_sps: f64,
+) -> Candidate {
+    let mut c = ranked_candidate(base, knobs, eval, capacity, base_sps);
+    c.changes = c.change_list.iter().map(Change::describe).collect();
+    c
+}
+
+/// `candidate` without the English `changes` strings: all the search ranks by.
+fn ranked_candidate(
     base: &Knobs,
     knobs: Knobs,
     eval: Evaluation,
@@ -300,15 +314,14 @@ pub fn candidate(
     } else {
         0.0
     };
-    let change_list = changes(base, &knobs);
     Candidate {
         fits: eval.device_total_bytes <= capacity,
         safety: safety(eval.device_total_bytes, capacity),
         margin_bytes: capacity as i64 - eval.device_total_bytes as i64,
         samples_per_s: sps,
         speedup: if base_sps > 0.0 { sps / base_sps } else { 0.0 },
-        changes: change_list.iter().map(Change::describe).collect(),
-        change_list,
+        changes: Vec::new(),
+        change_list: changes(base, &knobs),
         knobs,
         eval,
     }
@@ -339,24 +352,63 @@ pub fn ranking_speed(c: &Candidate) -> f64 {
         .fold(c.samples_per_s, |s, ch| s * (1.0 - ch.dynamics_penalty()))
 }
 
+/// What `rank_cmp` compares, computed once per candidate.
+#[derive(Clone, Copy, Debug)]
+struct RankKey {
+    safety: Safety,
+    speed: f64,
+    dynamics_changes: usize,
+    changes: usize,
+    device_total: u64,
+}
+
+impl RankKey {
+    fn of(c: &Candidate) -> RankKey {
+        RankKey {
+            safety: c.safety,
+            speed: ranking_speed(c),
+            dynamics_changes: c.change_list.iter().filter(|c| c.alters_dynamics()).count(),
+            changes: c.change_list.len(),
+            device_total: c.eval.device_total_bytes,
+        }
+    }
+
+    fn cmp(&self, b: &RankKey) -> std::cmp::Ordering {
+        self.safety
+            .cmp(&b.safety)
+            .then(
+                b.speed
+                    .partial_cmp(&self.speed)
+                    .unwrap_or(std::cmp::Ordering::Equal),
+            )
+            .then(self.dynamics_changes.cmp(&b.dynamics_changes))
+            .then(self.changes.cmp(&b.changes))
+            .then(self.device_total.cmp(&b.device_total))
+    }
+}
+
 /// Ranking order (see module doc).
 pub fn rank_cmp(a: &Candidate, b: &Candidate) -> std::cmp::Ordering {
-    let dyn_a = a.change_list.iter().filter(|c| c.alters_dynamics()).count();
-    let dyn_b = b.change_list.iter().filter(|c| c.alters_dynamics()).count();
-    a.safety
-        .cmp(&b.safety)
-        .then(
-            ranking_speed(b)
-                .partial_cmp(&ranking_speed(a))
-                .unwrap_or(std::cmp::Ordering::Equal),
-        )
-        .then(dyn_a.cmp(&dyn_b))
-        .then(a.change_list.len().cmp(&b.change_list.len()))
-        .then(a.eval.device_total_bytes.cmp(&b.eval.device_total_bytes))
+    RankKey::of(a).cmp(&RankKey::of(b))
+}
+
+/// Sorts best first: the stable `sort_by(rank_cmp)`, with each candidate's key computed once.
+pub fn rank(candidates: Vec<Candidate>) -> Vec<Candidate> {
+    // sort (key, position) pairs, not the candidates themselves (a few hundred bytes each)
+    let mut keyed: Vec<(RankKey, usize)> = candidates
+        .iter()
+        .enumerate()
+        .map(|(i, c)| (RankKey::of(c), i))
+        .collect();
+    keyed.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut slots: Vec<Option<Candidate>> = candidates.into_iter().map(Some).collect();
+    keyed.iter().filter_map(|&(_, i)| slots[i].take()).collect()
 }
 
 /// Evaluates every candidate of the space and returns them ranked, best first.
 /// Candidates the evaluator rejects (e.g. a sharding that needs more GPUs) are skipped.
+/// Their English `changes` are left empty (`change_list` holds them): `candidate` fills them for
+/// the configurations a plan shows.
 pub fn search(
     eval: &dyn Evaluator,
     base: &Knobs,
@@ -364,16 +416,15 @@ pub fn search(
     capacity: u64,
     base_sps: f64,
 ) -> Vec<Candidate> {
-    let mut out: Vec<Candidate> = space
+    let out: Vec<Candidate> = space
         .candidates(base)
         .filter_map(|k| {
             eval.evaluate(&k)
                 .ok()
-                .map(|e| candidate(base, k, e, capacity, base_sps))
+                .map(|e| ranked_candidate(base, k, e, capacity, base_sps))
         })
         .collect();
-    out.sort_by(rank_cmp);
-    out
+    rank(out)
 }
 
 #[cfg(test)]
