@@ -14,7 +14,6 @@
 //! so the tree of a GB-sized trace never exists at once.
 use std::cell::RefCell;
 use std::collections::HashMap;
-use std::hash::{BuildHasherDefault, Hasher};
 use std::io::Read;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -124,49 +123,8 @@ pub struct PickleError {
 
 type Res<T> = Result<T, PickleError>;
 
-/// FxHash (rustc's hasher): fast for the small integer keys used in interning.
-#[derive(Default)]
-pub struct FxHasher(u64);
-impl Hasher for FxHasher {
-    fn finish(&self) -> u64 {
-        // As rustc-hash 2 does: the product's low bits depend only on the key's low bits, and
-        // keys such as block addresses (multiples of 512) would all land in one bucket.
-        self.0.rotate_left(26)
-    }
-    #[inline]
-    fn write(&mut self, bytes: &[u8]) {
-        // Whole words first (a fixed-size copy compiles to one load), then the tail.
-        let mut words = bytes.chunks_exact(8);
-        for w in &mut words {
-            let mut b = [0u8; 8];
-            b.copy_from_slice(w);
-            self.add(u64::from_le_bytes(b));
-        }
-        let tail = words.remainder();
-        if !tail.is_empty() {
-            let mut b = [0u8; 8];
-            b[..tail.len()].copy_from_slice(tail);
-            self.add(u64::from_le_bytes(b));
-        }
-    }
-    fn write_u32(&mut self, i: u32) {
-        self.add(i as u64)
-    }
-    fn write_u64(&mut self, i: u64) {
-        self.add(i)
-    }
-    fn write_usize(&mut self, i: usize) {
-        self.add(i as u64)
-    }
-}
-impl FxHasher {
-    #[inline]
-    fn add(&mut self, w: u64) {
-        // Constant from rustc-hash (FxHasher, 64-bit).
-        self.0 = (self.0.rotate_left(5) ^ w).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
-    }
-}
-pub type FxBuild = BuildHasherDefault<FxHasher>;
+/// FxHash (rustc's hasher, from rustc-hash): fast for the small integer keys used in interning.
+pub type FxBuild = rustc_hash::FxBuildHasher;
 
 /// Buffered byte source that tracks the absolute offset.
 struct Input<R: Read> {

@@ -289,32 +289,11 @@ pub struct Allocator {
     stats: AllocatorStats,
 }
 
-/// A fast hasher for integer keys (the multiply-rotate scheme of rustc's FxHasher): the simulator
-/// and the trace replay do millions of map operations on u64 keys, where SipHash dominates.
-#[derive(Clone, Copy, Default)]
-pub struct FxHasher(u64);
-
-impl std::hash::Hasher for FxHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.write_u64(b as u64);
-        }
-    }
-    fn write_u64(&mut self, n: u64) {
-        self.0 = (self.0.rotate_left(5) ^ n).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
-    }
-    fn write_usize(&mut self, n: usize) {
-        self.write_u64(n as u64);
-    }
-}
-
-/// HashMap with `FxHasher`.
-pub type FxMap<K, V> = HashMap<K, V, std::hash::BuildHasherDefault<FxHasher>>;
-/// HashSet with `FxHasher`.
-pub type FxSet<K> = std::collections::HashSet<K, std::hash::BuildHasherDefault<FxHasher>>;
+/// HashMap with rustc's FxHasher: the simulator and the trace replay do millions of map
+/// operations on u64 keys, where SipHash dominates.
+pub type FxMap<K, V> = HashMap<K, V, rustc_hash::FxBuildHasher>;
+/// HashSet with rustc's FxHasher.
+pub type FxSet<K> = std::collections::HashSet<K, rustc_hash::FxBuildHasher>;
 
 /// Virtual address space reserved for one expandable segment (the real one reserves 1⅛ × the
 /// card's memory; only non-overlap matters here).
