@@ -365,3 +365,20 @@ fn traces_without_region_inputs_replay_the_smaller_batch_and_say_so() {
         e16.notes
     );
 }
+
+/// A trace that recomputes attention in backward (activation checkpointing) is flagged: the
+/// replay over-counts it (docs/accuracy.md).
+#[test]
+fn recomputed_attention_is_flagged() {
+    let region = serde_json::json!({
+        "id": 0, "kind": "sdpa", "q": [1, 4, 16, 8], "k": [1, 4, 16, 8], "v": [1, 4, 16, 8],
+        "dtype": "float32", "requires_grad": true, "outputs": [], "inputs": [10], "phase": "b"
+    });
+    let t = two_batch_trace(Some(region));
+    let e = trace::estimate(&t, &knobs(8)).unwrap();
+    assert!(
+        e.notes.iter().any(|n| n.contains("over-counts")),
+        "{:?}",
+        e.notes
+    );
+}

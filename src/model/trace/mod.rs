@@ -107,6 +107,9 @@ pub struct Region {
     /// Storages of q, k, v and the mask (format 1 traces from probe 0.1.0 may lack them).
     #[serde(default)]
     pub inputs: Vec<u64>,
+    /// `f`, or `b` for a call recomputed under activation checkpointing during backward.
+    #[serde(default)]
+    pub phase: String,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
