@@ -366,8 +366,8 @@ fn traces_without_region_inputs_replay_the_smaller_batch_and_say_so() {
     );
 }
 
-/// A trace that recomputes attention in backward (activation checkpointing) is flagged: the
-/// replay over-counts it (docs/accuracy.md).
+/// A trace of a model with attention taken with activation checkpointing is flagged: its replay
+/// is unreliable (docs/accuracy.md).
 #[test]
 fn recomputed_attention_is_flagged() {
     let region = serde_json::json!({
@@ -377,7 +377,7 @@ fn recomputed_attention_is_flagged() {
     let t = two_batch_trace(Some(region));
     let e = trace::estimate(&t, &knobs(8)).unwrap();
     assert!(
-        e.notes.iter().any(|n| n.contains("over-counts")),
+        e.notes.iter().any(|n| n.contains("unreliable")),
         "{:?}",
         e.notes
     );
