@@ -72,6 +72,42 @@ struct Group<'a> {
     live: Vec<(u64, Vec<(u64, u32)>)>,
 }
 
+/// The group of `k`: its prepared profile (trace, checkpoint flags, step walk) and the step
+/// time of one sample of one micro-step with its launches (the rest scales linearly with
+/// batch and accumulation).
+fn new_group<'w>(
+    w: &'w Workload,
+    rates: &'static GpuSpec,
+    coefficients: Coefficients,
+    k: &Knobs,
+) -> Group<'w> {
+    let unit = Knobs {
+        batch: 1,
+        grad_accum: 1,
+        ..k.clone()
+    };
+    let cost = step_cost(w, &unit);
+    let terms = coefficients.terms(&cost, &unit, rates);
+    Group {
+        precision: k.precision,
+        attention: k.attention,
+        checkpointing: k.checkpointing,
+        modules: k.checkpoint_modules.clone(),
+        prep: crate::memory::prepare(w, k),
+        per_sample: terms.roofline,
+        launches: terms.launches,
+        optimizers: Vec::new(),
+        live: Vec::new(),
+    }
+}
+
+fn same_group(a: &Knobs, b: &Knobs) -> bool {
+    a.precision == b.precision
+        && a.attention == b.attention
+        && a.checkpointing == b.checkpointing
+        && a.checkpoint_modules == b.checkpoint_modules
+}
+
 impl Group<'_> {
     fn is_for(&self, k: &Knobs) -> bool {
         self.precision == k.precision
@@ -122,27 +158,9 @@ impl<'a> ModelEvaluator<'a> {
                 return i;
             }
         }
-        // Step time of one sample of one micro-step, and the launches: the rest scales
-        // linearly with batch and accumulation.
-        let unit = Knobs {
-            batch: 1,
-            grad_accum: 1,
-            ..k.clone()
-        };
-        let cost = step_cost(self.workload, &unit);
-        let terms = self.coefficients.terms(&cost, &unit, self.rates);
+        let g = new_group(self.workload, self.rates, self.coefficients, k);
         let mut groups = self.groups.borrow_mut();
-        groups.push(Group {
-            precision: k.precision,
-            attention: k.attention,
-            checkpointing: k.checkpointing,
-            modules: k.checkpoint_modules.clone(),
-            prep: crate::memory::prepare(self.workload, k),
-            per_sample: terms.roofline,
-            launches: terms.launches,
-            optimizers: Vec::new(),
-            live: Vec::new(),
-        });
+        groups.push(g);
         self.last.set(groups.len() - 1);
         groups.len() - 1
     }
@@ -172,6 +190,45 @@ fn step_cost_optimizer_bytes(w: &Workload, k: &Knobs) -> f64 {
 }
 
 impl Evaluator for ModelEvaluator<'_> {
+    /// Builds the groups the candidates need on all cores (each is a step walk and a step-time
+    /// profile, independent of the others); the search then only reads them.
+    fn prepare(&self, candidates: &[Knobs]) {
+        let mut todo: Vec<&Knobs> = Vec::new();
+        {
+            let groups = self.groups.borrow();
+            for k in candidates {
+                if !groups.iter().any(|g| g.is_for(k)) && !todo.iter().any(|t| same_group(t, k)) {
+                    todo.push(k);
+                }
+            }
+        }
+        let threads = std::thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .min(todo.len());
+        if threads < 2 {
+            return;
+        }
+        let (w, rates, coefficients) = (self.workload, self.rates, self.coefficients);
+        let built: Vec<Group<'_>> = std::thread::scope(|s| {
+            let chunks: Vec<_> = todo
+                .chunks(todo.len().div_ceil(threads))
+                .map(|chunk| {
+                    s.spawn(move || {
+                        chunk
+                            .iter()
+                            .map(|k| new_group(w, rates, coefficients, k))
+                            .collect::<Vec<_>>()
+                    })
+                })
+                .collect();
+            chunks
+                .into_iter()
+                .flat_map(|h| h.join().unwrap_or_default())
+                .collect()
+        });
+        self.groups.borrow_mut().extend(built);
+    }
+
     /// The search uses the closed-form reserved-memory model (`memory::totals_fast`, the numbers
     /// of `memory::estimate_fast`) against the candidate's group, prepared once.
     fn evaluate(&self, k: &Knobs) -> anyhow::Result<Evaluation> {
@@ -367,6 +424,16 @@ mod tests {
                 step_time_s: step,
             };
             assert_eq!(fast, direct, "{k:?}");
+        }
+        // groups built up front on several threads give the same answers as built on demand
+        let prepared = ModelEvaluator::new(&w, &gpu, rates, coefficients);
+        prepared.prepare(&all);
+        for k in all.iter().step_by(53) {
+            assert_eq!(
+                prepared.evaluate(k).unwrap(),
+                eval.evaluate(k).unwrap(),
+                "{k:?}"
+            );
         }
     }
 }

@@ -29,6 +29,9 @@ pub trait Evaluator {
     fn evaluate_exact(&self, knobs: &Knobs) -> anyhow::Result<Evaluation> {
         self.evaluate(knobs)
     }
+    /// Called once with every candidate before they are evaluated (default: nothing), so an
+    /// evaluator can build what they share up front.
+    fn prepare(&self, _candidates: &[Knobs]) {}
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
@@ -416,8 +419,10 @@ pub fn search(
     capacity: u64,
     base_sps: f64,
 ) -> Vec<Candidate> {
-    let out: Vec<Candidate> = space
-        .candidates(base)
+    let candidates: Vec<Knobs> = space.candidates(base).collect();
+    eval.prepare(&candidates);
+    let out: Vec<Candidate> = candidates
+        .into_iter()
         .filter_map(|k| {
             eval.evaluate(&k)
                 .ok()
