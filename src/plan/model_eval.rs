@@ -59,10 +59,9 @@ pub fn step_cost(w: &Workload, k: &Knobs) -> StepCost {
 /// batch size of the group needed so far. The search enumerates candidates group by group, so
 /// each group is built once and every further candidate costs a pass over the profile's points.
 struct Group<'a> {
-    precision: Precision,
-    attention: Attention,
-    checkpointing: Checkpointing,
-    modules: Vec<String>,
+    /// The knobs the group was built for: its precision, attention and checkpointing are the
+    /// group's (`same_group`).
+    knobs: Knobs,
     prep: crate::memory::Prepared<'a>,
     /// Step time of one sample of one micro-step (roofline), and the launches per micro-step.
     per_sample: f64,
@@ -89,10 +88,7 @@ fn new_group<'w>(
     let cost = step_cost(w, &unit);
     let terms = coefficients.terms(&cost, &unit, rates);
     Group {
-        precision: k.precision,
-        attention: k.attention,
-        checkpointing: k.checkpointing,
-        modules: k.checkpoint_modules.clone(),
+        knobs: k.clone(),
         prep: crate::memory::prepare(w, k),
         per_sample: terms.roofline,
         launches: terms.launches,
@@ -101,6 +97,7 @@ fn new_group<'w>(
     }
 }
 
+/// Whether two configurations share a group (the same profile and step time per sample).
 fn same_group(a: &Knobs, b: &Knobs) -> bool {
     a.precision == b.precision
         && a.attention == b.attention
@@ -110,10 +107,7 @@ fn same_group(a: &Knobs, b: &Knobs) -> bool {
 
 impl Group<'_> {
     fn is_for(&self, k: &Knobs) -> bool {
-        self.precision == k.precision
-            && self.attention == k.attention
-            && self.checkpointing == k.checkpointing
-            && self.modules == k.checkpoint_modules
+        same_group(&self.knobs, k)
     }
 }
 
