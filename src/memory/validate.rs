@@ -142,13 +142,17 @@ pub fn validate_text(
                 e.to_string().lines().next().unwrap_or("invalid")
             ))
         })?;
+        // every knob that `model::resolve` builds the workload from (shape, task, LoRA)
         let key = format!(
-            "{}|{:?}|{:?}|{:?}|{:?}",
+            "{}|{:?}|{:?}|{:?}|{:?}|{:?}|{:?}|{:?}",
             ra.model,
             ra.knobs.seq_len,
             ra.knobs.image_size,
             ra.knobs.num_classes,
-            ra.knobs.target_len
+            ra.knobs.target_len,
+            ra.knobs.task,
+            ra.knobs.lora_rank,
+            ra.knobs.lora_targets
         );
         let w = match workloads.get(&key) {
             Some(w) => w.clone(),
