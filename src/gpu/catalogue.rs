@@ -28,6 +28,9 @@ pub struct GpuSpec {
     pub fp32_tflops: f64,
     /// Memory bandwidth, GB/s.
     pub bandwidth_gbs: f64,
+    /// Streaming multiprocessors (`multiProcessorCount`; compute units on AMD), from the vendor's
+    /// specifications: sizes the staging buffer of reductions (`memory::reduction`).
+    pub sms: u32,
     /// Other names it is known by.
     #[serde(skip)]
     pub aliases: &'static [&'static str],
@@ -58,6 +61,7 @@ pub static CATALOGUE: &[GpuSpec] = &[
         tf32_tflops: 0.0,
         fp32_tflops: 8.1,
         bandwidth_gbs: 320.0,
+        sms: 40,
         aliases: &["tesla t4"],
     },
     // V100 16 GB: logs print "15.78 GiB total capacity" (Colab V100, googlecolab/colabtools#2001).
@@ -74,6 +78,7 @@ pub static CATALOGUE: &[GpuSpec] = &[
         tf32_tflops: 0.0,
         fp32_tflops: 15.7,
         bandwidth_gbs: 900.0,
+        sms: 80,
         aliases: &[
             "v100",
             "v10016gb",
@@ -97,6 +102,7 @@ pub static CATALOGUE: &[GpuSpec] = &[
         tf32_tflops: 0.0,
         fp32_tflops: 15.7,
         bandwidth_gbs: 900.0,
+        sms: 80,
         aliases: &["v10032gb", "Tesla V100-SXM2-32GB", "Tesla V100-PCIE-32GB"],
     },
     // A10 / A10G 24 GB: an AWS g5 (A10G) training log prints "total capacity of 22.06 GiB" (was 22.20
@@ -114,6 +120,7 @@ pub static CATALOGUE: &[GpuSpec] = &[
         tf32_tflops: 62.5,
         fp32_tflops: 31.2,
         bandwidth_gbs: 600.0,
+        sms: 72,
         aliases: &["a10g"],
     },
     // A100 40 GB: "39.59 GiB total capacity" in Colab A100-40GB (SXM4) logs (was 39.39 here; 39.39 and
@@ -130,6 +137,7 @@ pub static CATALOGUE: &[GpuSpec] = &[
         tf32_tflops: 156.0,
         fp32_tflops: 19.5,
         bandwidth_gbs: 1555.0,
+        sms: 108,
         aliases: &["a100", "a10040gb", "A100-SXM4-40GB", "A100-PCIE-40GB"],
     },
     // A100 80 GB: logs print "79.15 GiB total capacity" (79.14 in lianqi1008/Control-GIC#6, 79.25 in
@@ -146,6 +154,7 @@ pub static CATALOGUE: &[GpuSpec] = &[
         tf32_tflops: 156.0,
         fp32_tflops: 19.5,
         bandwidth_gbs: 2039.0,
+        sms: 108,
         aliases: &["a10080gb", "A100-SXM4-80GB", "A100 80GB PCIe"],
     },
     // L4: logs print "total capacity of 22.03 GiB" (several L4 runs; nvidia-smi 23034 MiB). Datasheet:
@@ -162,6 +171,7 @@ pub static CATALOGUE: &[GpuSpec] = &[
         tf32_tflops: 60.0,
         fp32_tflops: 30.3,
         bandwidth_gbs: 300.0,
+        sms: 58,
         aliases: &[],
     },
     // L40S: "total capacity of 44.53 GiB" (Wan-Video/Wan2.1#205, an L40S 48GB; was 46068 MiB = 44.99,
@@ -178,6 +188,7 @@ pub static CATALOGUE: &[GpuSpec] = &[
         tf32_tflops: 183.0,
         fp32_tflops: 91.6,
         bandwidth_gbs: 864.0,
+        sms: 142,
         aliases: &[],
     },
     // RTX 3090 / A5000 24 GB: 23.55 GiB (the seed's log; an RTX A5000 measurement in a public report,
@@ -197,6 +208,7 @@ pub static CATALOGUE: &[GpuSpec] = &[
         tf32_tflops: 35.6,
         fp32_tflops: 35.6,
         bandwidth_gbs: 936.0,
+        sms: 82,
         aliases: &[
             "3090",
             "geforce rtx 3090",
@@ -220,6 +232,7 @@ pub static CATALOGUE: &[GpuSpec] = &[
         tf32_tflops: 82.6,
         fp32_tflops: 82.6,
         bandwidth_gbs: 1008.0,
+        sms: 128,
         aliases: &["4090", "geforce rtx 4090"],
     },
     // RTX 5090: "total capacity of 31.37 GiB" (Wan-Video/Wan2.1#465, Ksuriuri/index-tts-vllm#91; 31.36
@@ -238,6 +251,7 @@ pub static CATALOGUE: &[GpuSpec] = &[
         tf32_tflops: 104.8,
         fp32_tflops: 104.8,
         bandwidth_gbs: 1792.0,
+        sms: 170,
         aliases: &["5090", "geforce rtx 5090"],
     },
     // RTX A6000: logs print "47.54 GiB total capacity" (several, e.g. replicate model errors).
@@ -254,6 +268,7 @@ pub static CATALOGUE: &[GpuSpec] = &[
         tf32_tflops: 77.4,
         fp32_tflops: 38.7,
         bandwidth_gbs: 768.0,
+        sms: 84,
         aliases: &["a6000"],
     },
     // H100 PCIe: nvidia-smi shows the same 81559 MiB as the SXM, whose PyTorch total is measured below
@@ -271,6 +286,7 @@ pub static CATALOGUE: &[GpuSpec] = &[
         tf32_tflops: 378.0,
         fp32_tflops: 51.2,
         bandwidth_gbs: 2000.0,
+        sms: 114,
         aliases: &[],
     },
     // H100 SXM 80GB HBM3: total_memory 85017493504 measured (calibration/meta.json; 79.18 GiB in fixture 48).
@@ -287,6 +303,7 @@ pub static CATALOGUE: &[GpuSpec] = &[
         tf32_tflops: 494.0,
         fp32_tflops: 67.0,
         bandwidth_gbs: 3350.0,
+        sms: 132,
         aliases: &["h100", "h10080gb", "h100 80gb hbm3"],
     },
     // H200: "total capacity of 139.80 GiB" (several 8xH200 logs; 139.81 also seen; was 143771 MiB =
@@ -303,6 +320,7 @@ pub static CATALOGUE: &[GpuSpec] = &[
         tf32_tflops: 494.0,
         fp32_tflops: 67.0,
         bandwidth_gbs: 4800.0,
+        sms: 132,
         aliases: &[],
     },
     // B200: "total capacity of 178.35 GiB" (several 8xB200 logs; 178.36 also seen; was 183359 MiB =
@@ -320,6 +338,7 @@ pub static CATALOGUE: &[GpuSpec] = &[
         tf32_tflops: 1100.0,
         fp32_tflops: 75.0,
         bandwidth_gbs: 7700.0,
+        sms: 148,
         aliases: &[],
     },
     // MI250X: PyTorch sees each of its two GCDs as a device of 64 GiB and prints "HIP out of memory ...
@@ -337,6 +356,7 @@ pub static CATALOGUE: &[GpuSpec] = &[
         tf32_tflops: 0.0,
         fp32_tflops: 23.95,
         bandwidth_gbs: 1638.5,
+        sms: 110,
         aliases: &[],
     },
     // MI300X: 192 GB HBM3; ROCm logs print "total capacity of 191.98 GiB" (191.69 with some ROCm
@@ -353,6 +373,7 @@ pub static CATALOGUE: &[GpuSpec] = &[
         tf32_tflops: 653.7,
         fp32_tflops: 163.4,
         bandwidth_gbs: 5300.0,
+        sms: 304,
         aliases: &[],
     },
 ];

@@ -31,6 +31,22 @@ pub struct TargetGpu {
     pub spec: Option<&'static GpuSpec>,
 }
 
+impl TargetGpu {
+    /// What the reduction kernels read off this card; the calibration card's figures when the
+    /// GPU was given by its memory alone.
+    pub fn reduction_device(&self) -> crate::memory::reduction::Device {
+        match self.spec {
+            Some(s) => crate::memory::reduction::Device {
+                sms: s.sms as u64,
+                threads_per_sm: crate::memory::reduction::Device::threads_per_sm(
+                    s.compute_capability,
+                ),
+            },
+            None => crate::memory::reduction::CALIBRATION_DEVICE,
+        }
+    }
+}
+
 impl GpuArgs {
     /// `None` when neither flag was given.
     pub fn resolve(&self) -> Result<Option<TargetGpu>> {

@@ -9,6 +9,7 @@
 pub mod allocator;
 mod free_set;
 pub mod optimizer;
+pub mod reduction;
 pub mod report;
 pub mod reserved;
 pub mod sim;
@@ -37,6 +38,7 @@ type ReplayKey = (
     u64,
     u64,
     crate::knobs::Optimizer,
+    reduction::Device,
 );
 
 /// Profiles and allocator replays already computed for a workload.
@@ -277,7 +279,18 @@ fn check_knobs(knobs: &Knobs) -> Result<()> {
     Ok(())
 }
 
-fn peak(w: &Workload, prep: &Prepared, knobs: &Knobs, opt: &optimizer::OptimizerMemory) -> Peak {
+/// The device the reduction buffers are sized for: the target GPU, else the calibration card.
+fn reduction_device(gpu: Option<&TargetGpu>) -> reduction::Device {
+    gpu.map_or(reduction::CALIBRATION_DEVICE, |g| g.reduction_device())
+}
+
+fn peak(
+    w: &Workload,
+    prep: &Prepared,
+    knobs: &Knobs,
+    opt: &optimizer::OptimizerMemory,
+    dev: reduction::Device,
+) -> Peak {
     let prof = &*prep.profile;
     let t = prep.trace;
     let mode = t.mode;
@@ -311,7 +324,10 @@ fn peak(w: &Workload, prep: &Prepared, knobs: &Knobs, opt: &optimizer::Optimizer
         };
         // ZeRO-3 / FSDP gather each layer's weights for its use only: their autocast copies are
         // not cached leaves (views of a flat parameter), so only a layer's worth lives at a time
-        let v = (p.saved + p.transient) * b + p.casts / p_shard + grads;
+        let row_sum = p.row_sum.map_or(0, |(cols, rows)| {
+            reduction::row_sum_buffer(cols, (rows * b).round() as u64, dev)
+        });
+        let v = (p.saved + p.transient) * b + p.casts / p_shard + grads + row_sum as f64;
         if p.phase == Phase::Forward {
             fwd_peak = fwd_peak.max(v);
         } else {
@@ -392,7 +408,7 @@ pub fn totals_fast(
     live: &[(u64, u32)],
 ) -> Result<Totals> {
     check_knobs(knobs)?;
-    let pk = peak(w, prep, knobs, opt);
+    let pk = peak(w, prep, knobs, opt, reduction_device(gpu));
     let reserved = closed_form(&prep.profile, knobs, &pk, live);
     Ok(Totals {
         peak_allocated_bytes: pk.peak_alloc,
@@ -432,7 +448,8 @@ pub fn estimate_with(
     let b = knobs.batch as f64;
     let accum = knobs.grad_accum;
     let opt = optimizer::optimizer_memory(&t.params, knobs.optimizer, mode);
-    let pk = peak(w, &prep, knobs, &opt);
+    let dev = reduction_device(gpu);
+    let pk = peak(w, &prep, knobs, &opt, dev);
     let peak_alloc = pk.peak_alloc;
     let phase = pk.phase;
 
@@ -483,6 +500,7 @@ pub fn estimate_with(
                 knobs.batch,
                 accum,
                 knobs.optimizer,
+                dev,
             );
             let cached = w
                 .cache
@@ -503,6 +521,7 @@ pub fn estimate_with(
                             input_bytes_per_sample: t.input_bytes,
                             optimizer: knobs.optimizer,
                             cublas_workspace: CUBLAS_WORKSPACE_BYTES,
+                            device: dev,
                         },
                     );
                     if let Ok(mut c) = w.cache.lock() {

@@ -248,6 +248,8 @@ pub struct Replay<'a> {
     pub input_bytes_per_sample: f64,
     pub optimizer: Optimizer,
     pub cublas_workspace: u64,
+    /// Sizes the reduction buffers (`reduction::row_sum_buffer`).
+    pub device: super::reduction::Device,
 }
 
 /// Peak reserved bytes of a training process running two steps (warm-up, where the optimizer
@@ -302,6 +304,20 @@ pub fn replay(p: &Profile, r: &Replay) -> u64 {
                             slot[s] = a.malloc(abs as u64);
                             pgrads.push(s);
                             is_pgrad[s] = true;
+                        }
+                    }
+                    Ev::RowSum {
+                        slot: s,
+                        cols,
+                        rows_per_sample,
+                    } => {
+                        let bytes = super::reduction::row_sum_buffer(
+                            cols,
+                            (rows_per_sample * b).round() as u64,
+                            r.device,
+                        );
+                        if bytes > 0 {
+                            slot[s as usize] = a.malloc(bytes);
                         }
                     }
                     Ev::EndForward => {}

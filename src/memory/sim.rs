@@ -22,6 +22,9 @@ pub struct Point {
     pub casts: f64,
     /// Parameter-gradient elements alive.
     pub pgrad: f64,
+    /// A reduction over rows in flight at this point: (columns, rows per sample); its staging
+    /// buffer (`reduction::row_sum_buffer`) is not linear in the batch.
+    pub row_sum: Option<(u64, f64)>,
 }
 
 /// The walk's result for one (precision, attention, checkpointing).
@@ -68,6 +71,13 @@ pub enum Ev {
     ParamGrad {
         slot: u32,
         abs: f64,
+    },
+    /// The staging buffer of a reduction over `rows_per_sample * batch` rows of `cols` columns
+    /// (`reduction::row_sum_buffer`; nothing when the kernel needs none), freed by a `Free`.
+    RowSum {
+        slot: u32,
+        cols: u64,
+        rows_per_sample: f64,
     },
 }
 
@@ -182,6 +192,7 @@ pub fn simulate(t: &Trace, ck: &[bool]) -> Profile {
             act_grads: 0.0,
             casts,
             pgrad: 0.0,
+            row_sum: None,
         });
         for &j in &frees[i] {
             live -= bytes(j);
@@ -311,6 +322,7 @@ pub fn simulate(t: &Trace, ck: &[bool]) -> Profile {
                 act_grads: live_grad,
                 casts: casts_alive + seg_casts,
                 pgrad,
+                row_sum: None,
             });
             live_saved += kept;
             casts_alive += seg_casts;
@@ -359,7 +371,25 @@ pub fn simulate(t: &Trace, ck: &[bool]) -> Profile {
                 act_grads: live_grad,
                 casts: casts_alive,
                 pgrad,
+                row_sum: None,
             });
+            if let Some((cols, rows_per_sample)) = op.row_sum {
+                ev.push(Ev::RowSum {
+                    slot: s_extra(i),
+                    cols,
+                    rows_per_sample,
+                });
+                ev.push(Ev::Free { slot: s_extra(i) });
+                pts.push(Point {
+                    phase: Phase::Backward,
+                    saved: live_saved,
+                    transient: live_grad,
+                    act_grads: live_grad,
+                    casts: casts_alive,
+                    pgrad,
+                    row_sum: op.row_sum,
+                });
+            }
             for o in &op.outputs {
                 let j = o.0;
                 if grad[j] && !op.inputs.iter().any(|x| x.0 == j) {
@@ -405,10 +435,37 @@ pub fn simulate(t: &Trace, ck: &[bool]) -> Profile {
     }
 }
 
-/// Keeps the points that can be the maximum of `b * (saved + transient) + casts + g * pgrad` for
-/// some batch `b >= 0` and gradient byte size `g` in {0, 2, 4} (accumulation keeps all gradients:
-/// `g = 0` on the per-point part).
-fn hull(pts: Vec<Point>, _pgrad_total: f64) -> Vec<Point> {
+/// Keeps the points that can be the maximum (see `hull_linear`). Points with a reduction in
+/// flight add a term that is the same function of the batch for the same reduction shape, so
+/// each shape is pruned on its own; the order of the walk is kept.
+fn hull(pts: Vec<Point>, pgrad_total: f64) -> Vec<Point> {
+    // (reduction shape with the rows as bits, the points with their position in the walk)
+    type Group = (Option<(u64, u64)>, Vec<(usize, Point)>);
+    let mut groups: Vec<Group> = Vec::new();
+    for (i, p) in pts.into_iter().enumerate() {
+        let key = p.row_sum.map(|(c, r)| (c, r.to_bits()));
+        match groups.iter_mut().find(|g| g.0 == key) {
+            Some(g) => g.1.push((i, p)),
+            None => groups.push((key, vec![(i, p)])),
+        }
+    }
+    let mut kept: Vec<(usize, Point)> = Vec::new();
+    for (_, g) in groups {
+        let (idx, ps): (Vec<usize>, Vec<Point>) = g.into_iter().unzip();
+        kept.extend(
+            hull_linear(&ps, pgrad_total)
+                .into_iter()
+                .map(|k| (idx[k], ps[k].clone())),
+        );
+    }
+    kept.sort_by_key(|e| e.0);
+    kept.into_iter().map(|e| e.1).collect()
+}
+
+/// Indices of the points that can be the maximum of `b * (saved + transient) + casts + g * pgrad`
+/// for some batch `b >= 0` and gradient byte size `g` in {0, 2, 4} (accumulation keeps all
+/// gradients: `g = 0` on the per-point part).
+fn hull_linear(pts: &[Point], _pgrad_total: f64) -> Vec<usize> {
     let mut keep: Vec<bool> = vec![false; pts.len()];
     let x = |p: &Point| p.saved + p.transient;
     let by = |a: f64, b: f64| a.partial_cmp(&b).unwrap_or(std::cmp::Ordering::Equal);
@@ -464,9 +521,9 @@ fn hull(pts: Vec<Point>, _pgrad_total: f64) -> Vec<Point> {
             keep[i] = true;
         }
     }
-    pts.into_iter()
-        .zip(keep)
-        .filter(|(_, k)| *k)
-        .map(|(p, _)| p)
+    keep.iter()
+        .enumerate()
+        .filter(|(_, k)| **k)
+        .map(|(i, _)| i)
         .collect()
 }

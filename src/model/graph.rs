@@ -118,6 +118,10 @@ pub struct OpInfo {
     /// The parameter (interned name) whose gradient `param_grad_elems` is: a parameter used by
     /// several ops gets one gradient tensor (autograd accumulates into it).
     pub param_key: Option<u32>,
+    /// A parameter gradient summed over rows in backward (bias, LayerScale, RMSNorm weight):
+    /// (columns, rows per sample), for the reduction kernel's staging buffer
+    /// (`memory::reduction`).
+    pub row_sum: Option<(u64, f64)>,
 }
 
 /// One instance of a module (a transformer block, an embedding, a head).
@@ -398,8 +402,10 @@ impl Trace {
 
     /// Records an autocast cast of a weight: cached for the whole forward when the weight is a
     /// trainable leaf (`autocast_mode.cpp` `cached_cast`: only leaves with requires_grad are cached),
-    /// and kept by the op's backward either way.
-    fn weight_cast(&mut self, name: &str, elems: f64, trainable: bool, leaf: bool) {
+    /// and kept by the op's backward either way. A frozen weight is cast anew at every call, and
+    /// the copy is kept when the input needs a gradient (grad_input = grad @ W needs it): the
+    /// frozen base layers of LoRA fine-tuning.
+    fn weight_cast(&mut self, name: &str, elems: f64, trainable: bool, leaf: bool, input_rg: bool) {
         if self.mode != Mode::Mixed || !self.grad_enabled {
             return;
         }
@@ -407,8 +413,9 @@ impl Trace {
             if self.cast_cache.insert(name.to_string()) {
                 self.last_op().weight_cast_bytes += elems * 2.0;
             }
-        } else if trainable {
-            // a view of a parameter (e.g. `in_proj_weight.split(...)`): cast anew at every call
+        } else if trainable || input_rg {
+            // a view of a parameter (e.g. `in_proj_weight.split(...)`) or a frozen weight: cast
+            // anew at every call
             self.last_op().weight_cast_bytes += elems * 2.0;
         }
     }
@@ -468,8 +475,13 @@ impl Trace {
         );
         if trainable {
             self.tag_param(name.trim_end_matches(".q").trim_end_matches(".kv"));
+            let op = self.last_op();
+            if bias && op.param_grad_elems > 0.0 {
+                op.row_sum = Some((fout, tokens));
+            }
         }
-        self.weight_cast(name, w, trainable, leaf);
+        let input_rg = self.rg(xi);
+        self.weight_cast(name, w, trainable, leaf, input_rg);
         y
     }
 
@@ -512,7 +524,7 @@ impl Trace {
             if trainable { w } else { 0.0 },
             2.0 * (cin * k * k * cout * hw_out) as f64,
         );
-        self.weight_cast(name, w, trainable, true);
+        self.weight_cast(name, w, trainable, true, x_rg);
         if !saved.is_empty() {
             // cuDNN workspace of the backward kernels, allocated through the caching allocator
             // and freed when the call returns (every convolution goes through cuDNN)
@@ -571,14 +583,16 @@ impl Trace {
     pub fn add_param(&mut self, a: T, param_elems: u64, trainable: bool) -> T {
         let e = self.elems(a);
         let dt = self.promote_param(a);
-        self.op(
+        let y = self.op(
             &[a],
             e,
             dt,
             &[],
             if trainable { param_elems as f64 } else { 0.0 },
             e,
-        )
+        );
+        self.row_sum_of_param(e, param_elems);
+        y
     }
 
     /// `a * b` of two activations: saves both (grad_a = g*b, grad_b = g*a).
@@ -594,14 +608,25 @@ impl Trace {
         let e = self.elems(a);
         let dt = self.promote_param(a);
         let saved: Vec<T> = if trainable { vec![a] } else { vec![] };
-        self.op(
+        let y = self.op(
             &[a],
             e,
             dt,
             &saved,
             if trainable { param_elems as f64 } else { 0.0 },
             e,
-        )
+        );
+        self.row_sum_of_param(e, param_elems);
+        y
+    }
+
+    /// The gradient of a parameter broadcast over the rows of `elems` (per sample) is summed
+    /// over those rows in backward (`sum_to`).
+    fn row_sum_of_param(&mut self, elems: f64, param_elems: u64) {
+        let op = self.last_op();
+        if op.param_grad_elems > 0.0 && param_elems > 0 {
+            op.row_sum = Some((param_elems, elems / param_elems as f64));
+        }
     }
 
     fn promote_param(&self, a: T) -> Dt {
