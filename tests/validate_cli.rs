@@ -23,12 +23,36 @@ fn calibration_rows_are_estimated_closely() {
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["rows"].as_array().unwrap().len(), 46);
     // what docs/accuracy.md reports; a regression shows here
-    assert!(v["alloc"]["median_abs"].as_f64().unwrap() < 0.02);
+    assert!(v["alloc"]["median_abs"].as_f64().unwrap() < 0.01);
     assert!(v["alloc"]["max_abs"].as_f64().unwrap() < 0.07);
-    assert!(v["reserved"]["median_abs"].as_f64().unwrap() <= 0.03);
-    assert!(v["reserved"]["p90_abs"].as_f64().unwrap() < 0.08);
+    assert!(v["reserved"]["median_abs"].as_f64().unwrap() < 0.01);
+    assert!(v["reserved"]["p90_abs"].as_f64().unwrap() < 0.05);
     assert!(v["reserved"]["max_abs"].as_f64().unwrap() < 0.08);
-    assert!(v["reserved"]["under_beyond_5pct"].as_u64().unwrap() <= 5);
+    assert!(v["reserved"]["under_beyond_5pct"].as_u64().unwrap() <= 2);
+}
+
+const HOLDOUT: &str = "tests/fixtures/calibration-holdout/measurements-h200-torch2.11.jsonl";
+
+/// Architectures no constant was fitted to (measured after the model was written): ResNet-50,
+/// ViT-S/L, the upstream NavDP, a Llama-style decoder, T5, GPT-2 medium, BERT-large, Qwen2.5 with
+/// and without LoRA.
+#[test]
+fn held_out_rows_are_estimated_closely() {
+    let (code, out, err) = oomdoc(&["--format", "json", "validate", HOLDOUT]);
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let rows = v["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 19);
+    assert!(v["reserved"]["median_abs"].as_f64().unwrap() < 0.02);
+    assert!(v["reserved"]["under_beyond_5pct"].as_u64().unwrap() <= 1);
+    // the LoRA row and the full fine-tune of the same config file are different workloads
+    // (validate once reused the first one's graph), and the frozen base weights' autocast
+    // copies are kept for backward
+    let lora = rows
+        .iter()
+        .find(|r| r["estimate_args"].as_str().unwrap().contains("--lora-rank"))
+        .unwrap();
+    assert!(lora["error_alloc"].as_f64().unwrap().abs() < 0.02, "{lora}");
 }
 
 #[test]
