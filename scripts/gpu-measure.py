@@ -16,6 +16,10 @@ opprof: for the named calibration configurations, one warm-up and one steady ste
   Writes OUTDIR/opprof_<name>.jsonl.gz and OUTDIR/snapshot_<name>.pickle.gz.
 rows: held-out architectures measured like the calibration file, one JSON line each with the
   `estimate_args` that describe the run to `oomdoc estimate` (HF configs under OUTDIR/models/).
+plancheck: the configurations `oomdoc plan` proposed (`scripts/plan-cases.py` writes --plan-cases),
+  each run with the caching allocator capped at the plan's memory budget minus the memory the
+  process already uses outside PyTorch: does it fit, and how do peak and step time compare with
+  the prediction. Writes OUTDIR/plancheck.jsonl.
 """
 import argparse, gc, gzip, json, os, pickle, sys, time, traceback
 
@@ -29,6 +33,7 @@ P.add_argument("--only", default="")
 P.add_argument("--deadline", type=float, default=400)
 P.add_argument("--device", default="cuda")
 P.add_argument("--tiny", action="store_true")
+P.add_argument("--plan-cases", default="")
 A = P.parse_args()
 sys.path.insert(0, os.path.abspath(A.calibration))
 import harness as H  # noqa: E402
@@ -46,9 +51,9 @@ def left():
 
 
 # ---------------------------------------------------------------- workloads
-def navdp(variant="user", ckpt=False, ckpt_vit=False, sdpa=False):
+def navdp(variant="user", ckpt=False, ckpt_vit=False, sdpa=False, ckpt_dec=False):
     def build(_ck):
-        a = N._args(ckpt, A.tiny)
+        a = N._args(ckpt or ckpt_dec, A.tiny)
         a.variant, a.sdpa = variant, sdpa
         if variant == "official":
             a.freeze_rgb = True  # InternNav HEAD: finetune=False
@@ -64,7 +69,7 @@ def navdp(variant="user", ckpt=False, ckpt_vit=False, sdpa=False):
     return dict(build=build, make_batch=batch, loss=N.loss_fn)
 
 
-def hf(kind, lora=None):
+def hf(kind, lora=None, attn=None):
     """An HF model from an explicit config (saved for `--model hf:`), optionally with peft LoRA."""
     import transformers as T
 
@@ -76,6 +81,8 @@ def hf(kind, lora=None):
         cfg = T.Qwen2Config(vocab_size=151936, hidden_size=896, intermediate_size=4864, num_hidden_layers=24,
                             num_attention_heads=14, num_key_value_heads=2, max_position_embeddings=32768,
                             tie_word_embeddings=True, rope_theta=1000000.0)
+    elif kind == "gpt2":
+        cfg = T.GPT2Config(n_layer=12, n_embd=768, n_head=12, n_positions=1024, vocab_size=50257)
     elif kind == "gpt2-medium":
         cfg = T.GPT2Config(n_layer=24, n_embd=1024, n_head=16, n_positions=1024, vocab_size=50257)
     elif kind == "bert-large":
@@ -99,7 +106,7 @@ def hf(kind, lora=None):
         elif kind == "bert-large":
             m = T.BertForMaskedLM(cfg)
         else:
-            m = T.AutoModelForCausalLM.from_config(cfg)
+            m = T.AutoModelForCausalLM.from_config(cfg, **({"attn_implementation": attn} if attn else {}))
         if ck:
             m.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         m.config.use_cache = False
@@ -112,8 +119,8 @@ def hf(kind, lora=None):
     return build, f"hf:models/{kind}.config.json"
 
 
-def lm(kind, S, lora=None, task="causal-lm"):
-    build, model_arg = hf(kind, lora)
+def lm(kind, S, lora=None, task="causal-lm", attn=None):
+    build, model_arg = hf(kind, lora, attn)
     S = 16 if A.tiny else S
 
     def batch(B, V):
@@ -278,6 +285,85 @@ def rows():
     return out
 
 
+# ---------------------------------------------------------------- plan check
+PREC_OF = {"fp32": "fp32", "tf32": "fp32", "bf16-mixed": "amp_bf16", "fp16-mixed": "amp_fp16",
+           "bf16-true": "bf16_pure"}
+OPT_OF = {"adamw": "adamw", "adamw-fused": "adamw_fused", "sgd-momentum": "sgd"}
+
+
+def plan_workload(case):
+    k = case["knobs"]
+    mods = set(k.get("checkpoint_modules") or [])
+    sdpa = k["attention"] == "sdpa"
+    if case["workload"] == "navdp":
+        sel = k["checkpointing"] == "selective"
+        return navdp(ckpt=k["checkpointing"] == "full", sdpa=sdpa,
+                     ckpt_vit=sel and bool(mods & {"rgb_model.blocks", "depth_model.blocks"}),
+                     ckpt_dec=sel and "decoder" in mods)
+    if case["workload"] == "gpt2":
+        return lm("gpt2", 1024, attn=None if sdpa else "eager")[0]
+    if case["workload"] == "vit_b16":
+        w = vision("vit_b16", "vit_base_patch16_224")[0]
+        if not sdpa:
+            build = w["build"]
+
+            def eager(ck):
+                m, info = build(ck)
+                for b in m.blocks:
+                    b.attn.fused_attn = False
+                return m, info
+            w = dict(w, build=eager)
+        return w
+    raise ValueError(case["workload"])
+
+
+def plancheck():
+    cases = json.load(open(A.plan_cases))
+    out = open(os.path.join(A.out, "plancheck.jsonl"), "a")
+    for case in cases:
+        k = case["knobs"]
+        if left() < 20 or k.get("gpus", 1) != 1 or k["optimizer"] not in OPT_OF or k["precision"] not in PREC_OF:
+            print("skip", case["name"], flush=True)
+            continue
+        cfg = dict(batch=k["batch"], prec=PREC_OF[k["precision"]], ckpt=k["checkpointing"] == "full",
+                   opt=OPT_OF[k["optimizer"]], accum=k["grad_accum"])
+        rec = dict(name=case["name"], knobs=k, predicted=case["predicted"], budget_bytes=case["budget_bytes"])
+        tf32 = k["precision"] == "tf32"
+        torch.backends.cuda.matmul.allow_tf32 = tf32
+        torch.backends.cudnn.allow_tf32 = tf32
+        H.reset()
+        if CUDA:
+            free, total = torch.cuda.mem_get_info()
+            outside = (total - free) - torch.cuda.memory_reserved()
+            cap = case["budget_bytes"] - outside
+            rec["outside_pytorch_bytes"] = outside
+            rec["allocator_cap_bytes"] = cap
+            torch.cuda.set_per_process_memory_fraction(cap / total)
+        try:
+            m = H.run_config(case["name"], plan_workload(case), cfg)
+            rec["fits"] = True
+            rec.update({f: m.get(f) for f in ("peak_alloc", "peak_reserved", "step_time_s", "a0", "num_alloc_retries")})
+        except torch.OutOfMemoryError as e:
+            rec["fits"] = False
+            rec["error"] = str(e)[:400]
+            H.reset()
+        except Exception as e:
+            traceback.print_exc()
+            rec["error"] = f"{type(e).__name__}: {str(e)[:400]}"
+            H.reset()
+        if CUDA:
+            torch.cuda.set_per_process_memory_fraction(1.0)
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = True  # PyTorch's default
+        out.write(json.dumps(rec) + "\n")
+        out.flush()
+        pr = case["predicted"]
+        print("plan", case["name"], "fits" if rec.get("fits") else "NO", "alloc", H.mib(rec.get("peak_alloc") or 0),
+              "pred", H.mib(pr["peak_allocated_bytes"]), "res", H.mib(rec.get("peak_reserved") or 0), "pred",
+              H.mib(pr["peak_reserved_bytes"]), "t", rec.get("step_time_s"), "pred", round(pr["step_time_s"], 4),
+              rec.get("error", "")[:120], flush=True)
+
+
 def main():
     meta = dict(torch=torch.__version__, started=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
     if CUDA:
@@ -328,6 +414,8 @@ def main():
                     f.flush()
                     print(wname, cfg, "alloc", H.mib(rec.get("peak_alloc", 0)), "res", H.mib(rec.get("peak_reserved", 0)),
                           "t", rec.get("step_time_s"), rec.get("error", "")[:200], flush=True)
+    if "plancheck" in parts:
+        plancheck()
     print("total s", round(time.time() - T0, 1), flush=True)
 
 
