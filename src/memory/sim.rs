@@ -439,41 +439,44 @@ pub fn simulate(t: &Trace, ck: &[bool]) -> Profile {
 /// flight add a term that is the same function of the batch for the same reduction shape, so
 /// each shape is pruned on its own; the order of the walk is kept.
 fn hull(pts: Vec<Point>, pgrad_total: f64) -> Vec<Point> {
-    // (reduction shape with the rows as bits, the points with their position in the walk)
-    type Group = (Option<(u64, u64)>, Vec<(usize, Point)>);
-    let mut groups: Vec<Group> = Vec::new();
-    for (i, p) in pts.into_iter().enumerate() {
+    // points grouped by reduction shape (the rows as bits), as indices into `pts`
+    type Shape = Option<(u64, u64)>;
+    let mut groups: Vec<(Shape, Vec<usize>)> = vec![(None, Vec::new())];
+    for (i, p) in pts.iter().enumerate() {
         let key = p.row_sum.map(|(c, r)| (c, r.to_bits()));
         match groups.iter_mut().find(|g| g.0 == key) {
-            Some(g) => g.1.push((i, p)),
-            None => groups.push((key, vec![(i, p)])),
+            Some(g) => g.1.push(i),
+            None => groups.push((key, vec![i])),
         }
     }
-    let mut kept: Vec<(usize, Point)> = Vec::new();
-    for (_, g) in groups {
-        let (idx, ps): (Vec<usize>, Vec<Point>) = g.into_iter().unzip();
-        kept.extend(
-            hull_linear(&ps, pgrad_total)
-                .into_iter()
-                .map(|k| (idx[k], ps[k].clone())),
-        );
+    let mut kept: Vec<usize> = Vec::new();
+    for (_, sel) in &groups {
+        hull_linear(&pts, sel, pgrad_total, &mut kept);
     }
-    kept.sort_by_key(|e| e.0);
-    kept.into_iter().map(|e| e.1).collect()
+    kept.sort_unstable();
+    kept.dedup();
+    let mut keep = vec![false; pts.len()];
+    for i in kept {
+        keep[i] = true;
+    }
+    pts.into_iter()
+        .zip(keep)
+        .filter(|(_, k)| *k)
+        .map(|(p, _)| p)
+        .collect()
 }
 
-/// Indices of the points that can be the maximum of `b * (saved + transient) + casts + g * pgrad`
-/// for some batch `b >= 0` and gradient byte size `g` in {0, 2, 4} (accumulation keeps all
-/// gradients: `g = 0` on the per-point part).
-fn hull_linear(pts: &[Point], _pgrad_total: f64) -> Vec<usize> {
-    let mut keep: Vec<bool> = vec![false; pts.len()];
+/// Adds to `kept` the indices among `sel` of the points that can be the maximum of
+/// `b * (saved + transient) + casts + g * pgrad` for some batch `b >= 0` and gradient byte size
+/// `g` in {0, 2, 4} (accumulation keeps all gradients: `g = 0` on the per-point part).
+fn hull_linear(pts: &[Point], sel: &[usize], _pgrad_total: f64, kept: &mut Vec<usize>) {
     let x = |p: &Point| p.saved + p.transient;
     let by = |a: f64, b: f64| a.partial_cmp(&b).unwrap_or(std::cmp::Ordering::Equal);
     // Points in the order of a stable sort by (x, y) for each g: sorted by x (then position)
     // once; only the runs of equal x are re-sorted by (y, position) per g.
-    let mut by_x: Vec<(f64, usize)> = pts.iter().enumerate().map(|(i, p)| (x(p), i)).collect();
+    let mut by_x: Vec<(f64, usize)> = sel.iter().map(|&i| (x(&pts[i]), i)).collect();
     by_x.sort_unstable_by(|a, b| by(a.0, b.0).then(a.1.cmp(&b.1)));
-    let mut idx: Vec<usize> = Vec::with_capacity(pts.len());
+    let mut idx: Vec<usize> = Vec::with_capacity(sel.len());
     for g in [0.0, 2.0, 4.0] {
         let y = |p: &Point| p.casts + g * p.pgrad;
         idx.clear();
@@ -517,13 +520,6 @@ fn hull_linear(pts: &[Point], _pgrad_total: f64) -> Vec<usize> {
             })
             .map(|(k, _)| k)
             .unwrap_or(0);
-        for &i in &h[top..] {
-            keep[i] = true;
-        }
+        kept.extend_from_slice(&h[top..]);
     }
-    keep.iter()
-        .enumerate()
-        .filter(|(_, k)| **k)
-        .map(|(i, _)| i)
-        .collect()
 }

@@ -891,3 +891,51 @@ impl Trace {
         self.op(&[x], 1.0, Dt::F32, &[x], 0.0, 3.0 * e)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// trainable linear -> frozen linear -> trainable linear under bf16 autocast.
+    fn lora_like(mode: Mode) -> Trace {
+        let mut t = Trace::new(mode);
+        let x = t.input(16.0 * 64.0, Dt::F32);
+        let h = t.linear("a", x, 64, 64, true, true, false);
+        let h = t.linear("frozen", h, 64, 128, false, false, false);
+        t.linear("b", h, 128, 8, true, true, false);
+        t
+    }
+
+    #[test]
+    fn frozen_weights_keep_their_autocast_copy_when_the_input_needs_a_gradient() {
+        let t = lora_like(Mode::Mixed);
+        // ops: cast(x), a, cast(h) is not needed (h is bf16), frozen, b
+        let casts: Vec<f64> = t
+            .ops
+            .iter()
+            .filter(|o| o.weight_cast_bytes > 0.0)
+            .map(|o| o.weight_cast_bytes)
+            .collect();
+        // a: (64*64 + 64) * 2 bytes, frozen: 64*128 * 2 (re-cast, saved: its input needs a
+        // gradient), b: (128*8 + 8) * 2
+        assert_eq!(casts, vec![8320.0, 16384.0, 2064.0]);
+        // a frozen first layer: its input needs no gradient, nothing is saved
+        let mut t = Trace::new(Mode::Mixed);
+        let x = t.input(64.0, Dt::F32);
+        t.linear("frozen", x, 64, 64, false, false, false);
+        assert!(t.ops.iter().all(|o| o.weight_cast_bytes == 0.0));
+        // no autocast, no casts
+        assert!(lora_like(Mode::Fp32)
+            .ops
+            .iter()
+            .all(|o| o.weight_cast_bytes == 0.0));
+    }
+
+    #[test]
+    fn trainable_biases_are_summed_over_rows_in_backward() {
+        let t = lora_like(Mode::Fp32);
+        let sums: Vec<(u64, f64)> = t.ops.iter().filter_map(|o| o.row_sum).collect();
+        // `a` and `b` have trainable biases over 16 rows per sample; the frozen layer has none
+        assert_eq!(sums, vec![(64, 16.0), (8, 16.0)]);
+    }
+}
