@@ -23,6 +23,8 @@ FORWARD, BACKWARD, OPTIMIZER, OTHER = "f", "b", "o", "x"
 
 _CONV_OPS = ("aten.convolution.", "aten.convolution_backward.", "aten._convolution.")
 _MATMUL_OPS = ("aten.mm.", "aten.addmm.", "aten.bmm.", "aten.baddbmm.", "aten._scaled_dot_product")
+# Sums whose CUDA kernel may take a staging buffer (bias / LayerScale / norm-weight gradients).
+_SUM_OPS = ("aten.sum.dim_IntList",)
 
 
 def _storage(t):
@@ -179,6 +181,15 @@ class Recorder:
             extra = [a if isinstance(a, (int, bool, list, tuple)) else None for a in args[3:9]]
             self.run.events.append(["c", self.s(name), {"shapes": shapes, "dtype": dt, "args": _jsonable(extra)},
                                     self.current_phase()])
+        elif name.startswith(_SUM_OPS) and args and isinstance(args[0], torch.Tensor) \
+                and args[0].is_floating_point():
+            x = args[0]
+            dims = args[1] if len(args) > 1 else None
+            self.run.events.append(["c", self.s(name), {
+                "shapes": [list(x.shape)], "strides": [list(x.stride())],
+                "dtype": str(x.dtype).replace("torch.", ""),
+                "dims": _jsonable(list(dims) if isinstance(dims, (list, tuple)) else dims)},
+                self.current_phase()])
         elif not self.matmul_seen and name.startswith(_MATMUL_OPS):
             self.matmul_seen = True
             self.run.events.append(["c", self.s(name), {"first_matmul": True}, self.current_phase()])

@@ -130,6 +130,31 @@ def test_convolution_calls_are_recorded(tmp_path):
     assert any(c.startswith("aten.convolution_backward") for c in calls)
 
 
+def test_bias_gradient_sums_are_recorded(tmp_path):
+    # a Linear on [b, 5, 16]: the bias gradient sums the [b * 5, 64] output gradient over its rows
+    torch.manual_seed(0)
+    m = torch.nn.Linear(16, 64)
+    opt = torch.optim.SGD(m.parameters(), lr=0.1)
+
+    def step(b):
+        m(torch.randn(b, 5, 16)).square().mean().backward()
+        opt.step()
+        opt.zero_grad()
+
+    doc = oomdoc_probe.trace(step, tmp_path / "t.json", model=m, optimizer=opt, batch_sizes=(2,))
+    S = doc["strings"]
+    sums = [e[2] for e in doc["runs"][-1]["events"] if e[0] == "c" and S[e[1]].startswith("aten.sum.dim_IntList")
+            and e[3] == "b"]
+    assert sums, "no sum call recorded in backward"
+    s = sums[0]
+    assert s["dtype"] == "float32"
+    rows = 1
+    for d in s["dims"]:
+        rows *= s["shapes"][0][d]
+    assert rows == 2 * 5 and s["shapes"][0][-1] == 64
+    assert len(s["strides"][0]) == len(s["shapes"][0])
+
+
 def test_cross_entropy_under_autocast_keeps_half_log_probabilities_and_an_fp32_copy(tmp_path):
     # aten's cross_entropy calls log_softmax with the logits' dtype (autocast keeps it), then
     # nll_loss, which autocast runs in float32

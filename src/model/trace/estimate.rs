@@ -35,6 +35,8 @@ pub struct EstimateOptions {
     pub allocator: AllocatorConfig,
     /// Steady steps replayed after the first step (the allocator's cache settles in one or two).
     pub steady_repeats: u32,
+    /// Sizes the staging buffers of row reductions (`memory::reduction`).
+    pub device: crate::memory::reduction::Device,
 }
 
 impl Default for EstimateOptions {
@@ -42,6 +44,7 @@ impl Default for EstimateOptions {
         EstimateOptions {
             allocator: AllocatorConfig::default(),
             steady_repeats: 2,
+            device: crate::memory::reduction::CALIBRATION_DEVICE,
         }
     }
 }
@@ -154,6 +157,7 @@ pub fn estimate_with(
     opts: &EstimateOptions,
 ) -> Result<TraceEstimate> {
     let mut b = Builder::new(trace, knobs)?;
+    b.device = opts.device;
     b.build(opts.steady_repeats.max(1));
     let mut est = b.replay(&opts.allocator);
     est.notes.append(&mut b.notes);
@@ -195,6 +199,7 @@ struct Builder<'a> {
     transformed: Vec<String>,
     next_key: u64,
     cublas_done: bool,
+    device: crate::memory::reduction::Device,
     halve_all: bool,
     mixed_from_fp32: bool,
     sdpa_rule: bool,
@@ -274,6 +279,7 @@ impl<'a> Builder<'a> {
             transformed: Vec::new(),
             next_key: 1,
             cublas_done: false,
+            device: crate::memory::reduction::CALIBRATION_DEVICE,
             halve_all: false,
             mixed_from_fp32: false,
             sdpa_rule: knobs.attention == Attention::Sdpa,
@@ -348,6 +354,20 @@ impl<'a> Builder<'a> {
         }
         if knobs.gpus > 1 {
             b.notes.push("--gpus/--sharding are not applied to a trace: the figures are one GPU's without sharding".into());
+        }
+        // probes before the row-sum call events: backward sums are there, their arguments not
+        let is_sum = |op: u32| trace.string(op).starts_with("aten.sum.dim_IntList");
+        let steady = b.steady;
+        let sums_alloc = steady
+            .events
+            .iter()
+            .any(|e| matches!(e, Event::Alloc { op, phase: Phase::Backward, .. } if is_sum(*op)));
+        let sums_called = steady
+            .events
+            .iter()
+            .any(|e| matches!(e, Event::Call { op, .. } if is_sum(*op)));
+        if sums_alloc && !sums_called {
+            b.notes.push("this trace was made by an older probe that does not record the arguments of sums: the CUDA reduction buffers of bias gradients (up to ~132 MiB each, in backward) are not counted; trace again with the current probe".into());
         }
         let traced_opt: Vec<String> = trace
             .optimizers
@@ -625,6 +645,7 @@ impl<'a> Builder<'a> {
             .copied()
             .collect();
         let mut pending_conv: Option<u64> = None;
+        let mut pending_sum: Option<u64> = None;
         let mut weight_copy: Option<u64> = None;
         let param_bytes: u64 = run
             .persistent
@@ -678,6 +699,10 @@ impl<'a> Builder<'a> {
                                 info["backward"] = serde_json::Value::Bool(true);
                             }
                             pending_conv = Some(conv_workspace(&info, run.batch, batch));
+                        }
+                        if name.starts_with("aten.sum.dim_IntList") {
+                            pending_sum =
+                                Some(row_sum_workspace(info, run.batch, batch, self.device));
                         }
                     }
                     Event::Alloc {
@@ -778,6 +803,18 @@ impl<'a> Builder<'a> {
                             self.ops.push(SimOp::Free { key });
                         } else {
                             live.insert((rep, *id), (key, bytes, cat));
+                        }
+                        if let Some(ws) = pending_sum.take() {
+                            if ws > 0 {
+                                let wkey = self.key();
+                                self.ops.push(SimOp::Alloc {
+                                    key: wkey,
+                                    bytes: ws,
+                                    cat: Cat::Workspace,
+                                    at,
+                                });
+                                self.ops.push(SimOp::Free { key: wkey });
+                            }
                         }
                         if let Some(ws) = pending_conv.take() {
                             if ws > 0 {
@@ -1362,6 +1399,62 @@ fn conv_workspace(info: &serde_json::Value, traced_batch: u64, batch: u64) -> u6
         })
         * batch as f64
         / traced_batch.max(1) as f64) as u64
+}
+
+/// Staging buffer of a CUDA sum over the leading dimensions of a contiguous tensor (the gradient of
+/// a bias, a LayerScale or a norm weight: `memory::reduction`), allocated after the op's output
+/// and freed when it returns. The reduced rows scale with the batch. Sums over other dimensions
+/// or of non-contiguous tensors are left out (their kernels split differently).
+fn row_sum_workspace(
+    info: &serde_json::Value,
+    traced_batch: u64,
+    batch: u64,
+    dev: crate::memory::reduction::Device,
+) -> u64 {
+    let nums = |v: Option<&serde_json::Value>| -> Option<Vec<i64>> {
+        v?.as_array()?.iter().map(|x| x.as_i64()).collect()
+    };
+    let first = |k: &str| {
+        info.get(k)
+            .and_then(|s| s.as_array())
+            .and_then(|a| a.first())
+    };
+    let (Some(shape), Some(strides)) = (nums(first("shapes")), nums(first("strides"))) else {
+        return 0;
+    };
+    let n = shape.len() as i64;
+    let Some(mut dims) = nums(info.get("dims")) else {
+        return 0;
+    };
+    if n == 0 || strides.len() != shape.len() || dims.is_empty() {
+        return 0;
+    }
+    for d in dims.iter_mut() {
+        if *d < 0 {
+            *d += n;
+        }
+    }
+    dims.sort_unstable();
+    dims.dedup();
+    let k = dims.len();
+    // the reduced dimensions are the leading ones, and the tensor is contiguous
+    if dims.iter().enumerate().any(|(i, &d)| d != i as i64) || k >= shape.len() {
+        return 0;
+    }
+    let mut expect = 1i64;
+    for i in (0..shape.len()).rev() {
+        if shape[i] > 1 && strides[i] != expect {
+            return 0;
+        }
+        expect *= shape[i].max(1);
+    }
+    let rows: i64 = shape[..k].iter().product();
+    let cols: i64 = shape[k..].iter().product();
+    if rows <= 0 || cols <= 0 {
+        return 0;
+    }
+    let rows = (rows as f64 * batch as f64 / traced_batch.max(1) as f64).round() as u64;
+    crate::memory::reduction::row_sum_buffer(cols as u64, rows, dev)
 }
 
 /// Multipliers of the convolution workspace rule: the backward's is shared with the analytic tier

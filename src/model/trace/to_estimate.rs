@@ -26,6 +26,7 @@ pub fn estimate_file(
     let mut opts = EstimateOptions::default();
     if let Some(g) = gpu {
         opts.allocator.capacity = Some(g.memory_bytes.saturating_sub(OUTSIDE_PYTORCH_BYTES));
+        opts.device = g.reduction_device();
     }
     let t = estimate_with(&trace, &k, &opts)?;
     let get = |name: &str| {
