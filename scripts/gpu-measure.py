@@ -282,7 +282,16 @@ def rows():
     out.append(("qwen2.5_0.5b_s512", w, base, [C(8, "amp_bf16")]))
     w, base = lm("qwen2.5-0.5b", 512, lora=(8, ["q_proj", "v_proj"]))
     out.append(("qwen2.5_0.5b_s512_lora8", w, base, [C(8, "amp_bf16")]))
+    # architectures only the traced tier covers (no preset): depthwise convolutions, windowed
+    # attention; `estimate_args` is empty, the traces come from scripts/trace-calibration.py
+    for name, timm_name in ({} if A.tiny else TIMM).items():
+        w, _ = vision(name, timm_name)
+        out.append((name, w, None, [C(64), C(64, "amp_bf16")]))
     return out
+
+
+TIMM = {"convnext_tiny_224": "convnext_tiny", "swin_tiny_224": "swin_tiny_patch4_window7_224",
+        "efficientnet_b0_224": "efficientnet_b0"}
 
 
 # ---------------------------------------------------------------- plan check
@@ -407,7 +416,7 @@ def main():
                         traceback.print_exc()
                         rec = dict(workload=wname, **cfg, error=f"{type(e).__name__}: {str(e)[:500]}")
                         H.reset()
-                    rec = {"workload": wname, "estimate_args": estimate_args(base, cfg),
+                    rec = {"workload": wname, **({"estimate_args": estimate_args(base, cfg)} if base else {}),
                            **{k: v for k, v in rec.items() if k != "workload"}}
                     rec["gpu"] = meta.get("gpu")
                     f.write(json.dumps(rec) + "\n")

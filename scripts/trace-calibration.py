@@ -16,6 +16,11 @@ sys.path.insert(0, os.path.join(HERE, "..", "python"))
 import oomdoc_probe  # noqa: E402
 
 
+# held-out timm workloads of scripts/gpu-measure.py
+TIMM = {"convnext_tiny_224": "convnext_tiny", "swin_tiny_224": "swin_tiny_patch4_window7_224",
+        "efficientnet_b0_224": "efficientnet_b0"}
+
+
 def trace_name(row):
     v = row.get("variant") or {}
     parts = [row["workload"], row["prec"], "ckpt" if row.get("ckpt") else "nockpt", row.get("opt", "adamw")]
@@ -29,6 +34,7 @@ def main():
     ap.add_argument("out")
     ap.add_argument("--only", default="")
     ap.add_argument("--list", action="store_true")
+    ap.add_argument("--measurements", default="", help="rows to trace (default: the calibration file)")
     a = ap.parse_args()
     sys.path.insert(0, os.path.abspath(a.calibration))
     import harness as H
@@ -37,7 +43,7 @@ def main():
     import navdp_like as N
     import navdp_model as M
 
-    rows = [json.loads(l) for l in open(os.path.join(a.calibration, "measurements-h100-torch2.11.jsonl"))]
+    rows = [json.loads(l) for l in open(a.measurements or os.path.join(a.calibration, "measurements-h100-torch2.11.jsonl"))]
     todo = {}
     for r in rows:
         if r.get("capped") or r.get("error"):
@@ -55,7 +61,11 @@ def main():
         torch.manual_seed(0)
         wname = r["workload"]
         v = r.get("variant") or {}
-        if wname in H.WORKLOADS:
+        if wname in TIMM:  # held-out timm models (scripts/gpu-measure.py)
+            import timm
+            model, info = timm.create_model(TIMM[wname], pretrained=False), {}
+            make_batch, loss_fn = (lambda B, V: H.img_batch(B, 224)), H.img_loss
+        elif wname in H.WORKLOADS:
             w = H.WORKLOADS[wname]
             model, info = w["build"](r["ckpt"])
             make_batch, loss_fn = w["make_batch"], w["loss"]

@@ -1,6 +1,7 @@
 //! The traced tier: a trace written by the Python probe (`python/oomdoc_probe`, format in
 //! docs/trace-format.md) is loaded here and replayed through the caching-allocator simulation
 //! (`estimate`).
+pub mod accuracy;
 mod estimate;
 mod to_estimate;
 
