@@ -804,19 +804,12 @@ impl<'a> Builder<'a> {
                         } else {
                             live.insert((rep, *id), (key, bytes, cat));
                         }
-                        if let Some(ws) = pending_sum.take() {
-                            if ws > 0 {
-                                let wkey = self.key();
-                                self.ops.push(SimOp::Alloc {
-                                    key: wkey,
-                                    bytes: ws,
-                                    cat: Cat::Workspace,
-                                    at,
-                                });
-                                self.ops.push(SimOp::Free { key: wkey });
-                            }
-                        }
-                        if let Some(ws) = pending_conv.take() {
+                        // kernel workspaces of the op that made this output: taken and
+                        // given back within the call
+                        for ws in [pending_sum.take(), pending_conv.take()]
+                            .into_iter()
+                            .flatten()
+                        {
                             if ws > 0 {
                                 let wkey = self.key();
                                 self.ops.push(SimOp::Alloc {
