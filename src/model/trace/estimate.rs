@@ -1358,6 +1358,23 @@ fn conv_workspace(info: &serde_json::Value, traced_batch: u64, batch: u64) -> u6
     // forward: (input, weight, bias, stride, padding, dilation, transposed, output_padding, groups)
     // backward: (grad_output, input, weight, bias_sizes, stride, padding, ...)
     let is_bwd = shapes.len() >= 2 && info.get("backward").is_some();
+    // Depthwise convolutions (groups == input channels) in fp32 and bf16 run PyTorch's own
+    // CudaDepthwise2d/3d kernels, not cuDNN (`Convolution.cpp`, `use_cudnn_depthwise`: cuDNN only
+    // for fp16), and take no workspace.
+    let dim = |i: usize, d: usize| -> u64 {
+        shapes
+            .get(i)
+            .and_then(|s| s.as_array())
+            .and_then(|s| s.get(d))
+            .and_then(|x| x.as_u64())
+            .unwrap_or(0)
+    };
+    let (inp, w) = if is_bwd { (1, 2) } else { (0, 1) };
+    let cin = dim(inp, 1);
+    let depthwise = cin > 1 && dim(w, 1) == 1 && dim(w, 0) % cin == 0;
+    if depthwise && info.get("dtype").and_then(|d| d.as_str()) != Some("float16") {
+        return 0;
+    }
     let (a, b) = if is_bwd {
         (elems(0), elems(1))
     } else {
