@@ -45,7 +45,8 @@ type ReplayKey = (
 #[derive(Debug, Default)]
 pub struct ProfileCache {
     profiles: HashMap<ProfileKey, Arc<Profile>>,
-    replays: HashMap<ReplayKey, u64>,
+    /// (peak reserved, peak allocated) of the allocator replay.
+    replays: HashMap<ReplayKey, (u64, u64)>,
 }
 
 /// How `peak_reserved_bytes` was obtained.
@@ -434,6 +435,52 @@ pub fn estimate_fast(w: &Workload, knobs: &Knobs, gpu: Option<&TargetGpu>) -> Re
     estimate_with(w, knobs, gpu, ReservedModel::ClosedForm)
 }
 
+/// The allocator replay of `knobs` (peak reserved, peak allocated), cached per configuration.
+fn replay_cached(
+    w: &Workload,
+    prep: &Prepared,
+    knobs: &Knobs,
+    pk: &Peak,
+    dev: reduction::Device,
+) -> (u64, u64) {
+    let t = prep.trace;
+    let key = (
+        t.mode,
+        knobs.attention,
+        prep.flags.clone(),
+        knobs.batch,
+        knobs.grad_accum,
+        knobs.optimizer,
+        dev,
+    );
+    if let Some(r) = w
+        .cache
+        .lock()
+        .ok()
+        .and_then(|c| c.replays.get(&key).copied())
+    {
+        return r;
+    }
+    let r = reserved::replay(
+        &prep.profile,
+        &reserved::Replay {
+            batch: knobs.batch,
+            grad_accum: knobs.grad_accum,
+            params: &t.params,
+            param_bytes: pk.pbytes,
+            buffer_bytes: w.buffer_bytes,
+            input_bytes_per_sample: t.input_bytes,
+            optimizer: knobs.optimizer,
+            cublas_workspace: CUBLAS_WORKSPACE_BYTES,
+            device: dev,
+        },
+    );
+    if let Ok(mut c) = w.cache.lock() {
+        c.replays.insert(key, r);
+    }
+    r
+}
+
 pub fn estimate_with(
     w: &Workload,
     knobs: &Knobs,
@@ -450,7 +497,12 @@ pub fn estimate_with(
     let opt = optimizer::optimizer_memory(&t.params, knobs.optimizer, mode);
     let dev = reduction_device(gpu);
     let pk = peak(w, &prep, knobs, &opt, dev);
-    let peak_alloc = pk.peak_alloc;
+    // The replay of one unsharded process gives peak reserved and, counted in allocator blocks
+    // as `max_memory_allocated()` counts them (a large block keeps a tail of up to 1 MiB that is
+    // not split off), peak allocated. Sharded setups keep the closed forms.
+    let replayed = (model == ReservedModel::Replay && knobs.sharding == Sharding::None)
+        .then(|| replay_cached(w, &prep, knobs, &pk, dev));
+    let peak_alloc = replayed.map_or(pk.peak_alloc, |(_, a)| a.max(pk.peak_alloc));
     let phase = pk.phase;
 
     let mut c = Components {
@@ -489,54 +541,10 @@ pub fn estimate_with(
     if phase != Phase::OptimizerStep {
         live_set(prof, knobs.batch, &mut live);
     }
-    let reserved = closed_form(prof, knobs, &pk, &live);
-    let reserved = match model {
-        ReservedModel::ClosedForm => reserved,
-        ReservedModel::Replay => {
-            let key = (
-                mode,
-                knobs.attention,
-                prep.flags.clone(),
-                knobs.batch,
-                accum,
-                knobs.optimizer,
-                dev,
-            );
-            let cached = w
-                .cache
-                .lock()
-                .ok()
-                .and_then(|c| c.replays.get(&key).copied());
-            let rep = match cached {
-                Some(r) => r,
-                None => {
-                    let r = reserved::replay(
-                        prof,
-                        &reserved::Replay {
-                            batch: knobs.batch,
-                            grad_accum: accum,
-                            params: &t.params,
-                            param_bytes: pk.pbytes,
-                            buffer_bytes: w.buffer_bytes,
-                            input_bytes_per_sample: t.input_bytes,
-                            optimizer: knobs.optimizer,
-                            cublas_workspace: CUBLAS_WORKSPACE_BYTES,
-                            device: dev,
-                        },
-                    );
-                    if let Ok(mut c) = w.cache.lock() {
-                        c.replays.insert(key, r);
-                    }
-                    r
-                }
-            };
-            // sharded / multi-GPU setups: the replay is of one unsharded process
-            if knobs.sharding == Sharding::None {
-                rep.max(peak_alloc)
-            } else {
-                reserved
-            }
-        }
+    let closed = closed_form(prof, knobs, &pk, &live);
+    let reserved = match replayed {
+        Some((r, _)) => r.max(peak_alloc),
+        None => closed,
     };
     c.allocator_overhead = reserved.saturating_sub(peak_alloc);
     c.outside_pytorch = outside_pytorch_bytes(gpu);

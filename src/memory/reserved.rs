@@ -254,7 +254,7 @@ pub struct Replay<'a> {
 
 /// Peak reserved bytes of a training process running two steps (warm-up, where the optimizer
 /// state is created, and a steady one) as the calibration protocol does.
-pub fn replay(p: &Profile, r: &Replay) -> u64 {
+pub fn replay(p: &Profile, r: &Replay) -> (u64, u64) {
     let mut a = Allocator::default();
     let b = r.batch as f64;
     for prm in r.params {
@@ -367,7 +367,7 @@ pub fn replay(p: &Profile, r: &Replay) -> u64 {
             }
         }
     }
-    a.peak_reserved
+    (a.peak_reserved, a.peak_allocated)
 }
 
 #[cfg(test)]
