@@ -6,12 +6,17 @@
 use clap::Parser;
 use oomdoc::knobs::KnobArgs;
 use oomdoc::memory::reduction::{row_sum_buffer, CALIBRATION_DEVICE};
+use oomdoc::memory::reserved::Allocator;
 use oomdoc::memory::sim::Ev;
 
 #[derive(Parser)]
 struct Cli {
     #[arg(long)]
     model: String,
+    /// Also replay the events (two steps, without parameters and optimizer state) through the
+    /// caching-allocator model and print each new segment as `S size` after the event that made it.
+    #[arg(long)]
+    segments: bool,
     #[command(flatten)]
     knobs: KnobArgs,
 }
@@ -22,36 +27,67 @@ fn main() -> anyhow::Result<()> {
     let k = w.resolve_knobs(&cli.knobs)?;
     let p = oomdoc::memory::prepare(&w, &k);
     let b = k.batch as f64;
+    let mut alloc = Allocator::default();
+    let mut ids: Vec<Option<usize>> = vec![None; p.profile.slots];
     let mut size = vec![0u64; p.profile.slots];
-    for e in &p.profile.events {
-        match *e {
-            Ev::Alloc {
-                slot,
-                per_sample,
-                abs,
-            } => {
-                let s = (per_sample * b + abs).max(1.0) as u64;
-                size[slot as usize] = s;
-                println!("A {s}");
+    for step in 0..if cli.segments { 2 } else { 1 } {
+        println!("step {step}");
+        for e in &p.profile.events {
+            let (slot, bytes, freed) = match *e {
+                Ev::Alloc {
+                    slot,
+                    per_sample,
+                    abs,
+                } => (slot, (per_sample * b + abs).max(1.0) as u64, false),
+                Ev::ParamGrad { slot, abs } => (slot, abs as u64, false),
+                Ev::RowSum {
+                    slot,
+                    cols,
+                    rows_per_sample,
+                } => {
+                    let rows = (rows_per_sample * b).round() as u64;
+                    (slot, row_sum_buffer(cols, rows, CALIBRATION_DEVICE), false)
+                }
+                Ev::Free { slot } => (slot, size[slot as usize], true),
+                Ev::EndForward => {
+                    println!("E");
+                    continue;
+                }
+            };
+            let s = slot as usize;
+            if freed {
+                println!("F {bytes}");
+                if let Some(id) = ids[s].take() {
+                    alloc.free(id);
+                }
+                continue;
             }
-            Ev::Free { slot } => println!("F {}", size[slot as usize]),
-            Ev::ParamGrad { slot, abs } => {
-                size[slot as usize] = abs as u64;
-                println!("G {}", abs as u64)
+            if bytes == 0 {
+                continue;
             }
-            Ev::RowSum {
-                slot,
-                cols,
-                rows_per_sample,
-            } => {
-                let rows = (rows_per_sample * b).round() as u64;
-                let s = row_sum_buffer(cols, rows, CALIBRATION_DEVICE);
-                size[slot as usize] = s;
-                if s > 0 {
-                    println!("A {s}");
+            size[s] = bytes;
+            let kind = if matches!(e, Ev::ParamGrad { .. }) {
+                "G"
+            } else {
+                "A"
+            };
+            println!("{kind} {bytes}");
+            if cli.segments {
+                if let Some(id) = ids[s].take() {
+                    alloc.free(id);
+                }
+                let before = alloc.reserved;
+                ids[s] = Some(alloc.malloc(bytes));
+                if alloc.reserved > before {
+                    println!("S {}", alloc.reserved - before);
                 }
             }
-            Ev::EndForward => println!("E"),
+        }
+        // zero_grad and whatever the walk left: freed between steps
+        for id in ids.iter_mut() {
+            if let Some(i) = id.take() {
+                alloc.free(i);
+            }
         }
     }
     Ok(())

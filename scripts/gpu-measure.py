@@ -253,6 +253,11 @@ OPPROF = {
     "navdp_fp32_ckpt_b16": (navdp(ckpt=True), dict(batch=16, prec="fp32", ckpt=True)),
     "navdp_fp32_ckptvit_b16": (navdp(ckpt_vit=True), dict(batch=16, prec="fp32", ckpt=False)),
 }
+# held-out rows with the largest errors (tests/fixtures/calibration-holdout)
+OPPROF_HOLDOUT = {
+    "resnet50_fp32_ckpt_b64": (lambda: vision("resnet50")[0], dict(batch=64, prec="fp32", ckpt=True)),
+    "llama16_bf16_ckpt_b8": (lambda: lm("llama16", 1024)[0], dict(batch=8, prec="amp_bf16", ckpt=True)),
+}
 
 
 # ---------------------------------------------------------------- held-out rows
@@ -389,7 +394,9 @@ def main():
     parts = A.parts.split(",")
     if "opprof" in parts:
         with open(os.path.join(A.out, "opprof_summary.jsonl"), "a") as f:
-            for name, (w, cfg) in OPPROF.items():
+            cases = list(OPPROF.items()) + [(n, (f(), c)) for n, (f, c) in OPPROF_HOLDOUT.items()
+                                             if only and n in only]
+            for name, (w, cfg) in cases:
                 if (only and name not in only) or left() < 30:
                     continue
                 t = time.time()
