@@ -5,7 +5,7 @@
 //! `cargo run --release --example analytic_events -- --model preset:vit-b16 --batch 64 --precision bf16-mixed`
 use clap::Parser;
 use oomdoc::knobs::KnobArgs;
-use oomdoc::memory::reduction::{row_sum_buffer, CALIBRATION_DEVICE};
+use oomdoc::memory::reduction::{row_sum_at, CALIBRATION_DEVICE};
 use oomdoc::memory::reserved::Allocator;
 use oomdoc::memory::sim::Ev;
 
@@ -44,10 +44,11 @@ fn main() -> anyhow::Result<()> {
                     slot,
                     cols,
                     rows_per_sample,
-                } => {
-                    let rows = (rows_per_sample * b).round() as u64;
-                    (slot, row_sum_buffer(cols, rows, CALIBRATION_DEVICE), false)
-                }
+                } => (
+                    slot,
+                    row_sum_at(cols, rows_per_sample, b, CALIBRATION_DEVICE),
+                    false,
+                ),
                 Ev::Free { slot } => (slot, size[slot as usize], true),
                 Ev::EndForward => {
                     println!("E");

@@ -325,9 +325,9 @@ fn peak(
         };
         // ZeRO-3 / FSDP gather each layer's weights for its use only: their autocast copies are
         // not cached leaves (views of a flat parameter), so only a layer's worth lives at a time
-        let row_sum = p.row_sum.map_or(0, |(cols, rows)| {
-            reduction::row_sum_buffer(cols, (rows * b).round() as u64, dev)
-        });
+        let row_sum = p
+            .row_sum
+            .map_or(0, |(cols, rows)| reduction::row_sum_at(cols, rows, b, dev));
         let v = (p.saved + p.transient) * b + p.casts / p_shard + grads + row_sum as f64;
         if p.phase == Phase::Forward {
             fwd_peak = fwd_peak.max(v);
@@ -537,14 +537,16 @@ pub fn estimate_with(
         c.transient += peak_alloc - alloc_sum;
     }
     let largest = (prof.largest_alloc * b) as u64;
-    let mut live = Vec::new();
-    if phase != Phase::OptimizerStep {
-        live_set(prof, knobs.batch, &mut live);
-    }
-    let closed = closed_form(prof, knobs, &pk, &live);
     let reserved = match replayed {
         Some((r, _)) => r.max(peak_alloc),
-        None => closed,
+        None => {
+            // the closed form needs the live set around the peak; the replay does not
+            let mut live = Vec::new();
+            if phase != Phase::OptimizerStep {
+                live_set(prof, knobs.batch, &mut live);
+            }
+            closed_form(prof, knobs, &pk, &live)
+        }
     };
     c.allocator_overhead = reserved.saturating_sub(peak_alloc);
     c.outside_pytorch = outside_pytorch_bytes(gpu);

@@ -102,6 +102,12 @@ pub fn row_sum_buffer(cols: u64, rows: u64, dev: Device) -> u64 {
     ACC * cols * ctas * width * vec
 }
 
+/// `row_sum_buffer` of a reduction over `rows_per_sample` rows per sample at batch `batch` (the
+/// analytic walk's `RowSum` events and points).
+pub fn row_sum_at(cols: u64, rows_per_sample: f64, batch: f64, dev: Device) -> u64 {
+    row_sum_buffer(cols, (rows_per_sample * batch).round() as u64, dev)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -311,11 +311,8 @@ pub fn replay(p: &Profile, r: &Replay) -> (u64, u64) {
                         cols,
                         rows_per_sample,
                     } => {
-                        let bytes = super::reduction::row_sum_buffer(
-                            cols,
-                            (rows_per_sample * b).round() as u64,
-                            r.device,
-                        );
+                        let bytes =
+                            super::reduction::row_sum_at(cols, rows_per_sample, b, r.device);
                         if bytes > 0 {
                             slot[s as usize] = a.malloc(bytes);
                         }

@@ -1463,8 +1463,8 @@ fn row_sum_workspace(
     if rows <= 0 || cols <= 0 {
         return 0;
     }
-    let rows = (rows as f64 * batch as f64 / traced_batch.max(1) as f64).round() as u64;
-    crate::memory::reduction::row_sum_buffer(cols as u64, rows, dev)
+    let rows_per_sample = rows as f64 / traced_batch.max(1) as f64;
+    crate::memory::reduction::row_sum_at(cols as u64, rows_per_sample, batch as f64, dev)
 }
 
 /// Multipliers of the convolution workspace rule: the backward's is shared with the analytic tier
