@@ -1451,15 +1451,21 @@ fn row_sum_workspace(
     if dims.iter().enumerate().any(|(i, &d)| d != i as i64) || k >= shape.len() {
         return 0;
     }
+    // (a corrupt trace may hold any numbers: products that overflow give no buffer)
+    let product = |dims: &[i64]| dims.iter().try_fold(1i64, |acc, &d| acc.checked_mul(d));
     let mut expect = 1i64;
     for i in (0..shape.len()).rev() {
         if shape[i] > 1 && strides[i] != expect {
             return 0;
         }
-        expect *= shape[i].max(1);
+        let Some(next) = expect.checked_mul(shape[i].max(1)) else {
+            return 0;
+        };
+        expect = next;
     }
-    let rows: i64 = shape[..k].iter().product();
-    let cols: i64 = shape[k..].iter().product();
+    let (Some(rows), Some(cols)) = (product(&shape[..k]), product(&shape[k..])) else {
+        return 0;
+    };
     if rows <= 0 || cols <= 0 {
         return 0;
     }
@@ -1472,3 +1478,50 @@ fn row_sum_workspace(
 /// none.
 use crate::memory::CONV_BWD_WORKSPACE_FACTOR;
 const CONV_FWD_WORKSPACE_FACTOR: f64 = 0.0;
+
+#[cfg(test)]
+mod tests {
+    use super::row_sum_workspace;
+    use crate::memory::reduction::{row_sum_buffer, CALIBRATION_DEVICE};
+    use serde_json::json;
+
+    fn sum(shape: &[i64], strides: &[i64], dims: &[i64]) -> serde_json::Value {
+        json!({"shapes": [shape], "strides": [strides], "dtype": "bfloat16", "dims": dims})
+    }
+
+    #[test]
+    fn row_sums_take_the_reduce_kernels_buffer_at_the_wanted_batch() {
+        let d = CALIBRATION_DEVICE;
+        // a bias gradient of ViT-B/16's fc2 traced at batch 2: [2 * 197, 768] summed over rows
+        let info = sum(&[394, 768], &[768, 1], &[0]);
+        assert_eq!(
+            row_sum_workspace(&info, 2, 64, d),
+            row_sum_buffer(768, 12608, d)
+        );
+        // the same over [2, 197, 768] with dims (0, 1), and with dims given from the end
+        let info = sum(&[2, 197, 768], &[151296, 768, 1], &[0, -2]);
+        assert_eq!(row_sum_workspace(&info, 2, 64, d), 77_463_552);
+    }
+
+    #[test]
+    fn other_sums_and_corrupt_arguments_take_none() {
+        let d = CALIBRATION_DEVICE;
+        // over the last (fastest) dimension, of a transposed tensor, over every dimension
+        assert_eq!(
+            row_sum_workspace(&sum(&[394, 768], &[768, 1], &[1]), 2, 64, d),
+            0
+        );
+        assert_eq!(
+            row_sum_workspace(&sum(&[394, 768], &[1, 394], &[0]), 2, 64, d),
+            0
+        );
+        assert_eq!(
+            row_sum_workspace(&sum(&[394, 768], &[768, 1], &[0, 1]), 2, 64, d),
+            0
+        );
+        // sizes whose product overflows, missing fields
+        let huge = sum(&[i64::MAX, 4, 768], &[3072, 768, 1], &[0]);
+        assert_eq!(row_sum_workspace(&huge, 2, 64, d), 0);
+        assert_eq!(row_sum_workspace(&json!({"dims": [0]}), 2, 64, d), 0);
+    }
+}
