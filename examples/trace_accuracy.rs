@@ -1,8 +1,10 @@
 //! Peak reserved memory from the calibration traces against the H100 measurements.
 //!
-//! `cargo run --release --example trace_accuracy -- MEASUREMENTS.jsonl TRACE_DIR [--transform]`
-//! (`--transform`: rows without a trace of their own use the fp32 trace without checkpointing,
-//! transformed by the estimate's precision and checkpointing rules; reported separately)
+//! `cargo run --release --example trace_accuracy -- MEASUREMENTS.jsonl TRACE_DIR [--transform | --transform-all]`
+//! (`--transform`: rows without a trace of their own use the trace without checkpointing (in
+//! their precision if traced, else fp32), transformed by the estimate's precision and
+//! checkpointing rules, reported separately; `--transform-all`: every row that needs a
+//! transformation goes through the rules, even where it has a trace of its own)
 //! (traces made by scripts/trace-calibration.py; named <workload>_<prec>_<ckpt|nockpt>_<opt>[_variant].trace.json.gz)
 use std::path::Path;
 
@@ -10,7 +12,14 @@ use oomdoc::model::trace::accuracy;
 
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
-    let transform = args.iter().any(|a| a == "--transform");
+    let source = if args.iter().any(|a| a == "--transform-all") {
+        accuracy::Source::Transformed
+    } else if args.iter().any(|a| a == "--transform") {
+        accuracy::Source::OwnElseTransformed
+    } else {
+        accuracy::Source::Own
+    };
+    let transform = source != accuracy::Source::Own;
     let (rows, dir) = match (args.get(1), args.get(2)) {
         (Some(r), Some(d)) => (r.clone(), d.clone()),
         _ => anyhow::bail!("usage: trace_accuracy MEASUREMENTS.jsonl TRACE_DIR"),
@@ -21,7 +30,7 @@ fn main() -> anyhow::Result<()> {
     println!("| configuration | batch | accum | measured peak reserved (GiB) | traced estimate (GiB) | error | peak allocated: measured / estimate (GiB) |");
     println!("|---|---|---|---|---|---|---|");
     let gib = |x: u64| x as f64 / (1u64 << 30) as f64;
-    for r in accuracy::evaluate(&text, Path::new(&dir), transform)? {
+    for r in accuracy::evaluate(&text, Path::new(&dir), source)? {
         let (Some((alloc, reserved)), Some(err)) = (r.estimate, r.reserved_error()) else {
             println!("| {} | – | – | – | no trace | – | – |", r.name);
             continue;

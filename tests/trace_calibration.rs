@@ -8,7 +8,7 @@ use oomdoc::model::trace::accuracy;
 fn calibration_traces_estimate_their_measured_rows() {
     let dir = Path::new("tests/fixtures/trace/calibration");
     let text = std::fs::read_to_string(dir.join("measurements-h100-torch2.11.jsonl")).unwrap();
-    let rows = accuracy::evaluate(&text, dir, false).unwrap();
+    let rows = accuracy::evaluate(&text, dir, accuracy::Source::Own).unwrap();
     let mut errs: Vec<f64> = rows.iter().filter_map(|r| r.reserved_error()).collect();
     assert!(errs.len() >= 21, "{} rows with a trace", errs.len());
     let under: Vec<String> = rows
@@ -42,7 +42,7 @@ fn held_out_traces_estimate_their_measured_rows() {
     let dir = Path::new("tests/fixtures/trace/holdout");
     let text =
         std::fs::read_to_string(dir.join("measurements-traced-only-h200-torch2.11.jsonl")).unwrap();
-    let rows = accuracy::evaluate(&text, dir, false).unwrap();
+    let rows = accuracy::evaluate(&text, dir, accuracy::Source::Own).unwrap();
     assert_eq!(rows.iter().filter(|r| r.estimate.is_some()).count(), 6);
     for r in &rows {
         let (alloc, _) = r.estimate.unwrap();

@@ -122,9 +122,16 @@ def trace(step_for_batch, path, batch_sizes=(1, 2), model=None, optimizer=None, 
         rec.mark_saved(t)
         return t
 
+    try:
+        # always_call: a forward that raises still pops its module. Non-reentrant checkpointing
+        # stops its recomputation by raising once it has what backward needs; without this the
+        # aborted modules would stay on the stack and name every later backward op.
+        post_handle = torch.nn.modules.module.register_module_forward_hook(post_fwd, always_call=True)
+    except TypeError:  # torch < 2.1
+        post_handle = torch.nn.modules.module.register_module_forward_hook(post_fwd)
     handles = [
         torch.nn.modules.module.register_module_forward_pre_hook(pre_fwd),
-        torch.nn.modules.module.register_module_forward_hook(post_fwd),
+        post_handle,
         _optim.register_optimizer_step_pre_hook(opt_pre),
         _optim.register_optimizer_step_post_hook(opt_post),
     ]

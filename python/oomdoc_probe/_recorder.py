@@ -130,7 +130,7 @@ class Recorder:
         node = torch._C._current_autograd_node()
         if node is None:
             return -1
-        return self.node_region.get(node, -1)
+        return self.node_region.get(_node_key(node), -1)
 
     def untraced_op(self, op, reason):
         u = self.run.untraced
@@ -200,6 +200,18 @@ class Recorder:
             i = self.run.live.get(self.key(st))
             if i is not None:
                 self.run.saved.add(i)
+
+
+def _node_key(node):
+    """A key for an autograd node that does not keep it alive. Holding the node itself would keep
+    its saved tensors alive: the graph that non-reentrant checkpointing builds while recomputing
+    is never run backward and dies at once in a real run, so a reference to it leaks every
+    recomputed tensor into the trace. Sequence numbers are unique per thread, and the probe's
+    step runs forward and the CPU backward on one thread."""
+    seq = getattr(node, "_sequence_nr", None)
+    if seq is None:  # torch without Node._sequence_nr: the node itself (may keep it alive)
+        return node
+    return (seq(), node.name())
 
 
 def _jsonable(x):
@@ -286,7 +298,7 @@ def sdpa_wrapper(rec, orig):
             if n is None or n in seen or n in stop or type(n).__name__ == "AccumulateGrad":
                 continue
             seen.add(n)
-            rec.node_region[n] = rid
+            rec.node_region[_node_key(n)] = rid
             for nxt, _ in n.next_functions:
                 todo.append(nxt)
         return out

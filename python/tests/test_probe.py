@@ -195,3 +195,34 @@ def test_checkpoint_recomputes_under_the_emulated_autocast(tmp_path):
     # and the checkpoint function is restored afterwards
     import torch.utils.checkpoint as ckpt
     assert "oomdoc" not in getattr(ckpt._checkpoint_without_reentrant_generator, "__qualname__", "")
+
+
+def test_checkpointed_attention_recomputation_is_freed(tmp_path):
+    """Non-reentrant checkpointing recomputes a block in backward under a graph that never runs
+    backward; in a real run that graph dies at once and the recomputed storages go when the
+    checkpointed backward has used them. The probe must not keep them alive (it once did, by
+    holding the autograd nodes of attention regions)."""
+    from torch.utils.checkpoint import checkpoint
+
+    torch.manual_seed(0)
+    layers = torch.nn.ModuleList(
+        torch.nn.TransformerEncoderLayer(32, 4, 64, dropout=0.0, batch_first=True) for _ in range(3))
+    opt = torch.optim.SGD(layers.parameters(), lr=0.1)
+
+    def step(b):
+        x = torch.randn(b, 8, 32)
+        for layer in layers:
+            x = checkpoint(layer, x, use_reentrant=False)
+        x.square().mean().backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    doc = oomdoc_probe.trace(step, tmp_path / "t.json", batch_sizes=(1, 2), model=layers, optimizer=opt)
+    run = doc["runs"][2]
+    recomputed = [a for a in allocs(doc, run) if a["phase"] == "b" and a["module"]]
+    assert recomputed, "the recomputation shows as backward allocations with a module path"
+    freed_in_backward = {e[1] for e in run["events"] if e[0] == "f" and e[2] == "b"}
+    leaked = [a for a in recomputed if a["id"] not in freed_in_backward]
+    assert not leaked, leaked
+    # the recomputed attention calls are regions of their own, made in backward
+    assert sum(r["phase"] == "b" for r in run["regions"]) == len(layers)

@@ -1,7 +1,7 @@
 //! The traced tier against measured rows: each row of a measurement file (the calibration
 //! harness's fields) is estimated from the trace of its own configuration in a directory of traces
-//! made by `scripts/trace-calibration.py` (`<workload>_<prec>_<ckpt|nockpt>_<opt>[_variant]`), or,
-//! with `transform`, from the trace without checkpointing through the estimate's precision and
+//! made by `scripts/trace-calibration.py` (`<workload>_<prec>_<ckpt|nockpt>_<opt>[_variant]`), or
+//! (see [`Source`]) from the trace without checkpointing through the estimate's precision and
 //! checkpointing rules. Used by `examples/trace_accuracy.rs` (docs/accuracy.md) and the tests.
 use std::path::Path;
 
@@ -30,8 +30,20 @@ impl Row {
     }
 }
 
+/// Which trace a row is estimated from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Source {
+    /// The trace of the row's own configuration only.
+    Own,
+    /// Its own trace, else the trace without checkpointing through the estimate's rules.
+    OwnElseTransformed,
+    /// Always through the rules from the trace without checkpointing (rows that need no
+    /// transformation get no estimate): how well the rules stand in for a trace.
+    Transformed,
+}
+
 /// Every row of `measurements` (JSON lines) against the traces in `dir`.
-pub fn evaluate(measurements: &str, dir: &Path, transform: bool) -> Result<Vec<Row>> {
+pub fn evaluate(measurements: &str, dir: &Path, source: Source) -> Result<Vec<Row>> {
     let mut out = Vec::new();
     for (ln, line) in measurements.lines().enumerate() {
         if line.trim().is_empty() {
@@ -79,25 +91,31 @@ pub fn evaluate(measurements: &str, dir: &Path, transform: bool) -> Result<Vec<R
         let path = |n: &str| dir.join(format!("{n}.trace.json.gz"));
         let plain = format!("{wl}_fp32_nockpt_{opt}");
         let same_prec = format!("{wl}_{}_nockpt_{opt}", prec.replace("amp_fp16", "amp_bf16"));
-        let mut transformed = false;
-        let file = if path(&name).exists() {
-            path(&name)
+        let own = if path(&name).exists() {
+            Some(path(&name))
         } else if prec == "amp_fp16" && path(&name.replace("amp_fp16", "amp_bf16")).exists() {
-            path(&name.replace("amp_fp16", "amp_bf16"))
-        } else if variant.iter().any(|v| v == "sdpa") {
-            // the model's own attention code differs (explicit softmax vs SDPA): no rule turns one
-            // trace into the other
-            out.push(row(name, None));
-            continue;
-        } else if transform && path(&same_prec).exists() {
-            transformed = true;
-            path(&same_prec)
-        } else if transform && path(&plain).exists() && prec != "bf16_pure" {
-            transformed = true;
-            path(&plain)
+            Some(path(&name.replace("amp_fp16", "amp_bf16")))
         } else {
-            out.push(row(name, None));
-            continue;
+            None
+        };
+        // the model's own attention code differs (explicit softmax vs SDPA) between the sdpa
+        // variant and the others: no rule turns one trace into the other
+        let rules_apply = !variant.iter().any(|v| v == "sdpa");
+        let rule_base = [
+            (same_prec.as_str(), true),
+            (plain.as_str(), prec != "bf16_pure"),
+        ]
+        .into_iter()
+        .filter(|(n, ok)| *ok && rules_apply && path(n).exists())
+        .map(|(n, _)| path(n))
+        .find(|p| Some(p) != own.as_ref());
+        let (file, transformed) = match (source, own, rule_base) {
+            (Source::Own | Source::OwnElseTransformed, Some(own), _) => (own, false),
+            (Source::OwnElseTransformed | Source::Transformed, _, Some(base)) => (base, true),
+            _ => {
+                out.push(row(name, None));
+                continue;
+            }
         };
         let t = super::load(&file)?;
 
