@@ -16,6 +16,10 @@ opprof: for the named calibration configurations, one warm-up and one steady ste
   Writes OUTDIR/opprof_<name>.jsonl.gz and OUTDIR/snapshot_<name>.pickle.gz.
 rows: held-out architectures measured like the calibration file, one JSON line each with the
   `estimate_args` that describe the run to `oomdoc estimate` (HF configs under OUTDIR/models/).
+trace (with --device cpu, no GPU): each held-out configuration traced on the CPU with oomdoc_probe at
+  batch sizes 1 and 2, for `oomdoc estimate --model trace:` (the traced tier on the held-out rows:
+  `cargo run --release --example trace_accuracy -- MEASUREMENTS OUTDIR/traces`). Writes
+  OUTDIR/traces/<workload>_<prec>_<ckpt|nockpt>_<opt>.trace.json.gz; existing traces are kept.
 plancheck: the configurations `oomdoc plan` proposed (`scripts/plan-cases.py` writes --plan-cases),
   each run with the caching allocator capped at the plan's memory budget minus the memory the
   process already uses outside PyTorch: does it fit, and how do peak and step time compare with
@@ -299,6 +303,49 @@ TIMM = {"convnext_tiny_224": "convnext_tiny", "swin_tiny_224": "swin_tiny_patch4
         "efficientnet_b0_224": "efficientnet_b0"}
 
 
+# ---------------------------------------------------------------- CPU traces of the held-out rows
+def trace_rows(only):
+    import shutil
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "python"))
+    import oomdoc_probe
+
+    out = os.path.join(A.out, "traces")
+    os.makedirs(out, exist_ok=True)
+    for wname, w, base, cfgs in rows():
+        for cfg in cfgs:
+            name = f"{wname}_{cfg['prec']}_{'ckpt' if cfg['ckpt'] else 'nockpt'}_{cfg['opt']}"
+            path = os.path.join(out, name + ".trace.json")
+            if (only and wname not in only and name not in only) or os.path.exists(path + ".gz"):
+                continue
+            t = time.time()
+            torch.manual_seed(0)
+            model, info = w["build"](cfg["ckpt"])
+            model.train()
+            V = info.get("vocab", 1000)
+            opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+            prec = cfg["prec"]
+
+            def step(B):
+                batch = w["make_batch"](B, V)
+                if prec in ("amp_bf16", "amp_fp16"):
+                    dt = torch.bfloat16 if prec == "amp_bf16" else torch.float16
+                    with torch.autocast("cuda", dtype=dt):  # emulated with CUDA's op lists while tracing
+                        loss = w["loss"](model, batch)
+                else:
+                    loss = w["loss"](model, batch)
+                loss.backward()
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+
+            oomdoc_probe.trace(step, path, batch_sizes=(1, 2), model=model, optimizer=opt)
+            with open(path, "rb") as fi, gzip.open(path + ".gz", "wb", compresslevel=9) as fo:
+                shutil.copyfileobj(fi, fo)
+            os.remove(path)
+            print("trace", name, round(time.time() - t, 1), "s", flush=True)
+            del model, opt
+            gc.collect()
+
+
 # ---------------------------------------------------------------- plan check
 PREC_OF = {"fp32": "fp32", "tf32": "fp32", "bf16-mixed": "amp_bf16", "fp16-mixed": "amp_fp16",
            "bf16-true": "bf16_pure"}
@@ -430,6 +477,8 @@ def main():
                     f.flush()
                     print(wname, cfg, "alloc", H.mib(rec.get("peak_alloc", 0)), "res", H.mib(rec.get("peak_reserved", 0)),
                           "t", rec.get("step_time_s"), rec.get("error", "")[:200], flush=True)
+    if "trace" in parts:
+        trace_rows(only)
     if "plancheck" in parts:
         plancheck()
     print("total s", round(time.time() - T0, 1), flush=True)

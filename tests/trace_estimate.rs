@@ -100,6 +100,27 @@ fn fused_attention_rule_keeps_less_than_the_cpu_math_path() {
         .any(|n| n.contains("scaled_dot_product_attention")));
 }
 
+/// A mask that requires grad (a learned position bias) keeps the math path on CUDA too: such
+/// calls are replayed as traced, as with `--attention eager`.
+#[test]
+fn attention_with_a_learned_mask_keeps_the_math_path() {
+    let mut t = trace::load(&fixture("tiny_transformer.trace.json")).unwrap();
+    for run in &mut t.runs {
+        for r in &mut run.regions {
+            r.mask_requires_grad = true;
+        }
+    }
+    let learned = trace::estimate(&t, &knobs(512)).unwrap();
+    let mut k = knobs(512);
+    k.attention = Attention::Eager;
+    let eager = trace::estimate(&t, &k).unwrap();
+    assert_eq!(learned.peak_allocated_bytes, eager.peak_allocated_bytes);
+    assert!(learned
+        .notes
+        .iter()
+        .any(|n| n.contains("mask requires grad")));
+}
+
 #[test]
 fn precision_transformation_is_reported() {
     let t = trace::load(&fixture("tiny_transformer.trace.json")).unwrap();

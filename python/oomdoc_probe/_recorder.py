@@ -266,6 +266,8 @@ def sdpa_wrapper(rec, orig):
         info = {"id": rid, "kind": "sdpa", "q": list(q.shape), "k": list(k.shape), "v": list(v.shape),
                 "dtype": str(q.dtype).replace("torch.", ""), "dropout_p": float(a.get("dropout_p") or 0.0),
                 "is_causal": bool(a.get("is_causal", False)), "has_mask": mask is not None,
+                "mask_requires_grad": torch.is_grad_enabled() and isinstance(mask, torch.Tensor)
+                and mask.requires_grad,
                 "requires_grad": torch.is_grad_enabled() and any(
                     isinstance(t, torch.Tensor) and t.requires_grad for t in (q, k, v)),
                 "phase": rec.current_phase(), "outputs": []}

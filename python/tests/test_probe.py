@@ -226,3 +226,25 @@ def test_checkpointed_attention_recomputation_is_freed(tmp_path):
     assert not leaked, leaked
     # the recomputed attention calls are regions of their own, made in backward
     assert sum(r["phase"] == "b" for r in run["regions"]) == len(layers)
+
+
+def test_sdpa_regions_record_a_mask_that_requires_grad(tmp_path):
+    """CUDA's fused attention kernels refuse a mask that requires grad (a learned position bias),
+    so the replay must know which calls have one."""
+    torch.manual_seed(0)
+    bias = torch.nn.Parameter(torch.zeros(1, 2, 8, 8))
+    proj = torch.nn.Linear(16, 48)
+    opt = torch.optim.SGD(list(proj.parameters()) + [bias], lr=0.1)
+
+    def step(b):
+        q, k, v = proj(torch.randn(b, 8, 16)).view(b, 8, 3, 2, 8).permute(2, 0, 3, 1, 4)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
+        out = out + F.scaled_dot_product_attention(q, k, v, attn_mask=bias.detach())
+        out.square().mean().backward()
+        opt.step()
+        opt.zero_grad()
+
+    doc = oomdoc_probe.trace(step, tmp_path / "t.json", batch_sizes=(1,), model=proj, optimizer=opt)
+    learned, fixed = doc["runs"][1]["regions"]
+    assert learned["has_mask"] and learned["mask_requires_grad"]
+    assert fixed["has_mask"] and not fixed["mask_requires_grad"]

@@ -101,6 +101,10 @@ pub struct Region {
     pub is_causal: bool,
     #[serde(default)]
     pub has_mask: bool,
+    /// The mask requires grad (a learned position bias): CUDA's fused kernels refuse it and
+    /// the call runs the math path. Absent in traces from earlier probes.
+    #[serde(default)]
+    pub mask_requires_grad: bool,
     #[serde(default)]
     pub requires_grad: bool,
     #[serde(default)]
