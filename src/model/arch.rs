@@ -776,7 +776,7 @@ impl Builder<'_> {
                 tr,
                 false,
             );
-            let a = self.t5_attention(q, k, v, tgt, src, s);
+            let a = self.t5_attention(q, k, v, tgt, src, s, false);
             let a = self.linear(
                 &format!("{p}.layer.1.EncDecAttention.o"),
                 a,
@@ -806,8 +806,27 @@ impl Builder<'_> {
         self.t.leave();
     }
 
-    fn t5_attention(&mut self, q: T, k: T, v: T, qt: f64, kt: f64, s: &T5Spec) -> T {
+    #[allow(clippy::too_many_arguments)]
+    /// `learned_mask`: self-attention, whose SDPA mask is the learned relative position bias;
+    /// the fused kernels refuse a mask that requires grad, so SDPA takes its math path.
+    /// Cross-attention's mask (zeros) needs no grad and gets the fused kernels.
+    fn t5_attention(
+        &mut self,
+        q: T,
+        k: T,
+        v: T,
+        qt: f64,
+        kt: f64,
+        s: &T5Spec,
+        learned_mask: bool,
+    ) -> T {
         match self.attn {
+            Attention::Sdpa if learned_mask => {
+                let o = self
+                    .t
+                    .sdpa_math(q, k, v, qt, kt, s.heads, s.d_kv, s.dropout);
+                self.t.copy(o)
+            }
             Attention::Sdpa => {
                 let o = self.t.sdpa(q, k, v, qt, kt, s.heads, s.d_kv);
                 self.t.copy(o)
@@ -855,7 +874,7 @@ impl Builder<'_> {
             tr,
             false,
         );
-        let a = self.t5_attention(q, k, v, seq, seq, s);
+        let a = self.t5_attention(q, k, v, seq, seq, s, true);
         let a = self.linear(
             &format!("{p}.layer.0.SelfAttention.o"),
             a,

@@ -815,6 +815,53 @@ impl Trace {
         o
     }
 
+    #[allow(clippy::too_many_arguments)]
+    /// `F.scaled_dot_product_attention` on its math backend (`_scaled_dot_product_attention_math`),
+    /// which CUDA runs when the fused kernels refuse the call: a mask that requires grad, such as
+    /// T5's learned position bias (`check_attn_mask_shape`, sdp_utils_cpp.h). Under autocast the
+    /// call's inputs are half, and the math backend upcasts them to fp32
+    /// (`allow_fp16_bf16_reduction_math_sdp` is off by default), computes in fp32 and casts the
+    /// output back. It saves q and k^T times sqrt(scale) (contiguous copies for the batched
+    /// product), the softmax (`_safe_softmax`), the dropout mask and output, and a copy of v.
+    pub fn sdpa_math(
+        &mut self,
+        q: T,
+        k: T,
+        v: T,
+        q_tokens: f64,
+        kv_tokens: f64,
+        heads: u64,
+        head_dim: u64,
+        dropout: f64,
+    ) -> T {
+        let out_dt = self.low_or(q);
+        let d = (heads * head_dim) as f64;
+        let (q, k, v) = (
+            self.autocast_low(q),
+            self.autocast_low(k),
+            self.autocast_low(v),
+        );
+        let (qf, kf, vf) = (
+            self.cast(q, Dt::F32),
+            self.cast(k, Dt::F32),
+            self.cast(v, Dt::F32),
+        );
+        let qs = self.scalar(qf);
+        let ks = self.scalar(kf);
+        let qc = self.copy(qs);
+        let kc = self.copy(ks);
+        let s_elems = q_tokens * kv_tokens * heads as f64;
+        self.note_attention_matrix(s_elems);
+        let flops = 2.0 * q_tokens * kv_tokens * d;
+        let scores = self.op(&[qc, kc], s_elems, Dt::F32, &[qc, kc], 0.0, flops);
+        let biased = self.scalar(scores); // + the mask
+        let p = self.unary_save_output(biased);
+        let p = self.dropout(p, dropout);
+        let vc = self.copy(vf);
+        let o = self.op(&[p, vc], q_tokens * d, Dt::F32, &[p, vc], 0.0, flops);
+        self.cast(o, out_dt)
+    }
+
     /// Counts an eager attention score matrix (for the throughput model).
     pub fn note_attention_matrix(&mut self, elems: f64) {
         self.attention_matrix_elems += elems;
@@ -929,6 +976,38 @@ mod tests {
             .ops
             .iter()
             .all(|o| o.weight_cast_bytes == 0.0));
+    }
+
+    /// What the math backend keeps for backward, per sample, as the CPU trace of T5's
+    /// self-attention shows it (`_scaled_dot_product_attention_math`): q, k^T and v copies in
+    /// fp32, the softmax and dropout output in fp32, the dropout mask in bool; the output comes
+    /// back in the call's dtype.
+    #[test]
+    fn sdpa_math_keeps_fp32_copies_and_the_attention_matrix() {
+        let (s, h, d) = (512.0, 8u64, 64u64);
+        for mode in [Mode::Fp32, Mode::Mixed] {
+            let mut t = Trace::new(mode);
+            let x = t.input(s * (h * d) as f64, Dt::F32);
+            let q = t.linear("q", x, h * d, h * d, false, true, false);
+            let k = t.linear("k", x, h * d, h * d, false, true, false);
+            let v = t.linear("v", x, h * d, h * d, false, true, false);
+            let first = t.tensors.len();
+            let o = t.sdpa_math(q, k, v, s, s, h, d, 0.1);
+            let saved: f64 = t.tensors[first..]
+                .iter()
+                .filter(|x| !x.savers.is_empty())
+                .map(|x| x.bytes())
+                .sum();
+            let qkv = 3.0 * s * (h * d) as f64 * 4.0;
+            let matrix = s * s * h as f64;
+            assert_eq!(saved, qkv + 2.0 * matrix * 4.0 + matrix, "{mode:?}");
+            let out_dt = if mode == Mode::Mixed {
+                Dt::Half
+            } else {
+                Dt::F32
+            };
+            assert_eq!(t.dt(o), out_dt);
+        }
     }
 
     #[test]

@@ -176,7 +176,7 @@ pub fn parse(v: &Value) -> std::result::Result<ModelDesc, String> {
                 dropout: c.f("dropout_rate", 0.1),
                 relative_buckets: c.uo(&["relative_attention_num_buckets"]).unwrap_or(32),
             };
-            Ok(desc(&mt, Arch::T5(spec), Attention::Eager, 512, Task::Seq2seqLm, 8))
+            Ok(desc(&mt, Arch::T5(spec), Attention::Sdpa, 512, Task::Seq2seqLm, 8))
         }
         "vit" => {
             let d = c.u(&["hidden_size"])?;

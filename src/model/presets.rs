@@ -289,23 +289,10 @@ pub fn lookup(name: &str) -> Result<ModelDesc> {
             2048,
             Task::CausalLm,
         ),
-        // T5Attention computes softmax(QK^T + position_bias) itself: eager is what its code does
-        "t5-small" => desc(
-            &n,
-            t5(512, 2048, 6, 8),
-            16,
-            Attention::Eager,
-            512,
-            Task::Seq2seqLm,
-        ),
-        "t5-base" => desc(
-            &n,
-            t5(768, 3072, 12, 12),
-            8,
-            Attention::Eager,
-            512,
-            Task::Seq2seqLm,
-        ),
+        // transformers' T5Attention calls SDPA with the position bias as the mask (the
+        // self-attention's bias is learned, so SDPA runs its math path there)
+        "t5-small" => desc(&n, t5(512, 2048, 6, 8), 16, sdpa, 512, Task::Seq2seqLm),
+        "t5-base" => desc(&n, t5(768, 3072, 12, 12), 8, sdpa, 512, Task::Seq2seqLm),
         _ => return Err(unknown(name)),
     };
     let mut d = d;
