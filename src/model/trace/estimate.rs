@@ -194,7 +194,6 @@ struct Builder<'a> {
     lo: Option<&'a Run>,
     hi: Option<&'a Run>,
     ops: Vec<SimOp>,
-    origins_ops: Vec<SimOp>,
     notes: Vec<String>,
     transformed: Vec<String>,
     next_key: u64,
@@ -274,7 +273,6 @@ impl<'a> Builder<'a> {
             lo,
             hi,
             ops: Vec::new(),
-            origins_ops: Vec::new(),
             notes: Vec::new(),
             transformed: Vec::new(),
             next_key: 1,
@@ -723,12 +721,10 @@ impl<'a> Builder<'a> {
                     }
                     Event::Alloc {
                         id,
-                        bytes: _,
                         dtype,
                         op,
                         module,
                         phase,
-                        region,
                         ..
                     } => {
                         let sc = scales.get(ai).copied().unwrap_or(Scale {
@@ -850,7 +846,6 @@ impl<'a> Builder<'a> {
                                 (lkey, lse.1, Cat::Activation),
                             );
                         }
-                        let _ = region;
                     }
                     Event::Free { id, .. } => {
                         if sdpa.drop.contains(id) || sdpa.defer_end.contains_key(id) {
@@ -1022,11 +1017,10 @@ impl<'a> Builder<'a> {
                 )
             })
             .unwrap_or(run.events.len());
-        for (tag, (_, allocs)) in instances.iter().enumerate() {
+        for (_, allocs) in &instances {
             let Some(&(last_idx, last_id, _)) = allocs.last() else {
                 continue;
             };
-            let mut bytes = 0;
             let mut bwd_frees: Vec<usize> = Vec::new();
             let mut recompute: Vec<(u64, u64)> = Vec::new();
             for &(_, id, b) in allocs {
@@ -1038,7 +1032,6 @@ impl<'a> Builder<'a> {
                         plan.freed_early.insert(id);
                         plan.free_at.entry(last_idx + 1).or_default().push(id);
                         recompute.push((id, b));
-                        bytes += b;
                         bwd_frees.push(f);
                     }
                     _ => {}
@@ -1050,7 +1043,6 @@ impl<'a> Builder<'a> {
                     .or_default()
                     .extend(recompute);
             }
-            let _ = (tag, bytes);
         }
         plan
     }
@@ -1224,7 +1216,6 @@ impl<'a> Builder<'a> {
     }
 
     fn replay(&mut self, cfg: &AllocatorConfig) -> TraceEstimate {
-        let _ = &self.origins_ops;
         let mut sim = Allocator::new(cfg.clone());
         let mut map: FxMap<u64, (u64, usize)> = FxMap::default();
         let mut cats = [0u64; 6];
