@@ -65,11 +65,11 @@ def main():
             import timm
             model, info = timm.create_model(TIMM[wname], pretrained=False), {}
             make_batch, loss_fn = (lambda B, V: H.img_batch(B, 224)), H.img_loss
-        elif wname in H.WORKLOADS:
+        elif wname in H.WORKLOADS and not v:
             w = H.WORKLOADS[wname]
             model, info = w["build"](r["ckpt"])
             make_batch, loss_fn = w["make_batch"], w["loss"]
-        else:  # navdp variants (variants.py)
+        else:  # navdp variants (variants.py); "navdp_like" is also a harness workload, without them
             na = N._args(bool(v.get("ckpt_dec")), False)
             na.sdpa = bool(v.get("sdpa"))
             model = M.NavDPLike(na)
