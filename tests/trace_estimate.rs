@@ -364,6 +364,48 @@ fn allocations_seen_only_at_the_larger_traced_batch_are_scaled() {
     );
 }
 
+/// A storage seen only at the larger traced batch grows with the batch, unless it has a
+/// parameter's shape: a gradient or a copy of a parameter (an autocast weight cast's gradient,
+/// say) stays the same size whatever the batch.
+#[test]
+fn unmatched_parameter_shaped_storages_do_not_grow_with_the_batch() {
+    use oomdoc::model::trace::{Event, Phase};
+    const MIB: u64 = 1 << 20;
+    let mut t = two_batch_trace(None);
+    let hi = t.runs.last_mut().unwrap();
+    // in backward, while the three batch-sized tensors are alive: a 64 MiB storage shaped like
+    // the parameter (shape [1024]), only in the larger run
+    let at = hi
+        .events
+        .iter()
+        .position(|e| matches!(e, Event::Free { .. }))
+        .unwrap();
+    hi.events.insert(
+        at,
+        Event::Alloc {
+            id: 30,
+            bytes: 64 * MIB,
+            dtype: 0,
+            shape: vec![1024],
+            op: 1,
+            module: 0,
+            phase: Phase::Backward,
+            region: None,
+        },
+    );
+    hi.events.push(Event::Free {
+        id: 30,
+        phase: Phase::Backward,
+        region: None,
+    });
+    let e8 = trace::estimate(&t, &knobs(8)).unwrap();
+    let e16 = trace::estimate(&t, &knobs(16)).unwrap();
+    assert_eq!(
+        e16.peak_allocated_bytes - e8.peak_allocated_bytes,
+        3 * 8 * MIB
+    );
+}
+
 /// A trace from a probe that did not record attention-region inputs replays the smaller batch
 /// (as before) and says so.
 #[test]

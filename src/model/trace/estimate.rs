@@ -496,6 +496,14 @@ impl<'a> Builder<'a> {
                 }
             }
         }
+        // shapes of the parameters: an unmatched storage shaped like one is a gradient or a copy
+        // of a parameter, which does not grow with the batch
+        let param_shapes: FxSet<&[u64]> = run
+            .persistent
+            .iter()
+            .filter(|p| p.kind == "param")
+            .map(|p| p.shape.as_slice())
+            .collect();
         let mut out = Vec::new();
         let mut counts = [0usize; 4];
         for e in &run.events {
@@ -514,7 +522,10 @@ impl<'a> Builder<'a> {
             let matched = slopes[p].get(k).copied().flatten();
             let slope = if let Some(m) = matched {
                 m
-            } else if is_hi && matches!(phase, Phase::Forward | Phase::Backward) {
+            } else if is_hi
+                && matches!(phase, Phase::Forward | Phase::Backward)
+                && !param_shapes.contains(shape.as_slice())
+            {
                 // only at the larger batch (a copy that is a view at the smaller one): it grows
                 // with the batch like the tensors around it
                 *bytes as f64 / run.batch as f64
