@@ -10,7 +10,7 @@ fn calibration_traces_estimate_their_measured_rows() {
     let text = std::fs::read_to_string(dir.join("measurements-h100-torch2.11.jsonl")).unwrap();
     let rows = accuracy::evaluate(&text, dir, accuracy::Source::Own).unwrap();
     let mut errs: Vec<f64> = rows.iter().filter_map(|r| r.reserved_error()).collect();
-    assert!(errs.len() >= 32, "{} rows with a trace", errs.len());
+    assert!(errs.len() >= 33, "{} rows with a trace", errs.len());
     let under: Vec<String> = rows
         .iter()
         .filter(|r| r.reserved_error().is_some_and(|e| e < -0.03))
@@ -70,13 +70,23 @@ fn held_out_rows_traced_on_the_cpu() {
     let dir = Path::new("tests/fixtures/calibration-holdout/cpu-traces");
     let rows = accuracy::evaluate(&text, dir, accuracy::Source::Own).unwrap();
     let traced: Vec<&accuracy::Row> = rows.iter().filter(|r| r.estimate.is_some()).collect();
-    assert!(!traced.is_empty());
+    // ResNet-50 (with checkpointing too), ViT-S/16 (bf16-mixed with checkpointing too), T5-small
+    assert!(traced.len() >= 8, "{} rows with a trace", traced.len());
     for r in traced {
+        let (alloc, _) = r.estimate.unwrap();
+        let ea = (alloc as f64 - r.measured_alloc as f64) / r.measured_alloc as f64;
         let er = r.reserved_error().unwrap();
-        // T5-small: its self-attention's learned position-bias mask keeps SDPA on the math
-        // backend (-28% when replayed with the fused-kernel rule)
+        // measured: reserved -2.1..+3.0%, allocated within 4.2% (ResNet-50 fp32 with
+        // checkpointing). T5-small's self-attention passes a learned position bias as the SDPA
+        // mask, which keeps it on the math backend (-28% replayed with the fused-kernel rule).
         assert!(
-            (-0.06..0.10).contains(&er),
+            ea.abs() < 0.05,
+            "{} b{} allocated {ea:+.3}",
+            r.name,
+            r.batch
+        );
+        assert!(
+            (-0.03..0.04).contains(&er),
             "{} b{} reserved {er:+.3}",
             r.name,
             r.batch
