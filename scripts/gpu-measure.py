@@ -305,9 +305,9 @@ TIMM = {"convnext_tiny_224": "convnext_tiny", "swin_tiny_224": "swin_tiny_patch4
 
 # ---------------------------------------------------------------- CPU traces of the held-out rows
 def trace_rows(only):
-    import shutil
     sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "python"))
     import oomdoc_probe
+    from trace_step import trace_gz, training_step
 
     out = os.path.join(A.out, "traces")
     os.makedirs(out, exist_ok=True)
@@ -323,24 +323,8 @@ def trace_rows(only):
             model.train()
             V = info.get("vocab", 1000)
             opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
-            prec = cfg["prec"]
-
-            def step(B):
-                batch = w["make_batch"](B, V)
-                if prec in ("amp_bf16", "amp_fp16"):
-                    dt = torch.bfloat16 if prec == "amp_bf16" else torch.float16
-                    with torch.autocast("cuda", dtype=dt):  # emulated with CUDA's op lists while tracing
-                        loss = w["loss"](model, batch)
-                else:
-                    loss = w["loss"](model, batch)
-                loss.backward()
-                opt.step()
-                opt.zero_grad(set_to_none=True)
-
-            oomdoc_probe.trace(step, path, batch_sizes=(1, 2), model=model, optimizer=opt)
-            with open(path, "rb") as fi, gzip.open(path + ".gz", "wb", compresslevel=9) as fo:
-                shutil.copyfileobj(fi, fo)
-            os.remove(path)
+            step = training_step(model, lambda B: w["make_batch"](B, V), w["loss"], opt, cfg["prec"])
+            trace_gz(oomdoc_probe, step, path, model, opt)
             print("trace", name, round(time.time() - t, 1), "s", flush=True)
             del model, opt
             gc.collect()

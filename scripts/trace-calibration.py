@@ -7,13 +7,14 @@ Needs torch, transformers, timm, torchvision. Writes OUTDIR/<name>.trace.json.gz
 distinct (workload, precision, checkpointing, optimizer, variant) of the measurement file; the
 batch size and gradient accumulation are not part of the trace (they are estimate knobs).
 """
-import argparse, gzip, json, os, shutil, sys, time
+import argparse, json, os, sys, time
 
 import torch
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "python"))
 import oomdoc_probe  # noqa: E402
+from trace_step import trace_gz, training_step  # noqa: E402
 
 
 # held-out timm workloads of scripts/gpu-measure.py
@@ -90,22 +91,8 @@ def main():
             o = torch.optim.SGD(ps, lr=1e-3, momentum=0.9)
         prec = r["prec"]
 
-        def step(B):
-            batch = make_batch(B, V)
-            if prec in ("amp_bf16", "amp_fp16"):
-                dt = torch.bfloat16 if prec == "amp_bf16" else torch.float16
-                with torch.autocast("cuda", dtype=dt):  # emulated with CUDA's op lists while tracing
-                    loss = loss_fn(model, batch)
-            else:
-                loss = loss_fn(model, batch)
-            loss.backward()
-            o.step()
-            o.zero_grad(set_to_none=True)
-
-        oomdoc_probe.trace(step, path, batch_sizes=(1, 2), model=model, optimizer=o)
-        with open(path, "rb") as fi, gzip.open(path + ".gz", "wb", compresslevel=9) as fo:
-            shutil.copyfileobj(fi, fo)
-        os.remove(path)
+        step = training_step(model, lambda B: make_batch(B, V), loss_fn, o, prec)
+        trace_gz(oomdoc_probe, step, path, model, o)
         print(f"{name}: {time.time() - t0:.1f} s, {os.path.getsize(path + '.gz')} bytes", flush=True)
         del model, o
 
