@@ -284,6 +284,35 @@ fn probe_to_estimate_end_to_end_when_torch_is_there() {
     assert!(e.peak_allocated_bytes > 0);
 }
 
+/// One run of a hand-made trace: the parameter (id 1, 1024 fp32, string 4) alive throughout.
+fn hand_made_run(
+    name: &str,
+    batch: u64,
+    events: Vec<serde_json::Value>,
+    saved: &[u64],
+    alive_after: &[u64],
+    regions: Vec<serde_json::Value>,
+) -> serde_json::Value {
+    serde_json::json!({
+        "name": name, "batch": batch,
+        "persistent": [[1, 4096, 0, [1024], "param", 4]],
+        "events": events, "saved": saved, "categories": {}, "alive_after": alive_after,
+        "regions": regions, "untraced": []
+    })
+}
+
+/// A hand-made trace of a first step at batch 1 and steady steps at 1 and 2 (`run(name, b)`).
+fn hand_made_trace(strings: &[&str], run: impl Fn(&str, u64) -> serde_json::Value) -> trace::Trace {
+    let text = serde_json::json!({
+        "format": "oomdoc-trace", "version": 1, "producer": "test", "torch": "2.11",
+        "python": "3.11", "device": "cpu", "autocast": [], "optimizers": [],
+        "foreach_forced": false, "strings": strings,
+        "runs": [run("first", 1), run("steady", 1), run("steady", 2)]
+    })
+    .to_string();
+    trace::parse(&text).unwrap()
+}
+
 /// A hand-made trace: per batch b, a saved activation, at b > 1 a saved copy (a reshape that is a
 /// view at batch 1 copies at every larger batch), and a gradient in backward.
 fn two_batch_trace(region: Option<serde_json::Value>) -> trace::Trace {
@@ -331,23 +360,18 @@ fn two_batch_trace(region: Option<serde_json::Value>) -> trace::Trace {
             ev.push(serde_json::json!(["f", 11, "b", -1]));
         }
         ev.push(serde_json::json!(["f", 20, "b", -1]));
-        let regions: Vec<serde_json::Value> = region.iter().cloned().collect();
-        serde_json::json!({
-            "name": name, "batch": b,
-            "persistent": [[1, 4096, 0, [1024], "param", 4]],
-            "events": ev, "saved": saved, "categories": {}, "alive_after": [1],
-            "regions": regions, "untraced": []
-        })
+        hand_made_run(name, b, ev, &saved, &[1], region.iter().cloned().collect())
     };
-    let text = serde_json::json!({
-        "format": "oomdoc-trace", "version": 1, "producer": "test", "torch": "2.11",
-        "python": "3.11", "device": "cpu", "autocast": [], "optimizers": [],
-        "foreach_forced": false,
-        "strings": ["float32", "aten.mm.default", "aten.clone.default", "layer", "w"],
-        "runs": [run("first", 1), run("steady", 1), run("steady", 2)]
-    })
-    .to_string();
-    trace::parse(&text).unwrap()
+    hand_made_trace(
+        &[
+            "float32",
+            "aten.mm.default",
+            "aten.clone.default",
+            "layer",
+            "w",
+        ],
+        run,
+    )
 }
 
 /// The allocations only the larger traced batch has are scaled with the batch, not dropped.
@@ -477,23 +501,20 @@ fn checkpointed_attention_trace(leak: bool) -> trace::Trace {
                 "outputs": [output], "inputs": [input]
             })
         };
-        let alive: Vec<u64> = if leak { vec![1, 20] } else { vec![1] };
-        serde_json::json!({
-            "name": name, "batch": b,
-            "persistent": [[1, 4096, 0, [1024], "param", 4]],
-            "events": ev, "saved": [], "categories": {}, "alive_after": alive,
-            "regions": [region(0, "f", 10, 11), region(1, "b", 20, 21)], "untraced": []
-        })
+        let alive: &[u64] = if leak { &[1, 20] } else { &[1] };
+        let regions = vec![region(0, "f", 10, 11), region(1, "b", 20, 21)];
+        hand_made_run(name, b, ev, &[], alive, regions)
     };
-    let text = serde_json::json!({
-        "format": "oomdoc-trace", "version": 1, "producer": "test", "torch": "2.11",
-        "python": "3.11", "device": "cpu", "autocast": [], "optimizers": [],
-        "foreach_forced": false,
-        "strings": ["float32", "aten._scaled_dot_product_flash_attention_for_cpu.default", "", "attn", "w"],
-        "runs": [run("first", 1), run("steady", 1), run("steady", 2)]
-    })
-    .to_string();
-    trace::parse(&text).unwrap()
+    hand_made_trace(
+        &[
+            "float32",
+            "aten._scaled_dot_product_flash_attention_for_cpu.default",
+            "",
+            "attn",
+            "w",
+        ],
+        run,
+    )
 }
 
 /// Under checkpointing the fused-attention rule keeps nothing of the forward call (the checkpoint

@@ -820,25 +820,19 @@ impl Builder<'_> {
         s: &T5Spec,
         learned_mask: bool,
     ) -> T {
-        match self.attn {
-            Attention::Sdpa if learned_mask => {
-                let o = self
-                    .t
-                    .sdpa_math(q, k, v, qt, kt, s.heads, s.d_kv, s.dropout);
-                self.t.copy(o)
-            }
-            Attention::Sdpa => {
-                let o = self.t.sdpa(q, k, v, qt, kt, s.heads, s.d_kv);
-                self.t.copy(o)
-            }
+        let o = match self.attn {
+            Attention::Sdpa if learned_mask => self
+                .t
+                .sdpa_math(q, k, v, qt, kt, s.heads, s.d_kv, s.dropout),
+            Attention::Sdpa => self.t.sdpa(q, k, v, qt, kt, s.heads, s.d_kv),
+            // T5Attention: scores = q @ k^T; scores += position_bias; softmax(scores.float())
+            // .type_as(scores); dropout; @ v
             Attention::Eager => {
-                // T5Attention: scores = q @ k^T; scores += position_bias; softmax(scores.float())
-                // .type_as(scores); dropout; @ v; then transpose(1, 2).contiguous()
-                let o =
-                    self.eager_attention(q, k, v, qt, kt, s.heads, s.d_kv, false, s.dropout, 1.0);
-                self.t.copy(o)
+                self.eager_attention(q, k, v, qt, kt, s.heads, s.d_kv, false, s.dropout, 1.0)
             }
-        }
+        };
+        // then transpose(1, 2).contiguous()
+        self.t.copy(o)
     }
 
     fn t5_self_attn(&mut self, p: &str, s: &T5Spec, x: T, seq: f64, dec: bool, _bias: T) -> T {

@@ -411,16 +411,12 @@ impl<'a> Builder<'a> {
                 untraced.join("; ")
             ));
         }
-        let fused = |r: &super::Region| !r.mask_requires_grad;
-        if b.sdpa_rule && trace.runs.iter().any(|r| r.regions.iter().any(fused)) {
+        let any_region =
+            |f: fn(&super::Region) -> bool| trace.runs.iter().any(|r| r.regions.iter().any(f));
+        if b.sdpa_rule && any_region(|r| r.fused_on_cuda()) {
             b.transformed.push("scaled_dot_product_attention: the CPU run's attention intermediates are replaced by what the CUDA flash / memory-efficient kernels keep (output and log-sum-exp, plus a backward workspace)".into());
         }
-        if b.sdpa_rule
-            && trace
-                .runs
-                .iter()
-                .any(|r| r.regions.iter().any(|x| !fused(x)))
-        {
+        if b.sdpa_rule && any_region(|r| !r.fused_on_cuda()) {
             b.notes.push("scaled_dot_product_attention calls whose mask requires grad (a learned position bias) keep the traced math path: CUDA's fused kernels refuse such a mask".into());
         }
         Ok(b)
@@ -1133,10 +1129,8 @@ impl<'a> Builder<'a> {
         // times a fixed number of items)
         let scale = self.knobs.batch as f64 / run.batch.max(1) as f64;
         for r in &run.regions {
-            // An attention mask that requires grad (a learned position bias, as in T5) is
-            // refused by the fused kernels (`check_attn_mask_shape`, sdp_utils_cpp.h): CUDA runs
-            // the math path too, and the traced storages stand.
-            if r.mask_requires_grad {
+            // on the math path on CUDA too: the traced storages stand
+            if !r.fused_on_cuda() {
                 continue;
             }
             let events = tagged.get(&r.id).map_or(&[][..], |v| v.as_slice());

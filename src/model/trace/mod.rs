@@ -117,6 +117,15 @@ pub struct Region {
     pub phase: String,
 }
 
+impl Region {
+    /// Whether CUDA runs this call through a fused kernel (flash, memory-efficient, cuDNN). An
+    /// attention mask that requires grad (a learned position bias, as in T5) is refused by them
+    /// (`check_attn_mask_shape`, sdp_utils_cpp.h): SDPA then runs its math path, as on the CPU.
+    pub fn fused_on_cuda(&self) -> bool {
+        !self.mask_requires_grad
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Untraced {
     pub op: String,
