@@ -20,6 +20,12 @@ trace (with --device cpu, no GPU): each held-out configuration traced on the CPU
   batch sizes 1 and 2, for `oomdoc estimate --model trace:` (the traced tier on the held-out rows:
   `cargo run --release --example trace_accuracy -- MEASUREMENTS OUTDIR/traces`). Writes
   OUTDIR/traces/<workload>_<prec>_<ckpt|nockpt>_<opt>.trace.json.gz; existing traces are kept.
+history: calibration rows measured again exactly as the calibration harness measured them
+  (`harness.run_config`: warm-up and 3 steps), each twice: first with the caching allocator's event
+  stream recorded (`_record_memory_history`, no stack frames) and step marks (wall-clock microseconds
+  at each forward and optimizer step), then without recording (is the measurement repeatable, and
+  does recording change it?). Writes OUTDIR/history_rows.jsonl and OUTDIR/history/<name>.pickle.gz
+  (snapshot, memory_stats, marks).
 plancheck: the configurations `oomdoc plan` proposed (`scripts/plan-cases.py` writes --plan-cases),
   each run with the caching allocator capped at the plan's memory budget minus the memory the
   process already uses outside PyTorch: does it fit, and how do peak and step time compare with
@@ -330,6 +336,79 @@ def trace_rows(only):
             gc.collect()
 
 
+# ---------------------------------------------------------------- allocator history of calibration rows
+# (name, harness workload, NavDP variant, configuration). The first run of a process allocates the
+# cuBLAS workspaces that stay for the later ones (the calibration rows' `a0`), so a cheap row goes first.
+HISTORY = [
+    ("resnet18_fp32_b64", "resnet18_224", {}, C(64)),
+    ("navdp_fp32_ckptvit_b16", "navdp_like", {"ckpt_vit": True}, C(16)),
+    ("navdp_bf16_ckptvit_b16", "navdp_like", {"ckpt_vit": True}, C(16, "amp_bf16")),
+    ("resnet18_fp32_b128", "resnet18_224", {}, C(128)),
+    ("vit_b16_bf16_ckpt_b64", "vit_b16_224", {}, C(64, "amp_bf16", True)),
+    ("navdp_bf16_ckpt_b8", "navdp_like", {}, C(8, "amp_bf16", True)),
+]
+
+
+def history_workload(wname, variant):
+    if not variant:
+        return H.WORKLOADS[wname]
+
+    def build(_ck):  # as variants.py builds them
+        a = N._args(bool(variant.get("ckpt_dec")), A.tiny)
+        a.sdpa = bool(variant.get("sdpa"))
+        m = M.NavDPLike(a)
+        m.rgb_model.ckpt = m.depth_model.ckpt = bool(variant.get("ckpt_vit"))
+        return m, {}
+
+    return dict(build=build, make_batch=lambda B, V: N.make_batch(2 if A.tiny else B, H.DEV, tiny=A.tiny),
+                loss=N.loss_fn)
+
+
+def history(only):
+    H.setup_workloads()
+    os.makedirs(os.path.join(A.out, "history"), exist_ok=True)
+    marks = []
+    hooks = [torch.nn.modules.module.register_module_forward_pre_hook(
+        lambda m, a: marks.append(("forward", time.time_ns() // 1000)) if not marks or marks[-1][0] != "forward" else None),
+        __import__("torch.optim.optimizer", fromlist=["x"]).register_optimizer_step_pre_hook(
+            lambda o, a, k: marks.append(("optimizer", time.time_ns() // 1000)))]
+    with open(os.path.join(A.out, "history_rows.jsonl"), "a") as f:
+        for name, wname, variant, cfg in HISTORY:
+            if only and name not in only:
+                continue
+            for record in (True, False):
+                if left() < 40:
+                    print("skip", name, record, flush=True)
+                    continue
+                marks.clear()
+                if record and CUDA:
+                    torch.cuda.memory._record_memory_history(enabled="all", context=None, stacks="python",
+                                                             max_entries=4_000_000)
+                t = time.time()
+                try:
+                    rec = H.run_config(wname, history_workload(wname, variant), dict(cfg))
+                except Exception as e:
+                    traceback.print_exc()
+                    rec = dict(workload=wname, **cfg, error=f"{type(e).__name__}: {str(e)[:500]}")
+                if record and CUDA:
+                    snap = torch.cuda.memory._snapshot()
+                    torch.cuda.memory._record_memory_history(enabled=None)
+                    with gzip.open(os.path.join(A.out, "history", f"{name}.pickle.gz"), "wb") as g:
+                        pickle.dump(dict(snapshot=dict(segments=snap["segments"], device_traces=snap["device_traces"],
+                                                       allocator_settings=snap.get("allocator_settings", {})),
+                                         memory_stats=torch.cuda.memory_stats(), marks=list(marks)), g)
+                rec = dict(name=name, recorded=record, variant=variant, gpu=torch.cuda.get_device_name(0) if CUDA else "cpu",
+                           seconds=round(time.time() - t, 1), **rec)
+                f.write(json.dumps(rec) + "\n")
+                f.flush()
+                print("history", name, "recorded" if record else "plain", "alloc", H.mib(rec.get("peak_alloc", 0)),
+                      "res", H.mib(rec.get("peak_reserved", 0)), "step1", H.mib(rec.get("peak_reserved_step1", 0)),
+                      "a0", rec.get("a0"), rec.get("error", "")[:200], flush=True)
+                H.reset()
+    for h in hooks:
+        h.remove()
+
+
 # ---------------------------------------------------------------- plan check
 PREC_OF = {"fp32": "fp32", "tf32": "fp32", "bf16-mixed": "amp_bf16", "fp16-mixed": "amp_fp16",
            "bf16-true": "bf16_pure"}
@@ -465,6 +544,8 @@ def main():
         trace_rows(only)
     if "plancheck" in parts:
         plancheck()
+    if "history" in parts:
+        history(only)
     print("total s", round(time.time() - T0, 1), flush=True)
 
 

@@ -65,10 +65,14 @@ def _apply_order(module, prefix, out):
             out.append(("buffer", prefix + name, b))
 
 
-def trace(step_for_batch, path, batch_sizes=(1, 2), model=None, optimizer=None, gc_collect=True):
+def trace(step_for_batch, path, batch_sizes=(1, 2), model=None, optimizer=None, gc_collect=True,
+          fast_low_precision=True):
     """Runs ``step_for_batch(b)`` and writes the trace to ``path``; returns the trace as a dict.
 
     model / optimizer: found among live objects when not given (all root modules and optimizers).
+    fast_low_precision: compute bf16 / fp16 matrix products and convolutions in fp32 and round the
+    result (CPU kernels for these dtypes are several times slower than fp32 on most CPUs); the
+    recorded storages are the same either way, only the values' rounding can differ.
     """
     if len(batch_sizes) < 1:
         raise ValueError("batch_sizes needs at least one batch size")
@@ -161,7 +165,7 @@ def trace(step_for_batch, path, batch_sizes=(1, 2), model=None, optimizer=None, 
                         for k, v in st.items():
                             if isinstance(v, torch.Tensor):
                                 rec.register_persistent(v, "opt_state", "optimizer%d.%s" % (oi, k))
-                with DispatchRecorder(rec), \
+                with DispatchRecorder(rec, fast_low_precision), \
                         torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
                     step_for_batch(b)
                     if gc_collect:

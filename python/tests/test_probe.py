@@ -248,3 +248,55 @@ def test_sdpa_regions_record_a_mask_that_requires_grad(tmp_path):
     learned, fixed = doc["runs"][1]["regions"]
     assert learned["has_mask"] and learned["mask_requires_grad"]
     assert fixed["has_mask"] and not fixed["mask_requires_grad"]
+
+
+def conv_mlp_setup():
+    torch.manual_seed(0)
+    m = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.ReLU(), torch.nn.Flatten(), torch.nn.Linear(8 * 6 * 6, 4))
+    opt = torch.optim.AdamW(m.parameters(), lr=1e-3)
+
+    def step(b):
+        g = torch.Generator().manual_seed(b)
+        x = torch.randn(b, 3, 8, 8, generator=g)
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            loss = m(x).float().pow(2).mean()
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    return m, opt, step
+
+
+def test_low_precision_products_in_fp32_record_the_same_storages(tmp_path, monkeypatch):
+    from oomdoc_probe import _recorder
+
+    taken = []
+    orig = _recorder._in_fp32
+
+    def counting(func, args, kwargs):
+        out = orig(func, args, kwargs)
+        taken.append(str(func) if out is not None else None)
+        return out
+
+    monkeypatch.setattr(_recorder, "_in_fp32", counting)
+    docs, weights = [], []
+    for fast in (True, False):
+        m, opt, step = conv_mlp_setup()
+        docs.append(oomdoc_probe.trace(step, tmp_path / f"t{fast}.json", model=m, optimizer=opt,
+                                       fast_low_precision=fast))
+        weights.append([p.detach().clone() for p in m.parameters()])
+    fast, slow = docs
+    # the fast path ran the forward and backward convolutions and matrix products
+    assert {"aten.convolution.default", "aten.convolution_backward.default", "aten.addmm.default",
+            "aten.mm.default"} <= set(taken)
+    assert fast["strings"] == slow["strings"]
+    for a, b in zip(fast["runs"], slow["runs"]):
+        assert a["events"] == b["events"]
+        assert a["saved"] == b["saved"]
+    # bf16 convolutions and matrix products ran (and were computed in fp32 on the fast path)
+    ops = {x["op"] for x in allocs(fast, fast["runs"][1]) if x["dtype"] == "bfloat16"}
+    assert any(o.startswith("aten.convolution.") for o in ops)
+    assert any(o.startswith("aten.addmm") for o in ops)
+    # both paths accumulate in fp32 and round once: the trained weights agree to bf16 rounding
+    for p, q in zip(*weights):
+        assert torch.allclose(p, q, rtol=1e-2, atol=1e-3)
