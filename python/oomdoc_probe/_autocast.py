@@ -147,7 +147,9 @@ class _Patch:
         patch = self
 
         def init(s, device_type, dtype=None, enabled=True, cache_enabled=None):
-            s._oomdoc_emulate = device_type == "cuda" and not torch.cuda.is_available()
+            # Emulated whether or not this machine has a GPU: the traced step runs on the CPU,
+            # where a real CUDA autocast would leave every op in fp32.
+            s._oomdoc_emulate = device_type == "cuda"
             if s._oomdoc_emulate:
                 s._oomdoc_dtype = dtype if dtype is not None else torch.float16
                 s._oomdoc_enabled = enabled

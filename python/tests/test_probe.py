@@ -300,3 +300,26 @@ def test_low_precision_products_in_fp32_record_the_same_storages(tmp_path, monke
     # both paths accumulate in fp32 and round once: the trained weights agree to bf16 rounding
     for p, q in zip(*weights):
         assert torch.allclose(p, q, rtol=1e-2, atol=1e-3)
+
+
+def test_cuda_autocast_is_emulated_on_a_machine_with_a_gpu(tmp_path, monkeypatch):
+    # The traced step runs on the CPU either way: a real CUDA autocast would leave it all in fp32.
+    # (CUDA is made to look available while autocast is entered and the forward runs.)
+    torch.manual_seed(0)
+    m = torch.nn.Sequential(torch.nn.Linear(16, 64), torch.nn.GELU(), torch.nn.Linear(64, 4))
+    opt = torch.optim.SGD(m.parameters(), lr=1e-3)
+    real = torch.cuda.is_available
+
+    def step(b):
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            loss = m(torch.randn(b, 16)).float().sum()
+        monkeypatch.setattr(torch.cuda, "is_available", real)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    doc = oomdoc_probe.trace(step, tmp_path / "t.json", batch_sizes=(2,), model=m, optimizer=opt)
+    assert doc["autocast"] == ["bfloat16"]
+    a = allocs(doc, doc["runs"][1])
+    assert any(x["op"].startswith("aten.addmm") and x["dtype"] == "bfloat16" for x in a if x["phase"] == "f")
