@@ -307,7 +307,7 @@ impl Allocator {
             free_small: BTreeSet::new(),
             free_large: BTreeSet::new(),
             exp: HashMap::new(),
-            next_addr: 1 << 40,
+            next_addr: 1 << 50,
             stats: AllocatorStats::default(),
         }
     }
@@ -430,9 +430,9 @@ impl Allocator {
                 return None;
             }
         }
-        let addr = self.next_addr;
         // Segments are separate cudaMallocs: leave a gap so no two are adjacent.
-        self.next_addr += alloc_size + ROUND_LARGE;
+        self.next_addr -= alloc_size + ROUND_LARGE;
+        let addr = self.next_addr;
         self.blocks.insert(
             addr,
             Block {

@@ -57,6 +57,66 @@ pub struct RealEvent {
     pub stream: u64,
 }
 
+/// A real snapshot as `tests/fixtures/trace/convert_snapshots.py` writes it (gzip JSON): the
+/// device trace, the blocks allocated at the end, and, for histories, step marks.
+#[derive(Clone, Debug)]
+pub struct Converted {
+    pub events: Vec<RealEvent>,
+    /// (address, requested size) of the blocks allocated in the final segments.
+    pub live: Vec<(u64, u64)>,
+    pub segments: u64,
+    /// Sum of the final segments' sizes.
+    pub reserved: u64,
+    pub stats: serde_json::Value,
+    /// (what, index of the first event at or after it): the forward and optimizer steps.
+    pub marks: Vec<(String, usize)>,
+}
+
+impl Converted {
+    /// None when a field is missing or of the wrong type.
+    pub fn from_json(v: &serde_json::Value) -> Option<Converted> {
+        let events = v["events"]
+            .as_array()?
+            .iter()
+            .map(|e| {
+                Some(RealEvent {
+                    action: Action::parse(e[0].as_str()?),
+                    addr: e[1].as_u64()?,
+                    size: e[2].as_u64()?,
+                    stream: e[3].as_u64()?,
+                })
+            })
+            .collect::<Option<Vec<_>>>()?;
+        let segs = v["segments"].as_array()?;
+        let mut live = Vec::new();
+        let mut reserved = 0;
+        for s in segs {
+            reserved += s["total_size"].as_u64()?;
+            for b in s["blocks"].as_array()? {
+                if b["state"] == "active_allocated" {
+                    live.push((b["address"].as_u64()?, b["requested_size"].as_u64()?));
+                }
+            }
+        }
+        let marks = match v.get("marks") {
+            Some(m) => m
+                .as_array()?
+                .iter()
+                .map(|x| Some((x[0].as_str()?.to_string(), x[1].as_u64()? as usize)))
+                .collect::<Option<Vec<_>>>()?,
+            None => Vec::new(),
+        };
+        Some(Converted {
+            events,
+            live,
+            segments: segs.len() as u64,
+            reserved,
+            stats: v["stats"].clone(),
+            marks,
+        })
+    }
+}
+
 /// What the real allocator did over the stream, read off its segment entries.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct RealFigures {
