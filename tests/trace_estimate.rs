@@ -148,6 +148,37 @@ fn precision_transformation_is_reported() {
     assert_eq!(sel.peak_allocated_bytes, ck.peak_allocated_bytes);
 }
 
+/// A trace of a model already cast to bf16 (`model.to(torch.bfloat16)`): its float32 storages
+/// (the loss computed in fp32) are real and are not halved for `--precision bf16-true`.
+#[test]
+fn a_bf16_trace_is_not_halved_again() {
+    let mut t = trace::load(&fixture("tiny_transformer.trace.json")).unwrap();
+    let mut k = knobs(256);
+    k.precision = Precision::Bf16True;
+    let halved = trace::estimate(&t, &k).unwrap();
+    assert!(halved.transformed.iter().any(|n| n.contains("bf16-true")));
+    let bf16 = t
+        .strings
+        .iter()
+        .position(|s| s == "bfloat16")
+        .unwrap_or_else(|| {
+            t.strings.push("bfloat16".into());
+            t.strings.len() - 1
+        }) as u32;
+    for run in &mut t.runs {
+        for p in run.persistent.iter_mut().filter(|p| p.kind == "param") {
+            p.dtype = bf16;
+        }
+    }
+    let own = trace::estimate(&t, &k).unwrap();
+    assert!(own.transformed.iter().all(|n| !n.contains("bf16-true")));
+    // the activations keep their traced (float32) size
+    assert!(own.peak_allocated_bytes > halved.peak_allocated_bytes);
+    k.precision = Precision::Fp32;
+    let fp32 = trace::estimate(&t, &k).unwrap();
+    assert!(fp32.notes.iter().any(|n| n.contains("already 16-bit")));
+}
+
 #[test]
 fn capacity_gives_the_oom_point() {
     let t = trace::load(&fixture("tiny_transformer.trace.json")).unwrap();

@@ -165,6 +165,57 @@ pub fn estimate_with(
     Ok(est)
 }
 
+/// One allocation or free of the replayed process, in order, as the allocator simulation sees it
+/// (for comparing with a real allocator trace: `examples/trace_events.rs`).
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct ReplayedEvent {
+    /// true for an allocation, false for a free
+    pub alloc: bool,
+    /// identifies the storage (an allocation and its free share it)
+    pub key: u64,
+    /// requested bytes (allocations only; 0 for frees)
+    pub bytes: u64,
+    /// 0 for the first step, 1 for steady steps (allocations only)
+    pub step: u8,
+    pub phase: Phase,
+    pub op: String,
+    pub module: String,
+}
+
+/// The events `estimate_with` replays through the allocator simulation.
+pub fn replayed_events(
+    trace: &Trace,
+    knobs: &Knobs,
+    opts: &EstimateOptions,
+) -> Result<Vec<ReplayedEvent>> {
+    let mut b = Builder::new(trace, knobs)?;
+    b.device = opts.device;
+    b.build(opts.steady_repeats.max(1));
+    Ok(b.ops
+        .iter()
+        .map(|op| match *op {
+            SimOp::Alloc { key, bytes, at, .. } => ReplayedEvent {
+                alloc: true,
+                key,
+                bytes,
+                step: at.step,
+                phase: at.phase,
+                op: trace.string(at.op).to_string(),
+                module: trace.string(at.module).to_string(),
+            },
+            SimOp::Free { key } => ReplayedEvent {
+                alloc: false,
+                key,
+                bytes: 0,
+                step: 0,
+                phase: Phase::Other,
+                op: String::new(),
+                module: String::new(),
+            },
+        })
+        .collect())
+}
+
 /// Linear scaling of one storage from the traced batch sizes to the wanted one.
 #[derive(Clone, Copy, Debug)]
 struct Scale {
@@ -296,8 +347,25 @@ impl<'a> Builder<'a> {
             ));
         }
         let traced_autocast = !trace.autocast.is_empty();
+        // a trace of a model already cast to bf16 / fp16: its float32 storages are real ones (the
+        // loss in fp32, for one) and stay as traced
+        let traced_low_precision = {
+            let params: Vec<u32> = b
+                .first
+                .persistent
+                .iter()
+                .filter(|p| p.kind == "param")
+                .map(|p| p.dtype)
+                .collect();
+            !params.is_empty()
+                && params
+                    .iter()
+                    .all(|d| matches!(trace.string(*d), "bfloat16" | "float16"))
+        };
         match knobs.precision {
-            Precision::Bf16True | Precision::Fp16True if !traced_autocast => {
+            Precision::Bf16True | Precision::Fp16True
+                if !traced_autocast && !traced_low_precision =>
+            {
                 b.halve_all = true;
                 b.transformed.push(format!(
                     "precision {}: every float32 storage of the fp32 trace is taken at 2 bytes per element",
@@ -308,6 +376,14 @@ impl<'a> Builder<'a> {
                 b.mixed_from_fp32 = true;
                 b.transformed.push(format!(
                     "precision {}: from an fp32 trace, the outputs of matrix products and convolutions (and their gradients) are taken at 2 bytes per element and a 2-byte copy of the weights is added for the forward and backward passes (autocast rules, best effort); trace under torch.autocast(\"cuda\") for the exact figure",
+                    knobs.precision.name()
+                ));
+            }
+            Precision::Fp32 | Precision::Tf32 | Precision::Bf16Mixed | Precision::Fp16Mixed
+                if traced_low_precision =>
+            {
+                b.notes.push(format!(
+                    "the traced model's parameters are already 16-bit; --precision {} cannot undo that: the figures are the traced precision's",
                     knobs.precision.name()
                 ));
             }
@@ -432,7 +508,9 @@ impl<'a> Builder<'a> {
     /// (op, shape without its first dimension) (ops that run at one batch size only are skipped
     /// over). The shape tells a batch-sized tensor from a weight-sized one made by the same op
     /// (a linear layer's input and weight gradients are both `mm`), which a backward that
-    /// recomputes checkpointed blocks interleaves.
+    /// recomputes checkpointed blocks interleaves. (Keying on "shaped like a parameter" as well
+    /// was tried and is worse: at batch 1 a [sequence, hidden] activation often has the shape of
+    /// a position embedding.)
     fn scales(&mut self, run: &Run) -> Vec<Scale> {
         let per_phase = |r: &Run| -> [Vec<(u64, u32)>; 4] {
             let mut v: [Vec<(u64, u32)>; 4] = Default::default();

@@ -17,8 +17,8 @@ use serde_json::Value;
 use crate::error::{Error, Result};
 
 pub use estimate::{
-    estimate, estimate_with, Component, EstimateOptions, OomPoint, TraceEstimate,
-    CUBLAS_WORKSPACE_BYTES, OUTSIDE_PYTORCH_BYTES,
+    estimate, estimate_with, replayed_events, Component, EstimateOptions, OomPoint, ReplayedEvent,
+    TraceEstimate, CUBLAS_WORKSPACE_BYTES, OUTSIDE_PYTORCH_BYTES,
 };
 
 /// The `format` field of a trace.
