@@ -1,13 +1,23 @@
 //! Estimate from a trace with the library API, as JSON (until `oomdoc estimate --model trace:PATH`).
 //!
 //! `cargo run --example trace_estimate -- TRACE [knob flags, e.g. --batch 16 --precision bf16-mixed]`
+//!
+//! With `--events`, prints instead the allocation events the estimate replays, one per line
+//! (`A bytes step phase op module` / `F bytes`), for comparing with a real allocator history
+//! (`scripts/gpu-measure.py --parts history`).
+use std::collections::HashMap;
+use std::io::Write;
+
 use clap::Parser;
 use oomdoc::knobs::{Attention, KnobArgs, KnobDefaults};
-use oomdoc::model::trace;
+use oomdoc::model::trace::{self, EstimateOptions};
 
 #[derive(Parser)]
 struct Cli {
     trace: std::path::PathBuf,
+    /// Print the replayed allocation events instead of the estimate.
+    #[arg(long)]
+    events: bool,
     #[command(flatten)]
     knobs: KnobArgs,
 }
@@ -20,7 +30,21 @@ fn main() -> anyhow::Result<()> {
         attention: Attention::Sdpa,
     };
     let knobs = cli.knobs.resolve(&defaults)?;
-    let e = trace::estimate(&t, &knobs)?;
-    println!("{}", serde_json::to_string_pretty(&e)?);
+    if !cli.events {
+        let e = trace::estimate(&t, &knobs)?;
+        println!("{}", serde_json::to_string_pretty(&e)?);
+        return Ok(());
+    }
+    let mut size: HashMap<u64, u64> = HashMap::new();
+    let mut out = std::io::stdout().lock();
+    for e in trace::replayed_events(&t, &knobs, &EstimateOptions::default())? {
+        if e.alloc {
+            size.insert(e.key, e.bytes);
+            let (b, s, p) = (e.bytes, e.step, e.phase);
+            writeln!(out, "A {b} {s} {p:?} {} {}", e.op, e.module)?;
+        } else {
+            writeln!(out, "F {}", size.remove(&e.key).unwrap_or(0))?;
+        }
+    }
     Ok(())
 }

@@ -166,7 +166,7 @@ pub fn estimate_with(
 }
 
 /// One allocation or free of the replayed process, in order, as the allocator simulation sees it
-/// (for comparing with a real allocator trace: `examples/trace_events.rs`).
+/// (for comparing with a real allocator trace: `examples/trace_estimate.rs --events`).
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct ReplayedEvent {
     /// true for an allocation, false for a free
