@@ -24,7 +24,7 @@ import torch.nn.functional as F
 
 from ._recorder import FORWARD, OTHER, DispatchRecorder, Recorder, Run, sdpa_wrapper
 
-__version__ = "0.1.1"
+__version__ = "0.1.2"
 FORMAT = "oomdoc-trace"
 FORMAT_VERSION = 1
 
