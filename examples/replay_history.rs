@@ -6,7 +6,7 @@
 use std::collections::HashSet;
 use std::io::Read;
 
-use oomdoc::memory::allocator::replay::{real_figures, replay, Action, Converted};
+use oomdoc::memory::allocator::replay::{replay, Action, Converted};
 use oomdoc::memory::allocator::AllocatorConfig;
 
 const GIB: f64 = (1u64 << 30) as f64;
@@ -51,7 +51,7 @@ fn main() {
             }
             let pre = &h.events[..*at];
             let r = replay(pre, &older, AllocatorConfig::default());
-            let real = real_figures(pre);
+            let real = &r.real;
             println!(
                 "  up to step {step} ({what} at event {at}): real peak reserved {:.3} GiB, simulated {:.3} GiB ({:+.1}%); real peak segments {}",
                 real.peak_reserved as f64 / GIB,

@@ -350,18 +350,8 @@ HISTORY = [
 
 
 def history_workload(wname, variant):
-    if not variant:
-        return H.WORKLOADS[wname]
-
-    def build(_ck):  # as variants.py builds them
-        a = N._args(bool(variant.get("ckpt_dec")), A.tiny)
-        a.sdpa = bool(variant.get("sdpa"))
-        m = M.NavDPLike(a)
-        m.rgb_model.ckpt = m.depth_model.ckpt = bool(variant.get("ckpt_vit"))
-        return m, {}
-
-    return dict(build=build, make_batch=lambda B, V: N.make_batch(2 if A.tiny else B, H.DEV, tiny=A.tiny),
-                loss=N.loss_fn)
+    # navdp() builds the variants as variants.py does (same model arguments and batch)
+    return navdp(**variant) if variant else H.WORKLOADS[wname]
 
 
 def history(only):

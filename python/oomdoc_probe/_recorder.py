@@ -268,7 +268,7 @@ class DispatchRecorder(TorchDispatchMode):
         rec = self.rec
         rec.on_call(func, args)
         out = None
-        if self.fast and "out" not in kwargs and str(func) in _FAST_LOWP_OPS:
+        if self.fast and str(func) in _FAST_LOWP_OPS:  # .default overloads: no out= argument
             out = _in_fp32(func, args, kwargs)
         if out is None:
             out = func(*args, **kwargs)

@@ -430,7 +430,9 @@ impl Allocator {
                 return None;
             }
         }
-        // Segments are separate cudaMallocs: leave a gap so no two are adjacent.
+        // Segments are separate cudaMallocs: leave a gap so no two are adjacent. Each new one
+        // goes below the previous ones, as the CUDA driver mostly hands them out; the address
+        // decides best-fit ties between free blocks of equal size (docs/accuracy.md).
         self.next_addr -= alloc_size + ROUND_LARGE;
         let addr = self.next_addr;
         self.blocks.insert(

@@ -156,9 +156,7 @@ pub fn estimate_with(
     knobs: &Knobs,
     opts: &EstimateOptions,
 ) -> Result<TraceEstimate> {
-    let mut b = Builder::new(trace, knobs)?;
-    b.device = opts.device;
-    b.build(opts.steady_repeats.max(1));
+    let mut b = built(trace, knobs, opts)?;
     let mut est = b.replay(&opts.allocator);
     est.notes.append(&mut b.notes);
     est.transformed.append(&mut b.transformed);
@@ -188,9 +186,7 @@ pub fn replayed_events(
     knobs: &Knobs,
     opts: &EstimateOptions,
 ) -> Result<Vec<ReplayedEvent>> {
-    let mut b = Builder::new(trace, knobs)?;
-    b.device = opts.device;
-    b.build(opts.steady_repeats.max(1));
+    let b = built(trace, knobs, opts)?;
     Ok(b.ops
         .iter()
         .map(|op| match *op {
@@ -214,6 +210,14 @@ pub fn replayed_events(
             },
         })
         .collect())
+}
+
+/// The replay's event list, built once for `estimate_with` and `replayed_events` alike.
+fn built<'a>(trace: &'a Trace, knobs: &'a Knobs, opts: &EstimateOptions) -> Result<Builder<'a>> {
+    let mut b = Builder::new(trace, knobs)?;
+    b.device = opts.device;
+    b.build(opts.steady_repeats.max(1));
+    Ok(b)
 }
 
 /// Linear scaling of one storage from the traced batch sizes to the wanted one.
