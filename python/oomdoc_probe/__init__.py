@@ -22,9 +22,9 @@ import torch.optim.optimizer as _optim
 from ._autocast import _Patch
 import torch.nn.functional as F
 
-from ._recorder import FORWARD, OTHER, DispatchRecorder, Recorder, Run, sdpa_wrapper
+from ._recorder import FORWARD, OTHER, DispatchRecorder, Recorder, Run, linear_wrapper, sdpa_wrapper
 
-__version__ = "0.1.2"
+__version__ = "0.1.3"
 FORMAT = "oomdoc-trace"
 FORMAT_VERSION = 1
 
@@ -139,8 +139,9 @@ def trace(step_for_batch, path, batch_sizes=(1, 2), model=None, optimizer=None, 
         _optim.register_optimizer_step_pre_hook(opt_pre),
         _optim.register_optimizer_step_post_hook(opt_post),
     ]
-    orig_sdpa = F.scaled_dot_product_attention
+    orig_sdpa, orig_linear = F.scaled_dot_product_attention, F.linear
     F.scaled_dot_product_attention = sdpa_wrapper(rec, orig_sdpa)
+    F.linear = linear_wrapper(rec, orig_linear)
     try:
         with _Patch(rec):
             for name, b in plan:
@@ -202,7 +203,7 @@ def trace(step_for_batch, path, batch_sizes=(1, 2), model=None, optimizer=None, 
                     "untraced": [{"op": k[0], "reason": k[1], "count": c} for k, c in sorted(run.untraced.items())],
                 })
     finally:
-        F.scaled_dot_product_attention = orig_sdpa
+        F.scaled_dot_product_attention, F.linear = orig_sdpa, orig_linear
         for h in handles:
             h.remove()
         for g in forced:

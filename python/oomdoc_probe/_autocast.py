@@ -30,8 +30,14 @@ LOWER = _fns(
     torch.addmv, torch.mv, T.mv, torch.einsum, torch.chain_matmul, torch.addr,
     F.conv1d, F.conv2d, F.conv3d, torch.conv1d, torch.conv2d, torch.conv3d, torch.convolution,
     F.conv_transpose1d, F.conv_transpose2d, F.conv_transpose3d, F.prelu, torch.prelu,
-    F.scaled_dot_product_attention, F.multi_head_attention_forward, _get(torch.linalg, "vecdot"), _get(torch.linalg, "multi_dot"),
+    F.scaled_dot_product_attention, _get(torch.linalg, "vecdot"), _get(torch.linalg, "multi_dot"),
 )
+# Python functions that are not aten ops: real autocast sees only the ops inside them, so their bodies
+# run under the mode (casting each inner op) instead of having their arguments cast at the entry.
+# Casting at the entry would also break identities the body tests: `F.multi_head_attention_forward`
+# projects key and value with one packed matrix product when `key is value` (cross-attention), and
+# two separately casted copies of the same tensor take the three-product path instead.
+COMPOSITE = _fns(F.multi_head_attention_forward)
 # Ops that autocast runs in float32 (fp32 and fp32_set_opt_dtype lists, CUDA).
 FP32 = _fns(
     F.layer_norm, torch.layer_norm, F.group_norm, torch.group_norm,
@@ -111,8 +117,7 @@ class CudaAutocastMode(TorchFunctionMode):
                     and isinstance(target_arg, torch.Tensor) and not target_arg.is_floating_point()):
                 return _cross_entropy(*args, **kwargs)
             # float32 logits, or probabilities / label smoothing as targets: as before
-            args = tuple(self._cast(a, torch.float32) for a in args)
-            kwargs = {k: self._cast(v, torch.float32) for k, v in kwargs.items()}
+            args, kwargs = self._cast_all(args, kwargs, torch.float32)
             return func(*args, **kwargs)
         if func in SET_OPT_DTYPE:
             dtype = kwargs.get("dtype")
@@ -120,15 +125,44 @@ class CudaAutocastMode(TorchFunctionMode):
                 dtype = args[2]
             if dtype is not None:
                 return func(*args, **kwargs)
+        if func in COMPOSITE:
+            return self._run_inside(func, args, kwargs)
         if func in LOWER:
             target = self.dtype
         elif func in FP32:
             target = torch.float32
         else:
             return func(*args, **kwargs)
-        args = tuple(self._cast(a, target) for a in args)
-        kwargs = {k: self._cast(v, target) for k, v in kwargs.items()}
+        args, kwargs = self._cast_all(args, kwargs, target)
         return func(*args, **kwargs)
+
+    def _cast_all(self, args, kwargs, dtype):
+        """Casts in the order CUDA builds of PyTorch do: autocast's wrapper casts the arguments in
+        one pack expansion (``cached_cast(..., args, ...)...``), which GCC evaluates last to first
+        (an H100 allocator history of ``F.linear`` shows the bias cast, then the weight, then the
+        input). The order decides where the copies land in the caching allocator."""
+        kw = {k: self._cast(v, dtype) for k, v in reversed(list(kwargs.items()))}
+        cast = [self._cast(a, dtype) for a in reversed(args)]
+        return tuple(reversed(cast)), {k: kw[k] for k in kwargs}
+
+
+    def _run_inside(self, func, args, kwargs):
+        """Runs a Python function with this mode active for the ops it calls. The mode is off while
+        its handler runs, so it is entered again; the function's own ``has_torch_function`` test
+        (a global of its module) is answered False once, or it would come back here."""
+        g = func.__globals__
+        orig = g["has_torch_function"]
+
+        def once(*a, **k):
+            g["has_torch_function"] = orig
+            return False
+
+        g["has_torch_function"] = once
+        try:
+            with self:
+                return func(*args, **kwargs)
+        finally:
+            g["has_torch_function"] = orig
 
 
 class _Patch:

@@ -68,6 +68,7 @@ class Recorder:
         self.seen_backward = False
         self.in_optimizer = 0
         self.matmul_seen = False
+        self.in_linear = 0
 
     # ------------------------------------------------------------ strings
     def s(self, text):
@@ -194,6 +195,32 @@ class Recorder:
             self.matmul_seen = True
             self.run.events.append(["c", self.s(name), {"first_matmul": True}, self.current_phase()])
 
+    def bias_add_in_place(self, args, out):
+        """``F.linear`` on an input it cannot flatten (not contiguous: a sequence-first view, as
+        ``F.multi_head_attention_forward`` makes) runs ``matmul`` and adds the bias in place
+        (``output.add_(bias)``, aten/src/ATen/native/Linear.cpp), but out of place while a dispatch
+        mode is active (``isTensorSubclassLike`` is true then, for composite compliance). Record
+        what CUDA runs: the product's storage takes the sum. True if recorded so."""
+        run = self.run
+        x = args[0] if args else None
+        if not isinstance(x, torch.Tensor) or not isinstance(out, torch.Tensor) or self.region_stack:
+            return False
+        src, dst = _storage(x), _storage(out)
+        if src is None or dst is None or src.nbytes() != dst.nbytes() or x.dtype != out.dtype:
+            return False
+        i = run.live.get(self.key(src))
+        last = next((e for e in reversed(run.events) if e[0] == "a"), None)
+        if i is None or last is None or last[1] != i or \
+                self.string_list[last[5]] not in ("aten.mm.default", "aten.bmm.default"):
+            return False
+        kd = self.key(dst)
+        if kd in run.live:
+            return False
+        del run.live[self.key(src)]  # the product's own free is no longer recorded
+        run.live[kd] = i
+        self._watch(dst, kd, i)
+        return True
+
     def mark_saved(self, t):
         st = _storage(t) if isinstance(t, torch.Tensor) else None
         if st is not None and self.run is not None:
@@ -272,6 +299,9 @@ class DispatchRecorder(TorchDispatchMode):
             out = _in_fp32(func, args, kwargs)
         if out is None:
             out = func(*args, **kwargs)
+        if rec.run is not None and rec.in_linear and func is torch.ops.aten.add.Tensor \
+                and rec.bias_add_in_place(args, out):
+            return out
         if rec.run is not None:
             inputs = set()
             stack = [args, kwargs]
@@ -289,6 +319,22 @@ class DispatchRecorder(TorchDispatchMode):
         return out
 
 
+def linear_wrapper(rec, orig):
+    """Wraps ``torch.nn.functional.linear`` while tracing (``nn.Linear`` and
+    ``F.multi_head_attention_forward`` look it up at call time) to tell the recorder that the
+    ops it sees belong to a linear layer (``Recorder.bias_add_in_place``)."""
+
+    def linear(*args, **kwargs):
+        rec.in_linear += 1
+        try:
+            return orig(*args, **kwargs)
+        finally:
+            rec.in_linear -= 1
+
+    linear.__doc__ = orig.__doc__
+    return linear
+
+
 def sdpa_wrapper(rec, orig):
     """Wraps ``torch.nn.functional.scaled_dot_product_attention`` while tracing (also reached from
     ``F.multi_head_attention_forward``, which looks it up at call time): marks the call as a region
@@ -303,7 +349,8 @@ def sdpa_wrapper(rec, orig):
         a.update(kwargs)
         q, k, v, mask = a.get("query"), a.get("key"), a.get("value"), a.get("attn_mask")
         rid = len(run.regions)
-        info = {"id": rid, "kind": "sdpa", "q": list(q.shape), "k": list(k.shape), "v": list(v.shape),
+        info = {"id": rid, "kind": "sdpa", "q": list(q.shape), "q_stride": list(q.stride()),
+                "k": list(k.shape), "v": list(v.shape),
                 "dtype": str(q.dtype).replace("torch.", ""), "dropout_p": float(a.get("dropout_p") or 0.0),
                 "is_causal": bool(a.get("is_causal", False)), "has_mask": mask is not None,
                 "mask_requires_grad": torch.is_grad_enabled() and isinstance(mask, torch.Tensor)

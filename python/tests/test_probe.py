@@ -323,3 +323,63 @@ def test_cuda_autocast_is_emulated_on_a_machine_with_a_gpu(tmp_path, monkeypatch
     assert doc["autocast"] == ["bfloat16"]
     a = allocs(doc, doc["runs"][1])
     assert any(x["op"].startswith("aten.addmm") and x["dtype"] == "bfloat16" for x in a if x["phase"] == "f")
+
+
+def test_cross_attention_under_autocast_projects_key_and_value_together(tmp_path):
+    # nn.MultiheadAttention with key is value (a decoder's cross-attention) projects both with one
+    # packed matrix product; CUDA autocast casts inside F.multi_head_attention_forward, op by op,
+    # so the memory is cast once and the identity holds
+    torch.manual_seed(0)
+    layer = torch.nn.TransformerDecoderLayer(32, 4, 64, 0.1, batch_first=True, norm_first=True)
+    opt = torch.optim.AdamW(layer.parameters())
+
+    def step(b):
+        x, mem = torch.randn(b, 6, 32), torch.randn(b, 20, 32)
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            y = layer(x, mem)
+        y.float().square().mean().backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    doc = oomdoc_probe.trace(step, tmp_path / "t.json", batch_sizes=(2,))
+    fwd = [a for a in allocs(doc, doc["runs"][1]) if a["module"] == "multihead_attn" and a["phase"] == "f"]
+    casts_of_memory = [a for a in fwd if a["op"] == "aten._to_copy.default" and a["shape"] == [20, 2, 32]]
+    assert len(casts_of_memory) == 1 and casts_of_memory[0]["dtype"] == "bfloat16"
+    # the packed key/value weight [64, 32] is cast, and one product gives both projections
+    assert any(a["op"] == "aten._to_copy.default" and a["shape"] == [64, 32] for a in fwd)
+    assert any(a["op"] in ("aten.mm.default", "aten.addmm.default") and a["shape"][-1] == 64 for a in fwd)
+    # the whole in-projection weight is not cast at the call's entry
+    assert not any(a["op"] == "aten._to_copy.default" and a["shape"] == [96, 32] for a in fwd)
+
+
+def test_linear_on_a_non_contiguous_input_adds_its_bias_in_place(tmp_path):
+    # F.linear on a sequence-first view runs matmul then output.add_(bias); under a dispatch mode
+    # aten takes the out-of-place add, which CUDA does not: the trace keeps the product's storage
+    lin = torch.nn.Linear(32, 64)
+    opt = torch.optim.SGD(lin.parameters(), lr=0.1)
+
+    def step(b):
+        x = torch.randn(b, 10, 32).transpose(0, 1)  # [10, b, 32], not contiguous for b > 1
+        lin(x).square().mean().backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    doc = oomdoc_probe.trace(step, tmp_path / "t.json", batch_sizes=(2,))
+    run = doc["runs"][1]
+    fwd = [a for a in allocs(doc, run) if a["phase"] == "f"]
+    assert not any(a["op"] == "aten.add.Tensor" for a in fwd)
+    prod = [a for a in fwd if a["op"] == "aten.mm.default" and a["shape"] == [20, 64]]
+    assert len(prod) == 1
+    # the product's storage is the layer's output: alive until the square that reads it is done
+    frees = [i for i, e in enumerate(run["events"]) if e[0] == "f" and e[1] == prod[0]["id"]]
+    squares = [i for i, e in enumerate(run["events"]) if e[0] == "a" and doc["strings"][e[5]] == "aten.pow.Tensor_Scalar"]
+    assert len(frees) == 1 and squares and frees[0] > squares[0]
+    # outside linear layers an out-of-place add stays as it is
+    def step2(b):
+        x = torch.randn(b, 10, 32)
+        (x @ lin.weight.t() + lin.bias).square().mean().backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    doc2 = oomdoc_probe.trace(step2, tmp_path / "t2.json", batch_sizes=(2,))
+    assert any(a["op"] == "aten.add.Tensor" for a in allocs(doc2, doc2["runs"][1]) if a["phase"] == "f")
