@@ -383,3 +383,23 @@ def test_linear_on_a_non_contiguous_input_adds_its_bias_in_place(tmp_path):
 
     doc2 = oomdoc_probe.trace(step2, tmp_path / "t2.json", batch_sizes=(2,))
     assert any(a["op"] == "aten.add.Tensor" for a in allocs(doc2, doc2["runs"][1]) if a["phase"] == "f")
+
+
+def test_autocast_casts_arguments_last_to_first_as_cuda_builds_do(tmp_path):
+    # an H100 allocator history of F.linear under autocast: the bias cast, then the weight, then
+    # the input; the order decides where equal-lifetime copies land in the caching allocator
+    lin = torch.nn.Linear(32, 48)
+    opt = torch.optim.SGD(lin.parameters(), lr=0.1)
+
+    def step(b):
+        x = torch.randn(b, 32)
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            y = lin(x)
+        y.float().square().mean().backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    doc = oomdoc_probe.trace(step, tmp_path / "t.json", batch_sizes=(3,))
+    casts = [a["shape"] for a in allocs(doc, doc["runs"][1]) if a["op"] == "aten._to_copy.default"
+             and a["phase"] == "f"]
+    assert casts[:3] == [[48], [48, 32], [3, 32]]
