@@ -1,14 +1,17 @@
 //! Peak reserved memory from the calibration traces against the H100 measurements.
 //!
-//! `cargo run --release --example trace_accuracy -- MEASUREMENTS.jsonl TRACE_DIR [--transform | --transform-all]`
+//! `cargo run --release --example trace_accuracy -- MEASUREMENTS.jsonl TRACE_DIR [--transform | --transform-all] [--segment-seed N]`
 //! (`--transform`: rows without a trace of their own use the trace without checkpointing (in
 //! their precision if traced, else fp32), transformed by the estimate's precision and
 //! checkpointing rules, reported separately; `--transform-all`: every row that needs a
-//! transformation goes through the rules, even where it has a trace of its own)
+//! transformation goes through the rules, even where it has a trace of its own; `--segment-seed N`:
+//! the allocator simulation places new segments in a pseudo-random address order from seed N
+//! instead of descending, to see how much each row's peak reserved depends on that order)
 //! (traces made by scripts/trace-calibration.py; named <workload>_<prec>_<ckpt|nockpt>_<opt>[_variant].trace.json.gz)
 use std::path::Path;
 
-use oomdoc::model::trace::accuracy;
+use oomdoc::memory::allocator::SegmentOrder;
+use oomdoc::model::trace::{self, accuracy};
 
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
@@ -24,13 +27,21 @@ fn main() -> anyhow::Result<()> {
         (Some(r), Some(d)) => (r.clone(), d.clone()),
         _ => anyhow::bail!("usage: trace_accuracy MEASUREMENTS.jsonl TRACE_DIR"),
     };
+    let mut opts = trace::EstimateOptions::default();
+    if let Some(i) = args.iter().position(|a| a == "--segment-seed") {
+        let seed = args.get(i + 1).and_then(|s| s.parse().ok());
+        let Some(seed) = seed else {
+            anyhow::bail!("--segment-seed takes a number");
+        };
+        opts.allocator.segment_order = SegmentOrder::Shuffled(seed);
+    }
     let text = std::fs::read_to_string(&rows)?;
     let mut errs: Vec<f64> = Vec::new();
     let mut terrs: Vec<f64> = Vec::new();
     println!("| configuration | batch | accum | measured peak reserved (GiB) | traced estimate (GiB) | error | peak allocated: measured / estimate (GiB) |");
     println!("|---|---|---|---|---|---|---|");
     let gib = |x: u64| x as f64 / (1u64 << 30) as f64;
-    for r in accuracy::evaluate(&text, Path::new(&dir), source)? {
+    for r in accuracy::evaluate_with(&text, Path::new(&dir), source, &opts)? {
         let (Some((alloc, reserved)), Some(err)) = (r.estimate, r.reserved_error()) else {
             println!("| {} | – | – | – | no trace | – | – |", r.name);
             continue;

@@ -52,6 +52,23 @@ pub struct AllocatorConfig {
     /// Bytes the allocator may reserve before a cudaMalloc fails (`None` = unlimited). Models both
     /// `set_per_process_memory_fraction` and a card's free memory.
     pub capacity: Option<u64>,
+    /// Where new segments go. The allocator breaks best-fit ties between free blocks of one size
+    /// by address, so the address order the driver hands out changes how blocks pack. Not part
+    /// of the serialised settings (a simulation choice, not a PyTorch setting).
+    #[serde(skip)]
+    pub segment_order: SegmentOrder,
+}
+
+/// Address order of new segments (`AllocatorConfig::segment_order`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum SegmentOrder {
+    /// Each below the previous ones, as the driver mostly hands them out in a fresh process.
+    #[default]
+    Descending,
+    /// A pseudo-random order from a seed: a process whose driver hands out addresses in another
+    /// order (one that ran and freed other work before). For measuring how much the peak
+    /// reserved depends on the order (docs/accuracy.md).
+    Shuffled(u64),
 }
 
 impl Default for AllocatorConfig {
@@ -62,6 +79,7 @@ impl Default for AllocatorConfig {
             expandable_segments: false,
             roundup_power2_divisions: [0; 16],
             capacity: None,
+            segment_order: SegmentOrder::Descending,
         }
     }
 }
@@ -299,6 +317,19 @@ pub type FxSet<K> = std::collections::HashSet<K, rustc_hash::FxBuildHasher>;
 /// card's memory; only non-overlap matters here).
 const EXP_VA: u64 = 1 << 44;
 
+/// The `n`-th segment's address under `SegmentOrder::Shuffled(seed)`: one of 2^20 slots 1 TiB
+/// apart (a splitmix64 hash), far below the descending addresses. Two segments share a slot with
+/// probability ~n^2 / 2^21; the caller probes past a taken slot.
+fn shuffled_address(seed: u64, n: u64) -> u64 {
+    let mut x = seed
+        .wrapping_add(n.wrapping_mul(0x9E37_79B9_7F4A_7C15))
+        .wrapping_add(0x9E37_79B9_7F4A_7C15);
+    x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    x ^= x >> 31;
+    (1 << 40) + (x % (1 << 20)) * (1 << 30)
+}
+
 impl Allocator {
     pub fn new(cfg: AllocatorConfig) -> Self {
         Allocator {
@@ -433,8 +464,22 @@ impl Allocator {
         // Segments are separate cudaMallocs: leave a gap so no two are adjacent. Each new one
         // goes below the previous ones, as the CUDA driver mostly hands them out; the address
         // decides best-fit ties between free blocks of equal size (docs/accuracy.md).
-        self.next_addr -= alloc_size + ROUND_LARGE;
-        let addr = self.next_addr;
+        let addr = match self.cfg.segment_order {
+            SegmentOrder::Descending => {
+                self.next_addr -= alloc_size + ROUND_LARGE;
+                self.next_addr
+            }
+            SegmentOrder::Shuffled(seed) => {
+                // a segment starts with a block at its base while it exists: probe past taken slots
+                let mut n = self.stats.num_device_alloc;
+                let mut a = shuffled_address(seed, n);
+                while self.blocks.contains_key(&a) {
+                    n += 1 << 32;
+                    a = shuffled_address(seed, n);
+                }
+                a
+            }
+        };
         self.blocks.insert(
             addr,
             Block {

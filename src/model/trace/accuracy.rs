@@ -44,6 +44,21 @@ pub enum Source {
 
 /// Every row of `measurements` (JSON lines) against the traces in `dir`.
 pub fn evaluate(measurements: &str, dir: &Path, source: Source) -> Result<Vec<Row>> {
+    evaluate_with(
+        measurements,
+        dir,
+        source,
+        &super::EstimateOptions::default(),
+    )
+}
+
+/// `evaluate` with other replay options (e.g. another segment address order).
+pub fn evaluate_with(
+    measurements: &str,
+    dir: &Path,
+    source: Source,
+    opts: &super::EstimateOptions,
+) -> Result<Vec<Row>> {
     let mut out = Vec::new();
     for (ln, line) in measurements.lines().enumerate() {
         if line.trim().is_empty() {
@@ -158,7 +173,7 @@ pub fn evaluate(measurements: &str, dir: &Path, source: Source) -> Result<Vec<Ro
             lora_rank: None,
             lora_targets: vec![],
         };
-        let est = super::estimate(&t, &knobs)?;
+        let est = super::estimate_with(&t, &knobs, opts)?;
         let mut x = row(
             name,
             Some((est.peak_allocated_bytes, est.peak_reserved_bytes)),
