@@ -11,7 +11,10 @@ use oomdoc::memory::allocator::{Allocator, AllocatorConfig};
 use oomdoc::model::trace::{self, Event, Phase, Run, Trace};
 
 /// A run of about `n` events at `batch`.
-fn run(name: &str, batch: u64, n: usize) -> Run {
+/// With `differ`, each layer's ops differ between batch sizes: one op of its own per
+/// batch size, and at the larger one a copy the smaller one does not make (a view that is
+/// contiguous at batch 1 only), as in every decoder layer of NavDP-like.
+fn run(name: &str, batch: u64, n: usize, differ: bool) -> Run {
     let mut events = Vec::with_capacity(n);
     let mut id = 0u64;
     let mut saved = Vec::new();
@@ -26,6 +29,29 @@ fn run(name: &str, batch: u64, n: usize) -> Run {
     let layers = n / 8;
     for _ in 0..layers {
         // per layer: two kept activations, one temporary
+        if differ {
+            for op in [2 + batch.min(2) as u32, 4]
+                .into_iter()
+                .take(batch as usize)
+            {
+                events.push(Event::Alloc {
+                    id,
+                    bytes: 4096 * batch,
+                    dtype: 0,
+                    shape: vec![batch],
+                    op,
+                    module: 0,
+                    phase: Phase::Forward,
+                    region: None,
+                });
+                events.push(Event::Free {
+                    id,
+                    phase: Phase::Forward,
+                    region: None,
+                });
+                id += 1;
+            }
+        }
         for k in 0..3 {
             let bytes = (512 + rnd() % (64 << 20)) / 4 * batch;
             events.push(Event::Alloc {
@@ -33,7 +59,7 @@ fn run(name: &str, batch: u64, n: usize) -> Run {
                 bytes,
                 dtype: 0,
                 shape: vec![batch],
-                op: 1,
+                op: if differ { 1 + (k == 1) as u32 * 4 } else { 1 },
                 module: 0,
                 phase: Phase::Forward,
                 region: None,
@@ -97,7 +123,7 @@ fn run(name: &str, batch: u64, n: usize) -> Run {
     }
 }
 
-fn synthetic() -> Trace {
+fn synthetic(differ: bool) -> Trace {
     let per_run = 1_000_000 / 3;
     Trace {
         version: 1,
@@ -105,11 +131,20 @@ fn synthetic() -> Trace {
         torch: String::new(),
         autocast: vec![],
         optimizers: vec![],
-        strings: vec!["float32".into(), "aten.mm.default".into()],
+        strings: [
+            "float32",
+            "aten.mm.default",
+            "aten.add.Tensor",
+            "aten.mul.Tensor",
+        ]
+        .into_iter()
+        .chain(["aten.clone.default", "aten.gelu.default"])
+        .map(String::from)
+        .collect(),
         runs: vec![
-            run("first", 1, per_run),
-            run("steady", 1, per_run),
-            run("steady", 2, per_run),
+            run("first", 1, per_run, differ),
+            run("steady", 1, per_run, differ),
+            run("steady", 2, per_run, differ),
         ],
     }
 }
@@ -142,13 +177,24 @@ fn cpu_seconds() -> f64 {
 }
 
 fn bench(c: &mut Criterion) {
-    let t = synthetic();
+    let t = synthetic(false);
     let k = knobs();
     let t0 = cpu_seconds();
     let e = trace::estimate(&t, &k).unwrap();
     eprintln!(
         "synthetic trace: {} events ({} replayed with the steady steps); one estimate: {:.3} s CPU",
         t.event_count(),
+        e.events_replayed,
+        cpu_seconds() - t0
+    );
+    // the op alignment between the traced batch sizes is a diff: its cost grows with the
+    // number of places where they differ
+    let td = synthetic(true);
+    let t0 = cpu_seconds();
+    let e = trace::estimate(&td, &k).unwrap();
+    eprintln!(
+        "synthetic trace whose batch sizes differ in every layer: {} events ({} replayed); one estimate: {:.3} s CPU",
+        td.event_count(),
         e.events_replayed,
         cpu_seconds() - t0
     );

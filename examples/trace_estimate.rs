@@ -3,7 +3,7 @@
 //! `cargo run --example trace_estimate -- TRACE [knob flags, e.g. --batch 16 --precision bf16-mixed]`
 //!
 //! With `--events`, prints instead the allocation events the estimate replays, one per line
-//! (`A bytes step phase op module` / `F bytes`), for comparing with a real allocator history
+//! (`A bytes step phase op module #key` / `F bytes #key`), for comparing with a real allocator history
 //! (`scripts/gpu-measure.py --parts history`).
 use std::collections::HashMap;
 use std::io::Write;
@@ -41,9 +41,9 @@ fn main() -> anyhow::Result<()> {
         if e.alloc {
             size.insert(e.key, e.bytes);
             let (b, s, p) = (e.bytes, e.step, e.phase);
-            writeln!(out, "A {b} {s} {p:?} {} {}", e.op, e.module)?;
+            writeln!(out, "A {b} {s} {p:?} {} {} #{}", e.op, e.module, e.key)?;
         } else {
-            writeln!(out, "F {}", size.remove(&e.key).unwrap_or(0))?;
+            writeln!(out, "F {} #{}", size.remove(&e.key).unwrap_or(0), e.key)?;
         }
     }
     Ok(())

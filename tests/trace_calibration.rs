@@ -27,16 +27,31 @@ fn calibration_traces_estimate_their_measured_rows() {
     errs.sort_by(|a, b| a.total_cmp(b));
     let median = errs[errs.len() / 2];
     let max = errs[errs.len() - 1];
-    // targets: median <= 3%, max <= 8%, no under-estimate beyond 3% (docs/accuracy.md). Not
-    // met: NavDP-like bf16-mixed with its ViTs checkpointed is +13.8% (its replay allocates 8.5%
-    // more than measured; not found), and four rows are under by more than 3%, all with peak
-    // allocated within 1.2% (allocator packing, which depends on the driver's segment addresses
-    // and on what the process ran before: docs/accuracy.md, "Repeatability"): NavDP-like
-    // bf16-mixed with checkpointing b16 -4.8% and b12 -3.5%, ResNet-18 fp32 b128 -3.1%,
-    // NavDP-like fp32 with its ViTs checkpointed -4.9%
+    // targets: median <= 3%, max <= 8%, no under-estimate beyond 3% (docs/accuracy.md). Measured:
+    // median 0.5%, max 8.4%, five rows under by more than 3%, all of them with peak allocated
+    // within 0.4%: NavDP-like bf16-mixed with checkpointing b12 -8.4%, b16 -4.8%, b8 -3.7%,
+    // NavDP-like fp32 with its ViTs checkpointed -4.4%, ResNet-18 fp32 b128 -3.1%. How these
+    // rows pack depends on the order of the driver's segment addresses (other orders move them
+    // by up to 8 points: docs/accuracy.md, "Peak reserved under other segment orders") and on
+    // what the process ran before ("Repeatability")
     assert!(median <= 0.03, "median {median}");
-    assert!(max <= 0.14, "max {max}");
-    assert!(under.len() <= 4, "{under:?}");
+    assert!(max <= 0.09, "max {max}");
+    assert!(under.len() <= 5, "{under:?}");
+    // peak allocated, which the segment order does not change: within 1.1% on every row (the
+    // replayed event stream matches the real one; it was +8.5% on NavDP-like bf16-mixed with
+    // its ViTs checkpointed before probe 0.1.3)
+    for r in &rows {
+        let Some((alloc, _)) = r.estimate else {
+            continue;
+        };
+        let ea = (alloc as f64 - r.measured_alloc as f64) / r.measured_alloc as f64;
+        assert!(
+            ea.abs() <= 0.011,
+            "{} b{} allocated {ea:+.4}",
+            r.name,
+            r.batch
+        );
+    }
 }
 
 /// Architectures no rule was derived from, measured on an H200 (ConvNeXt-T: depthwise 7x7
@@ -79,7 +94,7 @@ fn held_out_rows_traced_on_the_cpu() {
         let (alloc, _) = r.estimate.unwrap();
         let ea = (alloc as f64 - r.measured_alloc as f64) / r.measured_alloc as f64;
         let er = r.reserved_error().unwrap();
-        // measured: reserved -2.1..+3.6% (Llama-style bf16-mixed), allocated within 4.2%
+        // measured: reserved -2.1..+3.7% (Llama-style bf16-mixed), allocated within 4.3%
         // (ResNet-50 fp32 with checkpointing). T5-small's self-attention passes a learned
         // position bias as the SDPA mask, which keeps it on the math backend (-28% replayed with
         // the fused-kernel rule).

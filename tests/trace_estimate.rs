@@ -489,8 +489,9 @@ fn traces_without_region_inputs_replay_the_smaller_batch_and_say_so() {
 /// log-sum-exp (12) are all freed in forward, nothing is saved; in backward the block is
 /// recomputed (20-22, a region of its own made in backward) and the forward call's backward (23)
 /// consumes the recomputation. With `leak`, the recomputed q/k/v outlives the step (as with
-/// probes that held the autograd nodes of attention calls).
-fn checkpointed_attention_trace(leak: bool) -> trace::Trace {
+/// probes that held the autograd nodes of attention calls). With `mask_saved`, the forward call
+/// also takes the parameter (id 1) as its mask, and autograd saved the parameter elsewhere.
+fn checkpointed_attention_trace(leak: bool, mask_saved: bool) -> trace::Trace {
     const MIB: u64 = 1 << 20;
     let run = |name: &str, b: u64| {
         let a = |id: u64, module: u64, phase: &str, region: i64| {
@@ -525,16 +526,21 @@ fn checkpointed_attention_trace(leak: bool) -> trace::Trace {
             ev.push(f(20, "b", 0));
         }
         ev.push(f(23, "b", -1));
-        let region = |id: u32, phase: &str, input: u64, output: u64| {
+        let region = |id: u32, phase: &str, inputs: &[u64], output: u64| {
             serde_json::json!({
                 "id": id, "kind": "sdpa", "q": [b, 4, 16, 8], "k": [b, 4, 16, 8],
                 "v": [b, 4, 16, 8], "dtype": "float32", "requires_grad": true, "phase": phase,
-                "outputs": [output], "inputs": [input]
+                "outputs": [output], "inputs": inputs
             })
         };
         let alive: &[u64] = if leak { &[1, 20] } else { &[1] };
-        let regions = vec![region(0, "f", 10, 11), region(1, "b", 20, 21)];
-        hand_made_run(name, b, ev, &[], alive, regions)
+        let (fwd_inputs, saved): (&[u64], &[u64]) = if mask_saved {
+            (&[10, 1], &[1])
+        } else {
+            (&[10], &[])
+        };
+        let regions = vec![region(0, "f", fwd_inputs, 11), region(1, "b", &[20], 21)];
+        hand_made_run(name, b, ev, saved, alive, regions)
     };
     hand_made_trace(
         &[
@@ -555,7 +561,7 @@ fn checkpointed_attention_trace(leak: bool) -> trace::Trace {
 #[test]
 fn checkpointed_attention_keeps_only_the_recomputation() {
     const MIB: u64 = 1 << 20;
-    let t = checkpointed_attention_trace(false);
+    let t = checkpointed_attention_trace(false, false);
     let e = trace::estimate(&t, &knobs(8)).unwrap();
     // at the peak: recomputed q/k/v and output, the backward's gradient (3 x 8 MiB), the
     // parameter, the log-sum-exp and the backward workspace (a few KiB)
@@ -568,10 +574,20 @@ fn checkpointed_attention_keeps_only_the_recomputation() {
     );
 }
 
+/// A persistent storage among the call's inputs (a mask buffer) that autograd saved for another
+/// op says nothing of this call: the checkpointed call still keeps nothing (NavDP's decoder, whose
+/// self-attention takes the causal-mask buffer, kept every block's projections: +0.4 GiB).
+#[test]
+fn a_saved_persistent_mask_does_not_keep_a_checkpointed_call() {
+    let plain = trace::estimate(&checkpointed_attention_trace(false, false), &knobs(8)).unwrap();
+    let masked = trace::estimate(&checkpointed_attention_trace(false, true), &knobs(8)).unwrap();
+    assert_eq!(masked.peak_allocated_bytes, plain.peak_allocated_bytes);
+}
+
 /// A trace in which recomputed storages outlive the step (an older probe) is flagged.
 #[test]
 fn leaked_recomputation_is_flagged() {
-    let t = checkpointed_attention_trace(true);
+    let t = checkpointed_attention_trace(true, false);
     let e = trace::estimate(&t, &knobs(8)).unwrap();
     assert!(
         e.notes.iter().any(|n| n.contains("still alive")),

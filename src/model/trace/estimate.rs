@@ -729,7 +729,7 @@ impl<'a> Builder<'a> {
         let sdpa = self.sdpa_plan(run);
         let mut emitted: FxMap<(u64, u64), u64> = FxMap::default();
         let ckpt = if self.ckpt_rule {
-            self.ckpt_plan(run, scales)
+            self.ckpt_plan(run, scales, &sdpa)
         } else {
             CkptPlan::default()
         };
@@ -1021,7 +1021,7 @@ impl<'a> Builder<'a> {
     }
 
     /// Which storages a checkpointed block would not keep, for a trace taken without checkpointing.
-    fn ckpt_plan(&self, run: &Run, scales: &[Scale]) -> CkptPlan {
+    fn ckpt_plan(&self, run: &Run, scales: &[Scale], sdpa: &SdpaPlan) -> CkptPlan {
         let trace = self.trace;
         let mut plan = CkptPlan::default();
         // repeated blocks: module paths "<parent>.<n>" where the parent has several numbered children
@@ -1055,13 +1055,17 @@ impl<'a> Builder<'a> {
                 (parts[i].parse::<u64>().is_ok() && wanted(&parent)).then(|| parts[..=i].join("."))
             })
         };
-        let saved: FxSet<u64> = run.saved.iter().copied().collect();
+        // what the fused-attention rule keeps for backward (q, k, v, the output) counts as saved,
+        // freed where that rule frees it
+        let mut saved: FxSet<u64> = run.saved.iter().copied().collect();
+        saved.extend(sdpa.defer_end.keys());
         let mut free_idx: FxMap<u64, usize> = FxMap::default();
         for (i, e) in run.events.iter().enumerate() {
             if let Event::Free { id, .. } = e {
                 free_idx.insert(*id, i);
             }
         }
+        free_idx.extend(sdpa.defer_end.iter().map(|(id, end)| (*id, *end)));
         // block instances: maximal runs of forward allocations inside the same block
         let mut instances: Vec<BlockInstance> = Vec::new();
         let mut ai = 0usize;
@@ -1188,10 +1192,15 @@ impl<'a> Builder<'a> {
             return plan;
         }
         let saved: FxSet<u64> = run.saved.iter().copied().collect();
+        let persistent: FxSet<u64> = run.persistent.iter().map(|p| p.id).collect();
         // per region: (event index, alloc id or None for a free) in stream order
         let mut tagged: FxMap<u32, Vec<(usize, Option<u64>)>> = FxMap::default();
         let mut free_idx: FxMap<u64, usize> = FxMap::default();
+        let mut alloc_bytes: FxMap<u64, u64> = FxMap::default();
         for (i, e) in run.events.iter().enumerate() {
+            if let Event::Alloc { id, bytes, .. } = e {
+                alloc_bytes.insert(*id, *bytes);
+            }
             match e {
                 Event::Alloc {
                     id,
@@ -1246,18 +1255,19 @@ impl<'a> Builder<'a> {
                 continue;
             };
             let q_elems: u64 = r.q.iter().product();
-            let d = r.q.last().copied().unwrap_or(1).max(1);
-            let lse = ((q_elems / d * 4) as f64 * scale).round() as u64;
+            let lse = (r.lse_bytes() as f64 * scale).round() as u64;
             let ws = ((q_elems * 4) as f64 * scale).round() as u64 + lse;
             let bwd_span = match (backward.first(), backward.last()) {
                 (Some(&(start, _)), Some(&(end, _))) => Some((start, end)),
                 _ => None,
             };
+            // a persistent input (a mask buffer, a parameter) saved elsewhere in the graph says
+            // nothing of this call: only the run's own storages count
             let saved_by_graph = call_allocs
                 .iter()
                 .chain(&r.outputs)
                 .chain(&r.inputs)
-                .any(|id| saved.contains(id));
+                .any(|id| saved.contains(id) && !persistent.contains(id));
             let keep_until = match bwd_span {
                 Some((_, end)) if saved_by_graph => Some(end),
                 None if r.phase == "b" => call_allocs
@@ -1272,6 +1282,27 @@ impl<'a> Builder<'a> {
                         let e = plan.defer_end.entry(*i).or_insert(end);
                         *e = (*e).max(end);
                     }
+                }
+                // the fused kernels save their output for backward too (the CPU's math path
+                // does not). Where the kernel lays the output out as the copy that follows the
+                // call wants it (`transpose(1, 2).contiguous()` of a [B, L, H, D] output), that
+                // copy is a view on CUDA: the copy is the output's storage. Measured on the H100
+                // histories of NavDP-like: fp32 (memory-efficient kernel, [B, L, H, D] output)
+                // keeps the output and nn.MultiheadAttention's `permute(2, 0, 1, 3)` copy;
+                // bf16 (flash, output laid out like its sequence-first query) keeps one.
+                let out_end = match call.last().and_then(|&(i, _)| {
+                    let out_bytes = *alloc_bytes.get(&out)?;
+                    head_copy(self.trace, run, i, r, out_bytes)
+                }) {
+                    Some(copy) => {
+                        plan.drop.insert(copy);
+                        free_idx.get(&copy).map_or(end, |&f| f.max(end))
+                    }
+                    None => end,
+                };
+                if free_idx.get(&out).is_some_and(|&f| f < out_end) {
+                    let e = plan.defer_end.entry(out).or_insert(out_end);
+                    *e = (*e).max(out_end);
                 }
                 plan.lse_after.insert(out, (r.id as u64, lse));
                 plan.end_at
@@ -1392,12 +1423,22 @@ impl<'a> Builder<'a> {
     }
 }
 
-/// Greedy alignment of two op sequences: for each element of `a`, its match in `b`, skipping over
-/// up to ALIGN_WINDOW ops present in one sequence only.
+/// Alignment of two op sequences: for each element of `a`, its match in `b`. Equal ops pair off
+/// as they come; at a difference, a longest common subsequence of the next WINDOW ops of each
+/// decides the first half of the way on (a match is taken whenever one is optimal, so the
+/// alignment does not slide past a repeated layer). A greedy walk that skipped to the next equal
+/// op drifted where the two batch sizes take different paths through a block (at batch 1 a
+/// sequence-first `[L, 1, E]` view is contiguous and `F.linear` runs one `addmm`; at batch 2 it
+/// runs `clone`, `mm`, `add`): it paired a weight cast with the neighbouring one of another shape,
+/// and the replay grew a weight with the batch (NavDP's decoder cross-attention: +0.3 GiB at
+/// batch 16). One diff of the whole (Myers) gives the same matches on the committed traces but
+/// costs (n + m) x differences: minutes on a million-event trace that differs in every layer.
 fn align(a: &[u32], b: &[u32]) -> Vec<Option<usize>> {
-    const ALIGN_WINDOW: usize = 32;
+    const WINDOW: usize = 64;
     let mut out = vec![None; a.len()];
     let (mut i, mut j) = (0, 0);
+    // suffix LCS lengths of the window, (WINDOW + 1)^2, reused
+    let mut l = vec![0u16; (WINDOW + 1) * (WINDOW + 1)];
     while i < a.len() && j < b.len() {
         if a[i] == b[j] {
             out[i] = Some(j);
@@ -1405,19 +1446,67 @@ fn align(a: &[u32], b: &[u32]) -> Vec<Option<usize>> {
             j += 1;
             continue;
         }
-        let skip_b = (1..=ALIGN_WINDOW).find(|d| j + d < b.len() && b[j + d] == a[i]);
-        let skip_a = (1..=ALIGN_WINDOW).find(|d| i + d < a.len() && a[i + d] == b[j]);
-        match (skip_a, skip_b) {
-            (Some(da), Some(db)) if da <= db => i += da,
-            (_, Some(db)) => j += db,
-            (Some(da), None) => i += da,
-            (None, None) => {
-                i += 1;
-                j += 1;
+        let (n, m) = ((a.len() - i).min(WINDOW), (b.len() - j).min(WINDOW));
+        let w = m + 1;
+        for x in (0..=n).rev() {
+            for y in (0..=m).rev() {
+                l[x * w + y] = if x == n || y == m {
+                    0
+                } else if a[i + x] == b[j + y] {
+                    l[(x + 1) * w + y + 1] + 1
+                } else {
+                    l[(x + 1) * w + y].max(l[x * w + y + 1])
+                };
             }
         }
+        let (mut x, mut y) = (0, 0);
+        while x < n && y < m && (x < n.div_ceil(2) || y == 0) {
+            if a[i + x] == b[j + y] && l[x * w + y] == l[(x + 1) * w + y + 1] + 1 {
+                out[i + x] = Some(j + y);
+                x += 1;
+                y += 1;
+            } else if l[(x + 1) * w + y] >= l[x * w + y + 1] {
+                x += 1;
+            } else {
+                y += 1;
+            }
+        }
+        if x == 0 && y == 0 {
+            break;
+        }
+        i += x;
+        j += y;
     }
     out
+}
+
+/// The copy the CPU makes of an attention call's output (of `out_bytes`) that is a view of the
+/// fused kernel's output on CUDA: the first allocation after the call (event `call_end`), a
+/// `clone` of the output's bytes whose shape is the output's dimensions in the order the kernel
+/// lays them out (`Region::output_layout`): `transpose(1, 2).contiguous()` of a [B, L, H, D]
+/// output.
+fn head_copy(
+    trace: &Trace,
+    run: &Run,
+    call_end: usize,
+    r: &super::Region,
+    out_bytes: u64,
+) -> Option<u64> {
+    let order = r.output_layout()?;
+    let (id, bytes, shape, op) = run.events[call_end + 1..].iter().find_map(|e| match e {
+        Event::Alloc {
+            id,
+            bytes,
+            shape,
+            op,
+            ..
+        } => Some((*id, *bytes, shape, *op)),
+        _ => None,
+    })?;
+    let dims = [r.q[0], r.q[1], r.q[2], r.v.last().copied().unwrap_or(0)];
+    let want = order.map(|d| dims[d]);
+    (bytes == out_bytes && shape.as_slice() == want && trace.string(op) == "aten.clone.default")
+        .then_some(id)
 }
 
 /// A run of forward allocations inside one checkpointed block: (block path, [(event index, id, bytes)]).
@@ -1601,12 +1690,33 @@ const CONV_FWD_WORKSPACE_FACTOR: f64 = 0.0;
 
 #[cfg(test)]
 mod tests {
-    use super::row_sum_workspace;
+    use super::{align, row_sum_workspace};
     use crate::memory::reduction::{row_sum_buffer, CALIBRATION_DEVICE};
     use serde_json::json;
 
     fn sum(shape: &[i64], strides: &[i64], dims: &[i64]) -> serde_json::Value {
         json!({"shapes": [shape], "strides": [strides], "dtype": "bfloat16", "dims": dims})
+    }
+
+    #[test]
+    fn alignment_survives_a_block_that_runs_other_ops_at_the_other_batch() {
+        // batch 1: cast, cast, addmm (q) | cast, cast, addmm (kv) | clone, out-projection addmm
+        // batch 2: the same with clone, mm, add in place of each addmm (a sequence-first view is
+        // contiguous at batch 1 only)
+        let (cast, addmm, clone, mm, add, w_q, w_kv) = (1, 2, 3, 4, 5, 6, 7);
+        let lo = [cast, w_q, addmm, cast, w_kv, addmm, clone, w_q, addmm];
+        let hi = [
+            cast, w_q, clone, mm, add, cast, w_kv, clone, mm, add, clone, w_q, addmm,
+        ];
+        let m = align(&lo, &hi);
+        // the key/value weight cast pairs with its own counterpart (a walk that skips ahead to the
+        // next equal op pairs the first addmm with the out-projection and loses the rest)
+        assert_eq!(m[4], Some(6));
+        assert_eq!(m[8], Some(12));
+        assert_eq!(m.iter().flatten().count(), 7);
+        for (i, j) in m.iter().enumerate().filter_map(|(i, j)| Some((i, (*j)?))) {
+            assert_eq!(lo[i], hi[j]);
+        }
     }
 
     #[test]

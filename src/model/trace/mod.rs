@@ -92,6 +92,9 @@ pub struct Region {
     pub id: u32,
     pub kind: String,
     pub q: Vec<u64>,
+    /// Strides of `q` (probe 0.1.3; absent in earlier traces).
+    #[serde(default)]
+    pub q_stride: Vec<u64>,
     pub k: Vec<u64>,
     pub v: Vec<u64>,
     pub dtype: String,
@@ -123,6 +126,42 @@ impl Region {
     /// (`check_attn_mask_shape`, sdp_utils_cpp.h): SDPA then runs its math path, as on the CPU.
     pub fn fused_on_cuda(&self) -> bool {
         !self.mask_requires_grad
+    }
+
+    /// The order, outermost first, in which a fused kernel lays out its output's dimensions
+    /// (query shape [B, H, L, D]). The memory-efficient kernel (the one that takes float32)
+    /// writes a fresh [B, L, H, D] tensor (`_efficient_attention_forward`); flash and cuDNN
+    /// attention write `empty_like(q)`, laid out like the query (a view of a [B, L, 3, H, D]
+    /// projection: [B, L, H, D]; of nn.MultiheadAttention's sequence-first one: [L, B, H, D]).
+    /// Traces without `q_stride` take [B, L, H, D].
+    pub fn output_layout(&self) -> Option<[usize; 4]> {
+        if self.q.len() != 4 {
+            return None;
+        }
+        if self.dtype == "float32" || self.q_stride.len() != 4 {
+            return Some([0, 2, 1, 3]);
+        }
+        let mut order = [0usize, 1, 2, 3];
+        // stable: dimensions of equal stride (size-1 ones) keep their logical order
+        order.sort_by_key(|&d| std::cmp::Reverse(self.q_stride[d]));
+        Some(order)
+    }
+
+    /// Bytes of the log-sum-exp a fused kernel keeps for backward: float32, one per query row and
+    /// head. In float32 only the memory-efficient kernel runs (flash and cuDNN take 16-bit inputs),
+    /// and it pads the rows to a multiple of 32 (`kAlignLSE`, PyTorch's mem_eff_attention
+    /// kernel_forward.h): 16 KiB, not 12, for 24 query rows, 8 heads, batch 16 in the H100
+    /// history of NavDP-like fp32.
+    pub fn lse_bytes(&self) -> u64 {
+        let d = self.q.last().copied().unwrap_or(1).max(1);
+        let rows: u64 = self.q.iter().product::<u64>() / d;
+        let l = self.q.len().checked_sub(2).map_or(1, |i| self.q[i]).max(1);
+        let padded = if self.dtype == "float32" {
+            l.div_ceil(32) * 32
+        } else {
+            l
+        };
+        rows / l * padded * 4
     }
 }
 
@@ -445,4 +484,55 @@ fn parse_run(r: &Value, ri: usize, nstr: u64) -> std::result::Result<Run, String
         regions,
         untraced,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Region;
+
+    fn region(q: &[u64], dtype: &str) -> Region {
+        serde_json::from_value(serde_json::json!({
+            "id": 0, "kind": "sdpa", "q": q, "k": q, "v": q, "dtype": dtype
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn fused_output_layout_follows_the_kernel() {
+        let with_stride = |q: &[u64], stride: &[u64], dtype: &str| {
+            let mut r = region(q, dtype);
+            r.q_stride = stride.to_vec();
+            r.output_layout()
+        };
+        // memory-efficient (float32): a fresh [B, L, H, D] whatever the query's layout
+        let mha = ([16, 8, 24, 48], [384, 48, 6144, 1]);
+        assert_eq!(with_stride(&mha.0, &mha.1, "float32"), Some([0, 2, 1, 3]));
+        // flash / cuDNN: like the query; nn.MultiheadAttention's is sequence-first
+        assert_eq!(with_stride(&mha.0, &mha.1, "bfloat16"), Some([2, 0, 1, 3]));
+        // a head view of a [B, L, 3, H, D] projection (GPT-2, ViT)
+        let packed = [2 * 1024 * 2304, 64, 2304, 1];
+        assert_eq!(
+            with_stride(&[2, 12, 1024, 64], &packed, "bfloat16"),
+            Some([0, 2, 1, 3])
+        );
+        // traces without strides, and 3-d queries
+        assert_eq!(
+            region(&[2, 12, 1024, 64], "bfloat16").output_layout(),
+            Some([0, 2, 1, 3])
+        );
+        assert_eq!(region(&[24, 197, 64], "bfloat16").output_layout(), None);
+    }
+
+    #[test]
+    fn log_sum_exp_rows_are_padded_to_32_in_float32_only() {
+        // NavDP-like decoder attention at batch 16: 8 heads, 24 query rows (H100 history)
+        assert_eq!(region(&[16, 8, 24, 48], "float32").lse_bytes(), 16384);
+        assert_eq!(region(&[16, 8, 24, 48], "bfloat16").lse_bytes(), 12288);
+        // rows already a multiple of 32, and a 3-d query
+        assert_eq!(
+            region(&[2, 12, 1024, 64], "float32").lse_bytes(),
+            2 * 12 * 1024 * 4
+        );
+        assert_eq!(region(&[24, 197, 64], "float32").lse_bytes(), 24 * 224 * 4);
+    }
 }
