@@ -176,27 +176,28 @@ fn cpu_seconds() -> f64 {
     ts.tv_sec as f64 + ts.tv_nsec as f64 * 1e-9
 }
 
-fn bench(c: &mut Criterion) {
-    let t = synthetic(false);
-    let k = knobs();
+/// One estimate of `t`, timed in CPU seconds and reported.
+fn one_estimate(what: &str, t: &Trace, k: &Knobs) {
     let t0 = cpu_seconds();
-    let e = trace::estimate(&t, &k).unwrap();
+    let e = trace::estimate(t, k).unwrap();
     eprintln!(
-        "synthetic trace: {} events ({} replayed with the steady steps); one estimate: {:.3} s CPU",
+        "{what}: {} events ({} replayed with the steady steps); one estimate: {:.3} s CPU",
         t.event_count(),
         e.events_replayed,
         cpu_seconds() - t0
     );
+}
+
+fn bench(c: &mut Criterion) {
+    let t = synthetic(false);
+    let k = knobs();
+    one_estimate("synthetic trace", &t, &k);
     // the op alignment between the traced batch sizes is a diff: its cost grows with the
     // number of places where they differ
-    let td = synthetic(true);
-    let t0 = cpu_seconds();
-    let e = trace::estimate(&td, &k).unwrap();
-    eprintln!(
-        "synthetic trace whose batch sizes differ in every layer: {} events ({} replayed); one estimate: {:.3} s CPU",
-        td.event_count(),
-        e.events_replayed,
-        cpu_seconds() - t0
+    one_estimate(
+        "synthetic trace whose batch sizes differ in every layer",
+        &synthetic(true),
+        &k,
     );
     let mut g = c.benchmark_group("replay");
     g.sample_size(10);
