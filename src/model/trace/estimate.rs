@@ -1110,14 +1110,27 @@ impl<'a> Builder<'a> {
                 )
             })
             .unwrap_or(run.events.len());
+        let op_of = |i: usize| match &run.events[i] {
+            Event::Alloc { op, module, .. } => Some((*op, *module)),
+            _ => None,
+        };
         for (_, allocs) in &instances {
-            let Some(&(last_idx, last_id, _)) = allocs.last() else {
+            let Some(&(last_idx, _, _)) = allocs.last() else {
                 continue;
             };
+            // the block's output stays (the next block keeps it as its checkpoint input): every
+            // output of the block's last op, e.g. a closing LayerNorm's output, mean and rstd
+            let last_op = op_of(last_idx);
+            let outputs: FxSet<u64> = allocs
+                .iter()
+                .rev()
+                .take_while(|(i, _, _)| op_of(*i) == last_op)
+                .map(|(_, id, _)| *id)
+                .collect();
             let mut bwd_frees: Vec<usize> = Vec::new();
             let mut recompute: Vec<(u64, u64)> = Vec::new();
             for &(_, id, b) in allocs {
-                if id == last_id || !saved.contains(&id) {
+                if outputs.contains(&id) || !saved.contains(&id) {
                     continue;
                 }
                 match free_idx.get(&id) {
