@@ -4,7 +4,6 @@
 //!
 //! Usage: cargo run --release --example replay_history -- HISTORY.json.gz...
 use std::collections::HashSet;
-use std::io::Read;
 
 use oomdoc::memory::allocator::replay::{replay, Action, Converted};
 use oomdoc::memory::allocator::AllocatorConfig;
@@ -13,19 +12,9 @@ const GIB: f64 = (1u64 << 30) as f64;
 
 fn main() {
     for path in std::env::args().skip(1) {
-        let mut s = String::new();
-        let read = std::fs::File::open(&path)
-            .and_then(|f| flate2::read::GzDecoder::new(f).read_to_string(&mut s));
-        let h = match read
-            .ok()
-            .and_then(|_| serde_json::from_str(&s).ok())
-            .and_then(|v| Converted::from_json(&v))
-        {
-            Some(h) => h,
-            None => {
-                eprintln!("{path}: not a converted snapshot");
-                std::process::exit(2);
-            }
+        let Some(h) = Converted::load(std::path::Path::new(&path)) else {
+            eprintln!("{path}: not a converted snapshot");
+            std::process::exit(2);
         };
         // blocks alive before the stream: never allocated in the whole stream (prefixes must not
         // seed blocks that the rest of the stream allocates)

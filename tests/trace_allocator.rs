@@ -1,18 +1,12 @@
 //! The allocator simulator against the real CUDA caching allocator: replays the alloc/free streams
 //! of three real snapshots (H100, torch 2.11; converted by tests/fixtures/trace/convert_snapshots.py)
 //! and compares segments and reserved bytes. The figures are written to docs/accuracy.md.
-use std::io::Read;
-
 use oomdoc::memory::allocator::replay::{replay, Converted, ReplayResult};
 use oomdoc::memory::allocator::AllocatorConfig;
 
 fn load(name: &str) -> Converted {
     let path = format!("{}/tests/fixtures/trace/{name}", env!("CARGO_MANIFEST_DIR"));
-    let mut s = String::new();
-    flate2::read::GzDecoder::new(std::fs::File::open(&path).unwrap())
-        .read_to_string(&mut s)
-        .unwrap();
-    Converted::from_json(&serde_json::from_str(&s).unwrap()).unwrap()
+    Converted::load(std::path::Path::new(&path)).unwrap()
 }
 
 /// `set_per_process_memory_fraction(gib * GiB / total)` as the allocator applies it:

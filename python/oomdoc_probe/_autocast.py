@@ -145,7 +145,6 @@ class CudaAutocastMode(TorchFunctionMode):
         cast = [self._cast(a, dtype) for a in reversed(args)]
         return tuple(reversed(cast)), {k: kw[k] for k in kwargs}
 
-
     def _run_inside(self, func, args, kwargs):
         """Runs a Python function with this mode active for the ops it calls. The mode is off while
         its handler runs, so it is entered again; the function's own ``has_torch_function`` test

@@ -208,7 +208,8 @@ class Recorder:
         src, dst = _storage(x), _storage(out)
         if src is None or dst is None or src.nbytes() != dst.nbytes() or x.dtype != out.dtype:
             return False
-        i = run.live.get(self.key(src))
+        ks = self.key(src)
+        i = run.live.get(ks)
         last = next((e for e in reversed(run.events) if e[0] == "a"), None)
         if i is None or last is None or last[1] != i or \
                 self.string_list[last[5]] not in ("aten.mm.default", "aten.bmm.default"):
@@ -216,7 +217,7 @@ class Recorder:
         kd = self.key(dst)
         if kd in run.live:
             return False
-        del run.live[self.key(src)]  # the product's own free is no longer recorded
+        del run.live[ks]  # the product's own free is no longer recorded
         run.live[kd] = i
         self._watch(dst, kd, i)
         return True

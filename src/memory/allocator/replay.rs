@@ -73,6 +73,16 @@ pub struct Converted {
 }
 
 impl Converted {
+    /// Reads one from a gzip JSON file; None when it cannot be read or is not one.
+    pub fn load(path: &std::path::Path) -> Option<Converted> {
+        use std::io::Read;
+        let mut s = String::new();
+        flate2::read::GzDecoder::new(std::fs::File::open(path).ok()?)
+            .read_to_string(&mut s)
+            .ok()?;
+        Converted::from_json(&serde_json::from_str(&s).ok()?)
+    }
+
     /// None when a field is missing or of the wrong type.
     pub fn from_json(v: &serde_json::Value) -> Option<Converted> {
         let events = v["events"]
