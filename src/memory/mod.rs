@@ -65,7 +65,10 @@ pub enum ReservedModel {
 pub const CUBLAS_WORKSPACE_BYTES: u64 = 65 * MIB;
 
 /// Transient cuDNN workspace of a convolution's backward (dgrad / wgrad), as a multiple of the
-/// larger of its input and output (gradient) in bytes; the forward takes none. PyTorch allocates
+/// larger of its input and output (gradient) in bytes. The forward's workspace (the H100 asks
+/// for input + output + weight there too) is left out: modelled with this rule it moved more
+/// calibration rows away from their measurements than towards them (`docs/accuracy.md`, "cuDNN
+/// convolution workspaces in the H100 histories"). PyTorch allocates
 /// the workspace cuDNN's heuristic engine asks for through the caching allocator and frees it
 /// when the call returns (`aten/src/ATen/native/cudnn/Conv_v8.cpp`, `run_conv_plan`). The size
 /// depends on the engine cuDNN picks on the GPU, so it is a measured figure: on the H100 (cuDNN 9,
