@@ -28,14 +28,13 @@ fn calibration_traces_estimate_their_measured_rows() {
     let median = errs[errs.len() / 2];
     let max = errs[errs.len() - 1];
     // targets: median <= 3%, max <= 8%, no under-estimate beyond 3% (docs/accuracy.md). Measured:
-    // median 0.5%, max 8.4%, five rows under by more than 3%, all of them with peak allocated
-    // within 0.4%: NavDP-like bf16-mixed with checkpointing b12 -8.4%, b16 -4.8%, b8 -3.7%,
-    // NavDP-like fp32 with its ViTs checkpointed -4.4%, ResNet-18 fp32 b128 -3.1%. How these
-    // rows pack depends on the order of the driver's segment addresses (other orders move them
-    // by up to 8 points: docs/accuracy.md, "Peak reserved under other segment orders") and on
-    // what the process ran before ("Repeatability")
+    // median 0.6%, max 4.8%, five rows under by more than 3%, all of them with peak allocated
+    // within 0.4%: NavDP-like bf16-mixed with checkpointing b16 -4.8%, b8 -3.8%, b12 -3.5%,
+    // NavDP-like fp32 with checkpointing b16 -4.4%, ResNet-18 fp32 b128 -3.1%. How these rows
+    // pack depends on the order of the driver's segment addresses (docs/accuracy.md, "Peak
+    // reserved under other segment orders") and on what the process ran before ("Repeatability")
     assert!(median <= 0.03, "median {median}");
-    assert!(max <= 0.09, "max {max}");
+    assert!(max <= 0.08, "max {max}");
     assert!(under.len() <= 5, "{under:?}");
     // peak allocated, which the segment order does not change: within 1.1% on every row (the
     // replayed event stream matches the real one; it was +8.5% on NavDP-like bf16-mixed with
@@ -139,4 +138,41 @@ fn held_out_rows_traced_on_the_cpu() {
             r.batch
         );
     }
+}
+
+/// NavDP-like fp32 with its ViTs checkpointed, batch 16, against the H100 run of the same
+/// configuration whose allocator history was recorded (`tests/fixtures/trace/history/
+/// navdp_fp32_ckptvit_b16`; its peak reserved, 7,295,991,808 bytes, is in
+/// `tests/fixtures/calibration/remeasured-h100/history_rows.jsonl`). The decoder's packed
+/// key/value projection makes its input's and its weight's gradients in one order at batch 1
+/// and in the other at batch 2; matched in order, each got the other's slope, and the replay of
+/// the CPU trace was 4.4% under that run (now 0.9%).
+#[test]
+fn navdp_checkpointed_vits_replay_like_their_h100_history() {
+    use oomdoc::knobs::{Attention, Checkpointing, Knobs, Optimizer, Precision, Sharding};
+    use oomdoc::model::trace::{self, EstimateOptions};
+    let t = trace::load(Path::new(
+        "tests/fixtures/trace/calibration/navdp_like_fp32_nockpt_adamw_ckpt_vit.trace.json.gz",
+    ))
+    .unwrap();
+    let knobs = Knobs {
+        batch: 16,
+        grad_accum: 1,
+        precision: Precision::Fp32,
+        checkpointing: Checkpointing::Selective,
+        checkpoint_modules: vec!["rgb_model.blocks".into(), "depth_model.blocks".into()],
+        attention: Attention::Sdpa,
+        optimizer: Optimizer::Adamw,
+        gpus: 1,
+        sharding: Sharding::None,
+        lora_rank: None,
+        lora_targets: vec![],
+    };
+    let e = trace::estimate_with(&t, &knobs, &EstimateOptions::default()).unwrap();
+    let real = 7_295_991_808.0;
+    let err = (e.peak_reserved_bytes as f64 - real) / real;
+    assert!(
+        err.abs() < 0.02,
+        "peak reserved {err:+.4} against the history run"
+    );
 }

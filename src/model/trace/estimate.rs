@@ -515,9 +515,9 @@ impl<'a> Builder<'a> {
     /// recomputes checkpointed blocks interleaves. (Keying on "shaped like a parameter" as well
     /// was tried and is worse: at batch 1 a [sequence, hidden] activation often has the shape of
     /// a position embedding.)
-    fn scales(&mut self, run: &Run) -> Vec<Scale> {
-        let per_phase = |r: &Run| -> [Vec<(u64, u32)>; 4] {
-            let mut v: [Vec<(u64, u32)>; 4] = Default::default();
+    fn scales(&mut self, run: &'a Run) -> Vec<Scale> {
+        let per_phase = |r: &'a Run| -> [Vec<(u64, u32, &'a [u64])>; 4] {
+            let mut v: [Vec<(u64, u32, &[u64])>; 4] = Default::default();
             for e in &r.events {
                 if let Event::Alloc {
                     bytes,
@@ -532,7 +532,7 @@ impl<'a> Builder<'a> {
                     op.hash(&mut h);
                     shape.len().hash(&mut h);
                     shape.get(1..).hash(&mut h);
-                    v[*phase as usize].push((*bytes, h.finish() as u32));
+                    v[*phase as usize].push((*bytes, h.finish() as u32, shape.as_slice()));
                 }
             }
             v
@@ -546,10 +546,19 @@ impl<'a> Builder<'a> {
             let (lo, hi) = (per_phase(lr), per_phase(hr));
             let db = (hr.batch - lr.batch) as f64;
             for p in 0..4 {
-                let ops = |v: &Vec<(u64, u32)>| v.iter().map(|x| x.1).collect::<Vec<u32>>();
+                let ops = |v: &Vec<(u64, u32, &[u64])>| v.iter().map(|x| x.1).collect::<Vec<u32>>();
+                let shapes =
+                    |v: &Vec<(u64, u32, &'a [u64])>| v.iter().map(|x| x.2).collect::<Vec<_>>();
+                let mut lo_hi = align(&ops(&lo[p]), &ops(&hi[p]));
+                unswap(
+                    &mut lo_hi,
+                    &ops(&lo[p]),
+                    &shapes(&lo[p]),
+                    &shapes(&hi[p]),
+                    (lr.batch, hr.batch),
+                );
                 if is_hi {
                     // the same matching as for the smaller runs (smaller -> larger), inverted
-                    let lo_hi = align(&ops(&lo[p]), &ops(&hi[p]));
                     let mut s = vec![None; hi[p].len()];
                     for (l, m) in lo_hi.iter().enumerate() {
                         if let Some(h) = *m {
@@ -559,7 +568,6 @@ impl<'a> Builder<'a> {
                     slopes[p] = s;
                 } else {
                     let to_lo = align(&ops(&mine[p]), &ops(&lo[p]));
-                    let lo_hi = align(&ops(&lo[p]), &ops(&hi[p]));
                     slopes[p] = to_lo
                         .iter()
                         .map(|m| {
@@ -1446,6 +1454,44 @@ impl<'a> Builder<'a> {
 /// and the replay grew a weight with the batch (NavDP's decoder cross-attention: +0.3 GiB at
 /// batch 16). One diff of the whole (Myers) gives the same matches on the committed traces but
 /// costs (n + m) x differences: minutes on a million-event trace that differs in every layer.
+/// Whether a storage of shape `lo` at batch `b.0` and one of shape `hi` at batch `b.1` are the same
+/// tensor: the same shape (it does not grow with the batch), or one whose first dimension grows
+/// in proportion to the batch.
+fn same_tensor(lo: &[u64], hi: &[u64], b: (u64, u64)) -> bool {
+    lo == hi
+        || (lo.len() == hi.len()
+            && !lo.is_empty()
+            && lo[1..] == hi[1..]
+            && lo[0] * b.1 == hi[0] * b.0)
+}
+
+/// Pairs from `align` of neighbouring allocations with the same key that are matched the wrong
+/// way round, swapped. An op can make the same two outputs in another order at the other batch:
+/// a linear layer over a sequence-first input is `mm` for its input's gradient then its weight's
+/// at batch 1 (the view is contiguous there), and the reverse at batch 2; `[514, 384]` and
+/// `[768, 384]` both key as (mm, [384]). Matched in order, each would get a slope from the
+/// other tensor's size.
+fn unswap(m: &mut [Option<usize>], keys: &[u32], lo: &[&[u64]], hi: &[&[u64]], b: (u64, u64)) {
+    const REACH: usize = 3;
+    for i in 0..m.len() {
+        let Some(h) = m[i] else { continue };
+        if same_tensor(lo[i], hi[h], b) {
+            continue;
+        }
+        for k in i + 1..m.len().min(i + 1 + REACH) {
+            let Some(h2) = m[k] else { continue };
+            if keys[k] == keys[i]
+                && !same_tensor(lo[k], hi[h2], b)
+                && same_tensor(lo[i], hi[h2], b)
+                && same_tensor(lo[k], hi[h], b)
+            {
+                m.swap(i, k);
+                break;
+            }
+        }
+    }
+}
+
 fn align(a: &[u32], b: &[u32]) -> Vec<Option<usize>> {
     const WINDOW: usize = 64;
     let mut out = vec![None; a.len()];
@@ -1703,12 +1749,34 @@ const CONV_FWD_WORKSPACE_FACTOR: f64 = 0.0;
 
 #[cfg(test)]
 mod tests {
-    use super::{align, row_sum_workspace};
+    use super::{align, row_sum_workspace, unswap};
     use crate::memory::reduction::{row_sum_buffer, CALIBRATION_DEVICE};
     use serde_json::json;
 
     fn sum(shape: &[i64], strides: &[i64], dims: &[i64]) -> serde_json::Value {
         json!({"shapes": [shape], "strides": [strides], "dtype": "bfloat16", "dims": dims})
+    }
+
+    #[test]
+    fn outputs_made_in_another_order_at_the_other_batch_are_paired_by_shape() {
+        // a linear layer over a sequence-first input: its input's gradient then its weight's
+        // (both `mm`, both keyed [384]) at batch 1, the weight's first at batch 2
+        let (mm, sum) = (1, 2);
+        let keys = [mm, mm, sum];
+        let lo: [&[u64]; 3] = [&[514, 384], &[768, 384], &[1, 768]];
+        let hi: [&[u64]; 3] = [&[768, 384], &[1028, 384], &[1, 768]];
+        let mut m = align(&keys, &keys);
+        assert_eq!(m, [Some(0), Some(1), Some(2)]);
+        unswap(&mut m, &keys, &lo, &hi, (1, 2));
+        assert_eq!(m, [Some(1), Some(0), Some(2)]);
+        // pairs that are already the same tensor stay, and so do pairs no swap would mend
+        let mut m = vec![Some(1), Some(0), Some(2)];
+        unswap(&mut m, &keys, &lo, &hi, (1, 2));
+        assert_eq!(m, [Some(1), Some(0), Some(2)]);
+        let odd: [&[u64]; 3] = [&[700, 384], &[900, 384], &[1, 768]];
+        let mut m = vec![Some(0), Some(1), Some(2)];
+        unswap(&mut m, &keys, &lo, &odd, (1, 2));
+        assert_eq!(m, [Some(0), Some(1), Some(2)]);
     }
 
     #[test]
