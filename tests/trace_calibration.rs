@@ -149,28 +149,16 @@ fn held_out_rows_traced_on_the_cpu() {
 /// the CPU trace was 4.4% under that run (now 0.9%).
 #[test]
 fn navdp_checkpointed_vits_replay_like_their_h100_history() {
-    use oomdoc::knobs::{Attention, Checkpointing, Knobs, Optimizer, Precision, Sharding};
-    use oomdoc::model::trace::{self, EstimateOptions};
-    let t = trace::load(Path::new(
-        "tests/fixtures/trace/calibration/navdp_like_fp32_nockpt_adamw_ckpt_vit.trace.json.gz",
-    ))
-    .unwrap();
-    let knobs = Knobs {
-        batch: 16,
-        grad_accum: 1,
-        precision: Precision::Fp32,
-        checkpointing: Checkpointing::Selective,
-        checkpoint_modules: vec!["rgb_model.blocks".into(), "depth_model.blocks".into()],
-        attention: Attention::Sdpa,
-        optimizer: Optimizer::Adamw,
-        gpus: 1,
-        sharding: Sharding::None,
-        lora_rank: None,
-        lora_targets: vec![],
-    };
-    let e = trace::estimate_with(&t, &knobs, &EstimateOptions::default()).unwrap();
+    let dir = Path::new("tests/fixtures/trace/calibration");
+    let text = std::fs::read_to_string(dir.join("measurements-h100-torch2.11.jsonl")).unwrap();
+    let rows = accuracy::evaluate(&text, dir, accuracy::Source::Own).unwrap();
+    let row = rows
+        .iter()
+        .find(|r| r.name == "navdp_like_fp32_nockpt_adamw_ckpt_vit" && r.batch == 16)
+        .unwrap();
+    let (_, reserved) = row.estimate.unwrap();
     let real = 7_295_991_808.0;
-    let err = (e.peak_reserved_bytes as f64 - real) / real;
+    let err = (reserved as f64 - real) / real;
     assert!(
         err.abs() < 0.02,
         "peak reserved {err:+.4} against the history run"
