@@ -945,7 +945,10 @@ impl<'a> Builder<'a> {
                         }
                     }
                     Event::Free { id, .. } => {
-                        if sdpa.drop.contains(id) || sdpa.defer_end.contains_key(id) {
+                        if sdpa.drop.contains(id)
+                            || sdpa.defer_end.contains_key(id)
+                            || ckpt.kept_as_input.contains(id)
+                        {
                             continue;
                         }
                         let hit = live
@@ -1122,7 +1125,13 @@ impl<'a> Builder<'a> {
             Event::Alloc { op, module, .. } => Some((*op, *module)),
             _ => None,
         };
-        for (_, allocs) in &instances {
+        let parent = |b: &str| {
+            b.rsplit_once('.')
+                .map_or(String::new(), |(p, _)| p.to_string())
+        };
+        // outputs of the previous instance of the same repeated block: this one's input
+        let mut prev: Option<(String, FxSet<u64>)> = None;
+        for (block, allocs) in &instances {
             let Some(&(last_idx, _, _)) = allocs.last() else {
                 continue;
             };
@@ -1157,6 +1166,19 @@ impl<'a> Builder<'a> {
                     .or_default()
                     .extend(recompute);
             }
+            // `checkpoint` keeps the block's input until the block's backward has run, also
+            // where autograd saved none of it (in bf16-mixed the next block saves its casts)
+            if let (Some((p, inputs)), Some(&last)) = (&prev, bwd_frees.iter().max()) {
+                if *p == parent(block) {
+                    for id in inputs {
+                        if free_idx.get(id).is_some_and(|&f| f < fwd_end) {
+                            plan.kept_as_input.insert(*id);
+                            plan.free_at.entry(last + 1).or_default().push(*id);
+                        }
+                    }
+                }
+            }
+            prev = Some((parent(block), outputs));
         }
         plan
     }
@@ -1575,6 +1597,9 @@ type BlockInstance = (String, Vec<(usize, u64, u64)>);
 struct CkptPlan {
     /// saved storages freed at their block's end instead of in backward
     freed_early: FxSet<u64>,
+    /// storages the forward freed that a checkpoint keeps as its block's input: their free is
+    /// moved to `free_at`, after that block's backward
+    kept_as_input: FxSet<u64>,
     /// event index → ids to free before it
     free_at: FxMap<usize, Vec<u64>>,
     /// event index → (id, bytes) recomputed before it
