@@ -18,6 +18,7 @@ pub fn snapshot(d: Decoded) -> Res<Snapshot> {
         stacks,
         traces,
         strings,
+        cells,
     } = d;
     let mut cx = Cx {
         strings,
@@ -33,6 +34,7 @@ pub fn snapshot(d: Decoded) -> Res<Snapshot> {
         )),
     };
     drop_values([root]);
+    drop(cells);
     let (segments, device_traces, external_annotations, allocator_settings, format) = out?;
     Ok(Snapshot {
         format,

@@ -112,6 +112,40 @@ pub struct Decoded {
     pub traces: Vec<TraceEntry>,
     /// Interned strings (file names, function names, trace metadata).
     pub strings: HashMap<String, Arc<str>, FxBuild>,
+    /// The memoised lists and dicts, emptied when this is dropped: keep it until `root` is no
+    /// longer needed.
+    pub cells: Cells,
+}
+
+/// Memoised lists and dicts. A hostile pickle can make one hold itself (`BINGET` of its own memo
+/// slot, then `SETITEM`), a cycle that reference counting never frees; every cycle a pickle can
+/// build passes through a memoised list or dict (the only containers that change after they are
+/// made), so emptying them all on drop frees it.
+pub struct Cells(Vec<Value>);
+
+impl Drop for Cells {
+    fn drop(&mut self) {
+        let mut contents: Vec<Value> = Vec::new();
+        for c in std::mem::take(&mut self.0) {
+            match &c {
+                Value::List(rc) => {
+                    let old = std::mem::replace(&mut rc.borrow_mut().state, Seq::Items(Vec::new()));
+                    if let Seq::Items(v) = old {
+                        contents.extend(v);
+                    }
+                }
+                Value::Dict(rc) => {
+                    let old = std::mem::replace(&mut rc.borrow_mut().state, Map::Items(Vec::new()));
+                    if let Map::Items(v) = old {
+                        contents.extend(v.into_iter().flat_map(|(k, x)| [k, x]));
+                    }
+                }
+                _ => {}
+            }
+            contents.push(c);
+        }
+        drop_values(contents);
+    }
 }
 
 /// A decoding error with the byte offset where it happened.
@@ -363,6 +397,13 @@ fn decode_with<R: Read>(src: R, size_hint: u64, fast: bool) -> Result<Decoded, P
     let result = m.run();
     let memo = std::mem::take(&mut m.memo);
     let stack = std::mem::take(&mut m.stack);
+    let cells = Cells(
+        memo.iter()
+            .flatten()
+            .filter(|v| matches!(v, Value::List(_) | Value::Dict(_)))
+            .cloned()
+            .collect(),
+    );
     // Only containers can hold a tree; the rest (mostly compacted entries) drops in place.
     drop_values(memo.into_iter().flatten().filter(is_container).chain(stack));
     let root = result?;
@@ -372,6 +413,7 @@ fn decode_with<R: Read>(src: R, size_hint: u64, fast: bool) -> Result<Decoded, P
         stacks: m.stacks,
         traces: m.traces,
         strings: m.strings,
+        cells,
     })
 }
 
@@ -1870,6 +1912,22 @@ mod tests {
         b.push(b'.');
         let d = dec(&b).unwrap();
         drop_values([d.root]);
+    }
+
+    #[test]
+    fn a_dict_that_holds_itself_is_freed() {
+        // d = {}; d["a"] = d: } MEMOIZE, "a" MEMOIZE, BINGET 0, SETITEM
+        let b = b"\x80\x04}\x94\x8c\x01a\x94h\x00s.";
+        let Decoded { root, cells, .. } = dec(b).unwrap();
+        let Value::Dict(rc) = &root else { panic!() };
+        let weak = Rc::downgrade(rc);
+        drop_values([root]);
+        assert!(weak.upgrade().is_some(), "the cycle keeps it");
+        drop(cells);
+        assert!(
+            weak.upgrade().is_none(),
+            "dropping the memoised cells frees the cycle"
+        );
     }
 
     #[test]

@@ -1484,7 +1484,7 @@ fn same_tensor(lo: &[u64], hi: &[u64], b: (u64, u64)) -> bool {
         || (lo.len() == hi.len()
             && !lo.is_empty()
             && lo[1..] == hi[1..]
-            && lo[0] * b.1 == hi[0] * b.0)
+            && lo[0] as u128 * b.1 as u128 == hi[0] as u128 * b.0 as u128)
 }
 
 /// Pairs from `align` of neighbouring allocations with the same key that are matched the wrong
