@@ -44,11 +44,12 @@ pub enum Safety {
     NoFit,
 }
 
-/// The analytic model's largest under-estimate of peak reserved memory on the calibration rows:
-/// -6.8% (`oomdoc validate tests/fixtures/calibration/measurements-h100-torch2.11.jsonl`,
-/// docs/accuracy.md), rounded up. A plan only calls a configuration safe when it still fits if
-/// the estimate is this much too low.
-pub const ESTIMATOR_MARGIN: f64 = 0.07;
+/// A plan only calls a configuration safe when it still fits if the estimate is as low as the
+/// analytic model's largest under-estimate of peak reserved memory on the calibration rows:
+/// -7.0% (ResNet-18 fp32 b128; `oomdoc validate
+/// tests/fixtures/calibration/measurements-h100-torch2.11.jsonl`, docs/accuracy.md), where the
+/// real need is 1 / (1 - 0.070) = 1.075 times the estimate; rounded up.
+pub const ESTIMATOR_MARGIN: f64 = 0.08;
 
 pub fn safety(device_total: u64, capacity: u64) -> Safety {
     if device_total > capacity {
@@ -479,6 +480,11 @@ mod tests {
         assert_eq!(safety(22 * GIB, 23 * GIB), Safety::Tight);
         assert_eq!(safety(20 * GIB, 23 * GIB), Safety::Safe);
         assert_eq!(safety(24 * GIB, 23 * GIB), Safety::NoFit);
+        // safe means it still fits if the estimate is as far under as the worst calibration row
+        // (-7.0%): an estimate of 93.1% of the card needs 100.1% of it then
+        let cap = 100 * GIB;
+        assert_eq!(safety(cap * 931 / 1000, cap), Safety::Tight);
+        assert_eq!(safety(cap * 92 / 100, cap), Safety::Safe);
     }
 
     #[test]
