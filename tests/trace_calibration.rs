@@ -2,13 +2,20 @@
 //! traces (made on the CPU by scripts/trace-calibration.py): the figures of docs/accuracy.md.
 use std::path::Path;
 
-use oomdoc::model::trace::accuracy;
+use oomdoc::model::trace::accuracy::{self, Row, Source};
+
+const CALIBRATION: &str = "tests/fixtures/trace/calibration/measurements-h100-torch2.11.jsonl";
+const CALIBRATION_TRACES: &str = "tests/fixtures/trace/calibration";
+
+/// The rows of the `measurements` file (JSON lines) estimated from the traces in `traces`.
+fn rows(measurements: &str, traces: &str, source: Source) -> Vec<Row> {
+    let text = std::fs::read_to_string(measurements).unwrap();
+    accuracy::evaluate(&text, Path::new(traces), source).unwrap()
+}
 
 #[test]
 fn calibration_traces_estimate_their_measured_rows() {
-    let dir = Path::new("tests/fixtures/trace/calibration");
-    let text = std::fs::read_to_string(dir.join("measurements-h100-torch2.11.jsonl")).unwrap();
-    let rows = accuracy::evaluate(&text, dir, accuracy::Source::Own).unwrap();
+    let rows = rows(CALIBRATION, CALIBRATION_TRACES, Source::Own);
     let mut errs: Vec<f64> = rows.iter().filter_map(|r| r.reserved_error()).collect();
     assert_eq!(errs.len(), 46, "rows with a trace");
     let under: Vec<String> = rows
@@ -40,10 +47,9 @@ fn calibration_traces_estimate_their_measured_rows() {
     // replayed event stream matches the real one; it was +8.5% on NavDP-like bf16-mixed with
     // its ViTs checkpointed before probe 0.1.3)
     for r in &rows {
-        let Some((alloc, _)) = r.estimate else {
+        let Some(ea) = r.allocated_error() else {
             continue;
         };
-        let ea = (alloc as f64 - r.measured_alloc as f64) / r.measured_alloc as f64;
         assert!(
             ea.abs() <= 0.011,
             "{} b{} allocated {ea:+.4}",
@@ -61,9 +67,7 @@ fn calibration_traces_estimate_their_measured_rows() {
 /// allocated).
 #[test]
 fn checkpointing_transformation_keeps_block_outputs_only() {
-    let dir = Path::new("tests/fixtures/trace/calibration");
-    let text = std::fs::read_to_string(dir.join("measurements-h100-torch2.11.jsonl")).unwrap();
-    let rows = accuracy::evaluate(&text, dir, accuracy::Source::Transformed).unwrap();
+    let rows = rows(CALIBRATION, CALIBRATION_TRACES, Source::Transformed);
     let mut checked = 0;
     for r in rows.iter().filter(|r| {
         r.transformed
@@ -76,8 +80,7 @@ fn checkpointing_transformation_keeps_block_outputs_only() {
             .iter()
             .any(|n| r.name.starts_with(n))
     }) {
-        let (alloc, _) = r.estimate.unwrap();
-        let ea = (alloc as f64 - r.measured_alloc as f64) / r.measured_alloc as f64;
+        let ea = r.allocated_error().unwrap();
         assert!(ea.abs() < 0.01, "{} allocated {ea:+.4}", r.name);
         checked += 1;
     }
@@ -89,14 +92,14 @@ fn checkpointing_transformation_keeps_block_outputs_only() {
 /// traced on the CPU in their measured precision.
 #[test]
 fn held_out_traces_estimate_their_measured_rows() {
-    let dir = Path::new("tests/fixtures/trace/holdout");
-    let text =
-        std::fs::read_to_string(dir.join("measurements-traced-only-h200-torch2.11.jsonl")).unwrap();
-    let rows = accuracy::evaluate(&text, dir, accuracy::Source::Own).unwrap();
+    let rows = rows(
+        "tests/fixtures/trace/holdout/measurements-traced-only-h200-torch2.11.jsonl",
+        "tests/fixtures/trace/holdout",
+        Source::Own,
+    );
     assert_eq!(rows.iter().filter(|r| r.estimate.is_some()).count(), 6);
     for r in &rows {
-        let (alloc, _) = r.estimate.unwrap();
-        let ea = (alloc as f64 - r.measured_alloc as f64) / r.measured_alloc as f64;
+        let ea = r.allocated_error().unwrap();
         let er = r.reserved_error().unwrap();
         // peak allocated within 3% on all six; reserved between -6% (ConvNeXt-T fp32) and +15%
         // (EfficientNet-B0: the convolution-workspace rule over-charges its 1x1 convolutions)
@@ -110,19 +113,17 @@ fn held_out_traces_estimate_their_measured_rows() {
 /// measured precision and checkpointing (the configurations whose trace is committed).
 #[test]
 fn held_out_rows_traced_on_the_cpu() {
-    let text = std::fs::read_to_string(
+    let rows = rows(
         "tests/fixtures/calibration-holdout/measurements-h200-torch2.11.jsonl",
-    )
-    .unwrap();
-    let dir = Path::new("tests/fixtures/calibration-holdout/cpu-traces");
-    let rows = accuracy::evaluate(&text, dir, accuracy::Source::Own).unwrap();
-    let traced: Vec<&accuracy::Row> = rows.iter().filter(|r| r.estimate.is_some()).collect();
+        "tests/fixtures/calibration-holdout/cpu-traces",
+        Source::Own,
+    );
+    let traced: Vec<&Row> = rows.iter().filter(|r| r.estimate.is_some()).collect();
     // all 19: ResNet-50, ViT-S/16, ViT-L/16, T5-small, upstream NavDP, the Llama-style decoder,
     // GPT-2 medium, BERT-large, Qwen2.5-0.5B with and without LoRA
     assert_eq!(traced.len(), 19, "rows with a trace");
     for r in traced {
-        let (alloc, _) = r.estimate.unwrap();
-        let ea = (alloc as f64 - r.measured_alloc as f64) / r.measured_alloc as f64;
+        let ea = r.allocated_error().unwrap();
         let er = r.reserved_error().unwrap();
         // measured: reserved -2.1..+3.7% (Llama-style bf16-mixed), allocated within 4.3%
         // (ResNet-50 fp32 with checkpointing). T5-small's self-attention passes a learned
@@ -152,9 +153,7 @@ fn held_out_rows_traced_on_the_cpu() {
 /// the CPU trace was 4.4% under that run (now 0.9%).
 #[test]
 fn navdp_checkpointed_vits_replay_like_their_h100_history() {
-    let dir = Path::new("tests/fixtures/trace/calibration");
-    let text = std::fs::read_to_string(dir.join("measurements-h100-torch2.11.jsonl")).unwrap();
-    let rows = accuracy::evaluate(&text, dir, accuracy::Source::Own).unwrap();
+    let rows = rows(CALIBRATION, CALIBRATION_TRACES, Source::Own);
     let row = rows
         .iter()
         .find(|r| r.name == "navdp_like_fp32_nockpt_adamw_ckpt_vit" && r.batch == 16)
@@ -174,11 +173,11 @@ fn navdp_checkpointed_vits_replay_like_their_h100_history() {
 /// workspaces differ between runs), one row beyond 3%.
 #[test]
 fn calibration_traces_estimate_the_history_runs() {
-    let text =
-        std::fs::read_to_string("tests/fixtures/calibration/remeasured-h100/history_rows.jsonl")
-            .unwrap();
-    let dir = Path::new("tests/fixtures/trace/calibration");
-    let rows = accuracy::evaluate(&text, dir, accuracy::Source::Own).unwrap();
+    let rows = rows(
+        "tests/fixtures/calibration/remeasured-h100/history_rows.jsonl",
+        CALIBRATION_TRACES,
+        Source::Own,
+    );
     let mut errs: Vec<f64> = rows
         .iter()
         .filter_map(|r| r.reserved_error())

@@ -23,6 +23,12 @@ pub struct Row {
 }
 
 impl Row {
+    /// Relative error of the peak allocated estimate.
+    pub fn allocated_error(&self) -> Option<f64> {
+        let m = self.measured_alloc.max(1) as f64;
+        self.estimate.map(|(a, _)| (a as f64 - m) / m)
+    }
+
     /// Relative error of the peak reserved estimate.
     pub fn reserved_error(&self) -> Option<f64> {
         let m = self.measured_reserved.max(1) as f64;

@@ -549,10 +549,11 @@ impl<'a> Builder<'a> {
                 let ops = |v: &Vec<(u64, u32, &[u64])>| v.iter().map(|x| x.1).collect::<Vec<u32>>();
                 let shapes =
                     |v: &Vec<(u64, u32, &'a [u64])>| v.iter().map(|x| x.2).collect::<Vec<_>>();
-                let mut lo_hi = align(&ops(&lo[p]), &ops(&hi[p]));
+                let lo_ops = ops(&lo[p]);
+                let mut lo_hi = align(&lo_ops, &ops(&hi[p]));
                 unswap(
                     &mut lo_hi,
-                    &ops(&lo[p]),
+                    &lo_ops,
                     &shapes(&lo[p]),
                     &shapes(&hi[p]),
                     (lr.batch, hr.batch),
@@ -567,7 +568,7 @@ impl<'a> Builder<'a> {
                     }
                     slopes[p] = s;
                 } else {
-                    let to_lo = align(&ops(&mine[p]), &ops(&lo[p]));
+                    let to_lo = align(&ops(&mine[p]), &lo_ops);
                     slopes[p] = to_lo
                         .iter()
                         .map(|m| {
@@ -1168,8 +1169,9 @@ impl<'a> Builder<'a> {
             }
             // `checkpoint` keeps the block's input until the block's backward has run, also
             // where autograd saved none of it (in bf16-mixed the next block saves its casts)
+            let this_parent = parent(block);
             if let (Some((p, inputs)), Some(&last)) = (&prev, bwd_frees.iter().max()) {
-                if *p == parent(block) {
+                if *p == this_parent {
                     for id in inputs {
                         if free_idx.get(id).is_some_and(|&f| f < fwd_end) {
                             plan.kept_as_input.insert(*id);
@@ -1178,7 +1180,7 @@ impl<'a> Builder<'a> {
                     }
                 }
             }
-            prev = Some((parent(block), outputs));
+            prev = Some((this_parent, outputs));
         }
         plan
     }
@@ -1466,16 +1468,6 @@ impl<'a> Builder<'a> {
     }
 }
 
-/// Alignment of two op sequences: for each element of `a`, its match in `b`. Equal ops pair off
-/// as they come; at a difference, a longest common subsequence of the next WINDOW ops of each
-/// decides the first half of the way on (a match is taken whenever one is optimal, so the
-/// alignment does not slide past a repeated layer). A greedy walk that skipped to the next equal
-/// op drifted where the two batch sizes take different paths through a block (at batch 1 a
-/// sequence-first `[L, 1, E]` view is contiguous and `F.linear` runs one `addmm`; at batch 2 it
-/// runs `clone`, `mm`, `add`): it paired a weight cast with the neighbouring one of another shape,
-/// and the replay grew a weight with the batch (NavDP's decoder cross-attention: +0.3 GiB at
-/// batch 16). One diff of the whole (Myers) gives the same matches on the committed traces but
-/// costs (n + m) x differences: minutes on a million-event trace that differs in every layer.
 /// Whether a storage of shape `lo` at batch `b.0` and one of shape `hi` at batch `b.1` are the same
 /// tensor: the same shape (it does not grow with the batch), or one whose first dimension grows
 /// in proportion to the batch.
@@ -1514,6 +1506,16 @@ fn unswap(m: &mut [Option<usize>], keys: &[u32], lo: &[&[u64]], hi: &[&[u64]], b
     }
 }
 
+/// Alignment of two op sequences: for each element of `a`, its match in `b`. Equal ops pair off
+/// as they come; at a difference, a longest common subsequence of the next WINDOW ops of each
+/// decides the first half of the way on (a match is taken whenever one is optimal, so the
+/// alignment does not slide past a repeated layer). A greedy walk that skipped to the next equal
+/// op drifted where the two batch sizes take different paths through a block (at batch 1 a
+/// sequence-first `[L, 1, E]` view is contiguous and `F.linear` runs one `addmm`; at batch 2 it
+/// runs `clone`, `mm`, `add`): it paired a weight cast with the neighbouring one of another shape,
+/// and the replay grew a weight with the batch (NavDP's decoder cross-attention: +0.3 GiB at
+/// batch 16). One diff of the whole (Myers) gives the same matches on the committed traces but
+/// costs (n + m) x differences: minutes on a million-event trace that differs in every layer.
 fn align(a: &[u32], b: &[u32]) -> Vec<Option<usize>> {
     const WINDOW: usize = 64;
     let mut out = vec![None; a.len()];
