@@ -21,6 +21,30 @@ struct Cli {
     knobs: KnobArgs,
 }
 
+/// What an event slot stands for (the slot layout of `memory::sim::simulate`): a tensor, the
+/// gradient of a tensor, an autocast weight cast, a parameter gradient or an op's workspace, with
+/// the module path of the op that made it.
+fn label(t: &oomdoc::model::graph::Trace, slot: usize) -> String {
+    let (nt, nops) = (t.tensors.len(), t.ops.len());
+    let (kind, op) = if slot < nt {
+        ("out", t.tensors[slot].producer)
+    } else if slot < 2 * nt {
+        ("grad", t.tensors[slot - nt].producer)
+    } else if slot < 2 * nt + nops {
+        ("cast", slot - 2 * nt)
+    } else if slot < 2 * nt + 2 * nops {
+        ("pgrad", slot - 2 * nt - nops)
+    } else {
+        ("extra", (slot - 2 * nt - 2 * nops) % nops.max(1))
+    };
+    let stage = t
+        .ops
+        .get(op)
+        .and_then(|o| t.stages.get(o.stage))
+        .map_or("-", |s| s.path.as_str());
+    format!("{kind} op{op} {stage}")
+}
+
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let w = oomdoc::model::resolve(&cli.model, std::path::Path::new("."), &cli.knobs)?;
@@ -72,7 +96,7 @@ fn main() -> anyhow::Result<()> {
             } else {
                 "A"
             };
-            println!("{kind} {bytes}");
+            println!("{kind} {bytes} {}", label(p.trace, s));
             if cli.segments {
                 if let Some(id) = ids[s].take() {
                     alloc.free(id);

@@ -23,12 +23,24 @@ fn calibration_rows_are_estimated_closely() {
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["rows"].as_array().unwrap().len(), 46);
     // what docs/accuracy.md reports; a regression shows here
-    assert!(v["alloc"]["median_abs"].as_f64().unwrap() < 0.01);
-    assert!(v["alloc"]["max_abs"].as_f64().unwrap() < 0.07);
+    assert!(v["alloc"]["median_abs"].as_f64().unwrap() < 0.005);
+    assert!(v["alloc"]["max_abs"].as_f64().unwrap() < 0.05);
     assert!(v["reserved"]["median_abs"].as_f64().unwrap() < 0.01);
     assert!(v["reserved"]["p90_abs"].as_f64().unwrap() < 0.05);
     assert!(v["reserved"]["max_abs"].as_f64().unwrap() < 0.08);
-    assert!(v["reserved"]["under_beyond_5pct"].as_u64().unwrap() <= 2);
+    assert!(v["reserved"]["under_beyond_5pct"].as_u64().unwrap() <= 1);
+    // NavDP-like's forward keeps its locals (the normalised images, the ViTs' outputs, the
+    // pooled memory, the conditions) until it returns: with them every NavDP-like row's peak
+    // allocated is within 2.5% (with its ViTs checkpointed in bf16-mixed it was -5.0% without)
+    for r in v["rows"].as_array().unwrap() {
+        if r["estimate_args"]
+            .as_str()
+            .unwrap()
+            .contains("preset:navdp ")
+        {
+            assert!(r["error_alloc"].as_f64().unwrap().abs() < 0.025, "{r}");
+        }
+    }
 }
 
 const HOLDOUT: &str = "tests/fixtures/calibration-holdout/measurements-h200-torch2.11.jsonl";
@@ -53,6 +65,15 @@ fn held_out_rows_are_estimated_closely() {
         .find(|r| r["estimate_args"].as_str().unwrap().contains("--lora-rank"))
         .unwrap();
     assert!(lora["error_alloc"].as_f64().unwrap().abs() < 0.02, "{lora}");
+    // the upstream NavDP shares the NavDP forward's locals (-2.2% / -2.3% without them)
+    for r in rows.iter().filter(|r| {
+        r["estimate_args"]
+            .as_str()
+            .unwrap()
+            .contains("navdp-upstream")
+    }) {
+        assert!(r["error_alloc"].as_f64().unwrap().abs() < 0.01, "{r}");
+    }
     // T5 passes its learned position bias as the SDPA mask: the self-attention runs the math
     // backend (fp32 copies and the attention matrix), the cross-attention the fused kernels
     for r in rows

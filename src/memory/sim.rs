@@ -251,8 +251,24 @@ pub fn simulate(t: &Trace, ck: &[bool]) -> Profile {
             let mut kept = 0.0;
             let mut seg_casts = 0.0;
             let mut rec_alive: Vec<usize> = Vec::new();
-            for i in a..b {
+            // early stop (`torch.utils.checkpoint`'s default): recomputation ends inside the
+            // last op that saves a tensor, when that save is packed; that op's output is made
+            // only when the op saves its own output (softmax, dropout's mask)
+            let saves =
+                |i: usize, x: &crate::model::graph::T| t.tensors[t.root(*x).0].savers.contains(&i);
+            let last = (a..b)
+                .rev()
+                .find(|&i| {
+                    let op = &t.ops[i];
+                    op.inputs.iter().chain(&op.outputs).any(|x| saves(i, x))
+                })
+                .unwrap_or(b - 1);
+            let keeps_output = t.ops[last].outputs.iter().any(|x| saves(last, x));
+            for i in a..=last {
                 for o in &t.ops[i].outputs {
+                    if i == last && !keeps_output {
+                        break;
+                    }
                     if counted(o.0) && t.tensors[o.0].producer == i {
                         local += bytes(o.0);
                         ev.push(Ev::Alloc {
@@ -521,5 +537,46 @@ fn hull_linear(pts: &[Point], sel: &[usize], _pgrad_total: f64, kept: &mut Vec<u
             .map(|(k, _)| k)
             .unwrap_or(0);
         kept.extend_from_slice(&h[top..]);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::graph::{Dt, Mode, T};
+
+    fn allocs(p: &Profile, t: T) -> usize {
+        p.events
+            .iter()
+            .filter(|e| matches!(e, Ev::Alloc { slot, .. } if *slot as usize == t.0))
+            .count()
+    }
+
+    /// A checkpointed MLP block with a residual, as in a ViT block: fc1 saves the block's input,
+    /// the GELU saves fc1's output, fc2 saves the GELU's output, the residual add saves nothing.
+    #[test]
+    fn recomputation_stops_at_the_last_saved_tensor() {
+        let mut t = Trace::new(Mode::Fp32);
+        let x = t.input(64.0, Dt::F32);
+        t.enter("blocks.0", "blocks", true);
+        let h = t.linear("fc1", x, 64, 256, true, true, false);
+        let g = t.unary_save_input(h);
+        let o = t.linear("fc2", g, 256, 64, true, true, false);
+        let z = t.add(o, x);
+        t.leave();
+        t.mse_loss(z);
+        let mut ck = vec![false; t.stages.len()];
+        ck[1] = true;
+        let p = simulate(&t, &ck);
+        // forward, then again in the recomputation
+        assert_eq!(allocs(&p, h), 2);
+        assert_eq!(allocs(&p, g), 2);
+        // fc2's save (its input) is packed before its output exists: `checkpoint` stops there,
+        // and the residual add after it does not run again
+        assert_eq!(allocs(&p, o), 1);
+        assert_eq!(allocs(&p, z), 1);
+        // without checkpointing nothing is recomputed
+        let p = simulate(&t, &vec![false; t.stages.len()]);
+        assert_eq!(allocs(&p, h), 1);
     }
 }

@@ -1235,6 +1235,11 @@ impl Builder<'_> {
         let r = self.t.scalar(r);
         let r = self.t.scalar(r);
         let img_tok = self.vit(&vit("rgb_model", 3, frames, s.freeze_rgb), r, img, 0, "");
+        // `forward`'s locals (rgb, img_tok, dep, dep_tok, mem, the conditions...) stay referenced
+        // until it returns, after the losses: `img_tok` is a view of the ViT's final norm output
+        self.t.pin(r);
+        let rgb_norm = self.t.operand(img_tok, 0);
+        self.t.pin(rgb_norm);
         self.t.enter("depth_model", "depth_model", false);
         // depth.reshape(...).repeat(1,1,1,3): a 3-channel copy
         let dd = self.t.op(
@@ -1246,8 +1251,12 @@ impl Builder<'_> {
             0.0,
         );
         let dep_tok = self.vit(&vit("depth_model", 3, depth_frames, false), dd, img, 0, "");
+        self.t.pin(dd);
+        let depth_norm = self.t.operand(dep_tok, 0);
+        self.t.pin(depth_norm);
         self.t.enter("memory", "memory", false);
         let tokens = self.t.cat(&[img_tok, dep_tok]);
+        self.t.pin(tokens);
         let n_tok = (frames + depth_frames) * (img / 14) * (img / 14);
         let (mem, n_mem, n_prefix) = if !official {
             // adaptive_avg_pool1d over the transposed tokens: saves its input
@@ -1291,6 +1300,7 @@ impl Builder<'_> {
             let m = self.t.linear("rgbd_project", q, d, d, true, tr, false);
             (m, n_mem, 4u64)
         };
+        self.t.pin(mem);
         let tr = self.trainable();
         self.t.enter("heads", "heads", false);
         let pg = self.t.linear("point_encoder", point, 3, d, true, tr, false);
@@ -1339,6 +1349,9 @@ impl Builder<'_> {
         let c2 = self.t.cat(&parts);
         let c2 = self.t.add_param(c2, 0, tr);
         let g_c = self.t.dropout(c2, 0.1);
+        for t in [pg, ng_x, g_x, ng_c, g_c] {
+            self.t.pin(t);
+        }
         let pred = s.predict_size as f64;
         let mut passes: Vec<(T, T)> = Vec::new();
         let a0 = self

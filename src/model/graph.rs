@@ -90,6 +90,9 @@ pub struct TensorInfo {
     pub pinned: bool,
     /// A view of another tensor: it has no storage of its own; saving or using it keeps `base` alive.
     pub base: Option<usize>,
+    /// An autocast cast made inside an op's dispatch: the caller's tensor it was cast from stays
+    /// referenced until the op that reads the cast has returned.
+    pub cast_of: Option<usize>,
 }
 
 impl TensorInfo {
@@ -269,6 +272,11 @@ impl Trace {
         self.tensors[t.0].pinned = true;
     }
 
+    /// The `k`-th input of the op that made `t` (e.g. the tensor a copy was taken of).
+    pub fn operand(&self, t: T, k: usize) -> T {
+        self.ops[self.tensors[t.0].producer].inputs[k]
+    }
+
     fn push_tensor(&mut self, elems: f64, dt: Dt, rg: bool, producer: usize) -> T {
         self.tensors.push(TensorInfo {
             elems,
@@ -279,6 +287,7 @@ impl Trace {
             savers: Vec::new(),
             pinned: false,
             base: None,
+            cast_of: None,
         });
         T(self.tensors.len() - 1)
     }
@@ -306,6 +315,7 @@ impl Trace {
             savers: Vec::new(),
             pinned: false,
             base: Some(r.0),
+            cast_of: None,
         });
         let v = T(self.tensors.len() - 1);
         self.ops[idx].outputs.push(v);
@@ -326,6 +336,10 @@ impl Trace {
             let r = self.root(*t);
             self.tensors[r.0].last_use = idx;
             self.tensors[t.0].last_use = idx;
+            if let Some(src) = self.tensors[t.0].cast_of {
+                let sr = self.root(T(src));
+                self.tensors[sr.0].last_use = self.tensors[sr.0].last_use.max(idx);
+            }
         }
         self.ops.push(OpInfo {
             stage: self.stage,
@@ -375,7 +389,9 @@ impl Trace {
     /// when the input is fp32 under `Mode::Mixed`, the same tensor otherwise.
     pub fn autocast_low(&mut self, x: T) -> T {
         if self.mode == Mode::Mixed && self.dt(x) == Dt::F32 {
-            self.cast(x, Dt::Half)
+            let c = self.cast(x, Dt::Half);
+            self.tensors[c.0].cast_of = Some(x.0);
+            c
         } else {
             x
         }
@@ -385,7 +401,9 @@ impl Trace {
     /// pow, exp, sum, mse_loss, cross_entropy...).
     pub fn autocast_f32(&mut self, x: T) -> T {
         if self.mode == Mode::Mixed && self.dt(x) == Dt::Half {
-            self.cast(x, Dt::F32)
+            let c = self.cast(x, Dt::F32);
+            self.tensors[c.0].cast_of = Some(x.0);
+            c
         } else {
             x
         }
@@ -678,6 +696,7 @@ impl Trace {
             savers: Vec::new(),
             pinned: false,
             base: Some(r.0),
+            cast_of: None,
         });
         let y = T(self.tensors.len() - 1);
         self.ops[idx].outputs.push(y);
@@ -976,6 +995,23 @@ mod tests {
             .ops
             .iter()
             .all(|o| o.weight_cast_bytes == 0.0));
+    }
+
+    /// `linear(norm(x))` under bf16 autocast: the norm's fp32 output is cast inside the linear's
+    /// dispatch, and the caller's reference keeps it until the linear has returned (a CPU trace
+    /// of `F.linear` under autocast frees it after the matmul's output exists).
+    #[test]
+    fn autocast_casts_keep_the_callers_tensor_until_the_op_returns() {
+        for (mode, ops_between) in [(Mode::Mixed, 2), (Mode::Fp32, 1)] {
+            let mut t = Trace::new(mode);
+            let x = t.input(64.0, Dt::F32);
+            let h = t.layer_norm("norm", x, 64, true, true);
+            let before = t.ops.len();
+            t.linear("fc", h, 64, 64, true, true, false);
+            // (the cast, then) the matmul
+            assert_eq!(t.ops.len() - before, ops_between);
+            assert_eq!(t.info(h).last_use, t.ops.len() - 1, "{mode:?}");
+        }
     }
 
     /// What the math backend keeps for backward, per sample, as the CPU trace of T5's
