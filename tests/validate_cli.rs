@@ -27,7 +27,7 @@ fn calibration_rows_are_estimated_closely() {
     assert!(v["alloc"]["max_abs"].as_f64().unwrap() < 0.05);
     assert!(v["reserved"]["median_abs"].as_f64().unwrap() < 0.01);
     assert!(v["reserved"]["p90_abs"].as_f64().unwrap() < 0.05);
-    assert!(v["reserved"]["max_abs"].as_f64().unwrap() < 0.08);
+    assert!(v["reserved"]["max_abs"].as_f64().unwrap() < 0.10);
     assert!(v["reserved"]["under_beyond_5pct"].as_u64().unwrap() <= 1);
     // NavDP-like's forward keeps its locals (the normalised images, the ViTs' outputs, the
     // pooled memory, the conditions) until it returns: with them every NavDP-like row's peak

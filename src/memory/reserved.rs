@@ -107,8 +107,6 @@ const NONE: usize = usize::MAX;
 #[derive(Clone, Copy)]
 struct Block {
     size: u64,
-    /// Device address: best fit breaks ties between free blocks of equal size by it.
-    addr: u64,
     free: bool,
     small: bool,
     prev: usize,
@@ -117,37 +115,16 @@ struct Block {
 
 /// The parts of `CUDACachingAllocator.cpp` that decide how much is reserved: two pools, best
 /// fit (smallest cached block that is large enough), splitting, coalescing of neighbours within
-/// a segment, segment sizes by request size, and no release of segments. New segments get
-/// descending addresses, as the CUDA driver mostly hands them out (the traced tier's
-/// `memory::allocator::SegmentOrder::Descending`, docs/accuracy.md).
+/// a segment, segment sizes by request size, and no release of segments.
+#[derive(Default)]
 pub struct Allocator {
     blocks: Vec<Block>,
-    /// Block id of each free block by address (the free sets are keyed by address).
-    at: crate::memory::allocator::FxMap<u64, usize>,
-    /// Base of the newest segment; the next one goes below it.
-    next_addr: u64,
     free_small: FreeSet,
     free_large: FreeSet,
     pub reserved: u64,
     pub peak_reserved: u64,
     pub allocated: u64,
     pub peak_allocated: u64,
-}
-
-impl Default for Allocator {
-    fn default() -> Self {
-        Allocator {
-            blocks: Vec::new(),
-            at: Default::default(),
-            next_addr: 1 << 50,
-            free_small: FreeSet::default(),
-            free_large: FreeSet::default(),
-            reserved: 0,
-            peak_reserved: 0,
-            allocated: 0,
-            peak_allocated: 0,
-        }
-    }
 }
 
 impl Allocator {
@@ -182,17 +159,14 @@ impl Allocator {
         let id = match found {
             Some(k) => {
                 self.set(small).remove(&k);
-                self.at.remove(&(k.1 as u64)).expect("free block")
+                k.1
             }
             None => {
                 let seg = Self::segment_size(r);
                 self.reserved += seg;
                 self.peak_reserved = self.peak_reserved.max(self.reserved);
-                // a gap below the previous segment, so that no two segments are adjacent
-                self.next_addr -= seg + ROUND_LARGE;
                 self.blocks.push(Block {
                     size: seg,
-                    addr: self.next_addr,
                     free: true,
                     small,
                     prev: NONE,
@@ -210,10 +184,8 @@ impl Allocator {
         };
         if split {
             let next = self.blocks[id].next;
-            let addr = self.blocks[id].addr + r;
             self.blocks.push(Block {
                 size: rem,
-                addr,
                 free: true,
                 small,
                 prev: id,
@@ -225,7 +197,7 @@ impl Allocator {
             }
             self.blocks[id].next = nb;
             self.blocks[id].size = r;
-            self.insert_free(nb);
+            self.set(small).insert((rem, nb));
         }
         self.blocks[id].free = false;
         self.allocated += self.blocks[id].size;
@@ -235,11 +207,13 @@ impl Allocator {
 
     pub fn free(&mut self, id: usize) {
         let mut id = id;
+        let small = self.blocks[id].small;
         self.allocated -= self.blocks[id].size;
         self.blocks[id].free = true;
         let next = self.blocks[id].next;
         if next != NONE && self.blocks[next].free {
-            self.remove_free(next);
+            let k = (self.blocks[next].size, next);
+            self.set(small).remove(&k);
             self.blocks[id].size += self.blocks[next].size;
             let nn = self.blocks[next].next;
             self.blocks[id].next = nn;
@@ -249,7 +223,8 @@ impl Allocator {
         }
         let prev = self.blocks[id].prev;
         if prev != NONE && self.blocks[prev].free {
-            self.remove_free(prev);
+            let k = (self.blocks[prev].size, prev);
+            self.set(small).remove(&k);
             self.blocks[prev].size += self.blocks[id].size;
             let nx = self.blocks[id].next;
             self.blocks[prev].next = nx;
@@ -258,23 +233,8 @@ impl Allocator {
             }
             id = prev;
         }
-        self.insert_free(id);
-    }
-
-    fn key(&self, id: usize) -> (u64, usize) {
-        (self.blocks[id].size, self.blocks[id].addr as usize)
-    }
-
-    fn insert_free(&mut self, id: usize) {
-        let (k, small) = (self.key(id), self.blocks[id].small);
-        self.at.insert(self.blocks[id].addr, id);
+        let k = (self.blocks[id].size, id);
         self.set(small).insert(k);
-    }
-
-    fn remove_free(&mut self, id: usize) {
-        let (k, small) = (self.key(id), self.blocks[id].small);
-        self.set(small).remove(&k);
-        self.at.remove(&self.blocks[id].addr);
     }
 }
 
@@ -432,18 +392,5 @@ mod allocator_tests {
         // 3 MiB: a 20 MiB segment
         a.malloc(3 * MIB);
         assert_eq!(a.reserved, 72 * MIB);
-    }
-
-    #[test]
-    fn equal_free_blocks_go_by_address_newest_segment_first() {
-        let mut a = Allocator::default();
-        let old = a.malloc(30 * MIB);
-        let new = a.malloc(30 * MIB);
-        a.free(old);
-        a.free(new);
-        // both cached blocks fit exactly; the newer segment lies below the older one
-        assert_eq!(a.malloc(30 * MIB), new);
-        assert_eq!(a.malloc(30 * MIB), old);
-        assert_eq!(a.reserved, 60 * MIB);
     }
 }
