@@ -308,21 +308,17 @@ pub fn simulate(t: &Trace, ck: &[bool]) -> Profile {
                     }
                 }
                 // temporaries of the recomputation die at their last use inside the segment
+                // (which need not be an op reading them: a held argument, an autocast source)
                 let mut dead = 0.0;
-                for o in &t.ops[i].inputs {
-                    let r = t.root(*o).0;
+                rec_alive.retain(|&r| {
                     let ti = &t.tensors[r];
-                    if counted(r)
-                        && ti.producer >= a
-                        && ti.producer < b
-                        && ti.last_use == i
-                        && !ti.savers.iter().any(|&s| s >= a && s < b)
-                    {
+                    let dies = ti.last_use <= i && !ti.savers.iter().any(|&s| s >= a && s < b);
+                    if dies {
                         dead += bytes(r);
                         ev.push(Ev::Free { slot: r as u32 });
-                        rec_alive.retain(|&x| x != r);
                     }
-                }
+                    !dies
+                });
                 local -= dead;
             }
             for &j in &rec_alive {
@@ -578,5 +574,44 @@ mod tests {
         // without checkpointing nothing is recomputed
         let p = simulate(&t, &vec![false; t.stages.len()]);
         assert_eq!(allocs(&p, h), 1);
+    }
+
+    /// In a recomputation, a tensor dies at its last use even when that op does not read it:
+    /// under autocast the half-precision scores feed the softmax through an fp32 cast and are
+    /// freed when the softmax returns. They must not stay alive to the end of the
+    /// recomputation (they did, adding a score matrix to every recomputed attention).
+    #[test]
+    fn recomputed_temporaries_die_at_their_last_use() {
+        let mut t = Trace::new(Mode::Mixed);
+        let x = t.input(64.0, Dt::F32);
+        t.enter("blocks.0", "blocks", true);
+        let s = t.linear("scores", x, 64, 256, true, true, false);
+        let p = t.softmax(s);
+        let m = t.linear("out", p, 256, 64, true, true, false);
+        t.unary_save_input(m);
+        t.leave();
+        let mut ck = vec![false; t.stages.len()];
+        ck[1] = true;
+        let prof = simulate(&t, &ck);
+        let pos = |want: &dyn Fn(&Ev) -> bool| -> Vec<usize> {
+            let end = prof
+                .events
+                .iter()
+                .position(|e| *e == Ev::EndForward)
+                .unwrap();
+            (end..prof.events.len())
+                .filter(|&i| want(&prof.events[i]))
+                .collect()
+        };
+        let slot = |t: T| t.0 as u32;
+        let s_alloc = pos(&|e| matches!(e, Ev::Alloc { slot: x, .. } if *x == slot(s)));
+        let s_free = pos(&|e| matches!(e, Ev::Free { slot: x } if *x == slot(s)));
+        let m_alloc = pos(&|e| matches!(e, Ev::Alloc { slot: x, .. } if *x == slot(m)));
+        assert_eq!((s_alloc.len(), m_alloc.len()), (1, 1), "{:?}", prof.events);
+        assert!(
+            s_free[0] > s_alloc[0] && s_free[0] < m_alloc[0],
+            "{:?}",
+            prof.events
+        );
     }
 }
