@@ -276,7 +276,10 @@ pub fn simulate(t: &Trace, ck: &[bool]) -> Profile {
                             per_sample: bytes(o.0),
                             abs: 0.0,
                         });
-                        rec_alive.push(o.0);
+                        // what the segment's backward saves stays; the rest are temporaries
+                        if !t.tensors[o.0].savers.iter().any(|&s| s >= a && s < b) {
+                            rec_alive.push(o.0);
+                        }
                     }
                 }
                 if t.ops[i].weight_cast_bytes > 0.0 {
@@ -311,8 +314,7 @@ pub fn simulate(t: &Trace, ck: &[bool]) -> Profile {
                 // (which need not be an op reading them: a held argument, an autocast source)
                 let mut dead = 0.0;
                 rec_alive.retain(|&r| {
-                    let ti = &t.tensors[r];
-                    let dies = ti.last_use <= i && !ti.savers.iter().any(|&s| s >= a && s < b);
+                    let dies = t.tensors[r].last_use <= i;
                     if dies {
                         dead += bytes(r);
                         ev.push(Ev::Free { slot: r as u32 });
@@ -322,9 +324,7 @@ pub fn simulate(t: &Trace, ck: &[bool]) -> Profile {
                 local -= dead;
             }
             for &j in &rec_alive {
-                if !alive[j] {
-                    ev.push(Ev::Free { slot: j as u32 });
-                }
+                ev.push(Ev::Free { slot: j as u32 });
             }
             recomputed_casts[a..b].iter_mut().for_each(|r| *r = true);
             pts.push(Point {
