@@ -272,9 +272,13 @@ impl Trace {
         self.tensors[t.0].pinned = true;
     }
 
-    /// The `k`-th input of the op that made `t` (e.g. the tensor a copy was taken of).
+    /// The `k`-th input of the op that made `t` (e.g. the tensor a copy was taken of); `t`
+    /// itself for an input of the trace or an op with fewer inputs.
     pub fn operand(&self, t: T, k: usize) -> T {
-        self.ops[self.tensors[t.0].producer].inputs[k]
+        self.ops
+            .get(self.tensors[t.0].producer)
+            .and_then(|op| op.inputs.get(k).copied())
+            .unwrap_or(t)
     }
 
     fn push_tensor(&mut self, elems: f64, dt: Dt, rg: bool, producer: usize) -> T {
