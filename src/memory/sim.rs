@@ -548,22 +548,33 @@ mod tests {
             .count()
     }
 
+    /// A trace with an input of 64 elements, inside repeated block 1.
+    fn in_block(mode: Mode) -> (Trace, T) {
+        let mut t = Trace::new(mode);
+        let x = t.input(64.0, Dt::F32);
+        t.enter("blocks.0", "blocks", true);
+        (t, x)
+    }
+
+    /// The step with block 1 checkpointed.
+    fn checkpointed(t: &Trace) -> Profile {
+        let mut ck = vec![false; t.stages.len()];
+        ck[1] = true;
+        simulate(t, &ck)
+    }
+
     /// A checkpointed MLP block with a residual, as in a ViT block: fc1 saves the block's input,
     /// the GELU saves fc1's output, fc2 saves the GELU's output, the residual add saves nothing.
     #[test]
     fn recomputation_stops_at_the_last_saved_tensor() {
-        let mut t = Trace::new(Mode::Fp32);
-        let x = t.input(64.0, Dt::F32);
-        t.enter("blocks.0", "blocks", true);
+        let (mut t, x) = in_block(Mode::Fp32);
         let h = t.linear("fc1", x, 64, 256, true, true, false);
         let g = t.unary_save_input(h);
         let o = t.linear("fc2", g, 256, 64, true, true, false);
         let z = t.add(o, x);
         t.leave();
         t.mse_loss(z);
-        let mut ck = vec![false; t.stages.len()];
-        ck[1] = true;
-        let p = simulate(&t, &ck);
+        let p = checkpointed(&t);
         // forward, then again in the recomputation
         assert_eq!(allocs(&p, h), 2);
         assert_eq!(allocs(&p, g), 2);
@@ -582,17 +593,13 @@ mod tests {
     /// recomputation (they did, adding a score matrix to every recomputed attention).
     #[test]
     fn recomputed_temporaries_die_at_their_last_use() {
-        let mut t = Trace::new(Mode::Mixed);
-        let x = t.input(64.0, Dt::F32);
-        t.enter("blocks.0", "blocks", true);
+        let (mut t, x) = in_block(Mode::Mixed);
         let s = t.linear("scores", x, 64, 256, true, true, false);
         let p = t.softmax(s);
         let m = t.linear("out", p, 256, 64, true, true, false);
         t.unary_save_input(m);
         t.leave();
-        let mut ck = vec![false; t.stages.len()];
-        ck[1] = true;
-        let prof = simulate(&t, &ck);
+        let prof = checkpointed(&t);
         let pos = |want: &dyn Fn(&Ev) -> bool| -> Vec<usize> {
             let end = prof
                 .events
