@@ -46,10 +46,11 @@ pub enum Safety {
 
 /// A plan only calls a configuration safe when it still fits if the estimate is as low as the
 /// analytic model's largest under-estimate of peak reserved memory on the calibration rows:
-/// -7.0% (ResNet-18 fp32 b128; `oomdoc validate
+/// -8.3% (NavDP-like bf16-mixed checkpointed b12; `oomdoc validate
 /// tests/fixtures/calibration/measurements-h100-torch2.11.jsonl`, docs/accuracy.md), where the
-/// real need is 1 / (1 - 0.070) = 1.075 times the estimate; rounded up.
-pub const ESTIMATOR_MARGIN: f64 = 0.08;
+/// real need is 1 / (1 - 0.083) = 1.091 times the estimate; rounded up. `tests/validate_cli.rs`
+/// checks it against the file.
+pub const ESTIMATOR_MARGIN: f64 = 0.10;
 
 pub fn safety(device_total: u64, capacity: u64) -> Safety {
     if device_total > capacity {
@@ -481,10 +482,10 @@ mod tests {
         assert_eq!(safety(20 * GIB, 23 * GIB), Safety::Safe);
         assert_eq!(safety(24 * GIB, 23 * GIB), Safety::NoFit);
         // safe means it still fits if the estimate is as far under as the worst calibration row
-        // (-7.0%): an estimate of 93.1% of the card needs 100.1% of it then
+        // (-8.3%): an estimate of 91.8% of the card needs 100.1% of it then
         let cap = 100 * GIB;
-        assert_eq!(safety(cap * 931 / 1000, cap), Safety::Tight);
-        assert_eq!(safety(cap * 92 / 100, cap), Safety::Safe);
+        assert_eq!(safety(cap * 918 / 1000, cap), Safety::Tight);
+        assert_eq!(safety(cap * 90 / 100, cap), Safety::Safe);
     }
 
     #[test]
