@@ -7,7 +7,7 @@ use clap::Parser;
 use oomdoc::knobs::KnobArgs;
 use oomdoc::memory::reduction::{row_sum_at, CALIBRATION_DEVICE};
 use oomdoc::memory::reserved::Allocator;
-use oomdoc::memory::sim::Ev;
+use oomdoc::memory::sim::{Ev, Slot};
 
 #[derive(Parser)]
 struct Cli {
@@ -21,21 +21,15 @@ struct Cli {
     knobs: KnobArgs,
 }
 
-/// What an event slot stands for (the slot layout of `memory::sim::simulate`): a tensor, the
-/// gradient of a tensor, an autocast weight cast, a parameter gradient or an op's workspace, with
-/// the module path of the op that made it.
+/// What an event slot stands for (`memory::sim::Slot`), with the module path of the op that made
+/// it.
 fn label(t: &oomdoc::model::graph::Trace, slot: usize) -> String {
-    let (nt, nops) = (t.tensors.len(), t.ops.len());
-    let (kind, op) = if slot < nt {
-        ("out", t.tensors[slot].producer)
-    } else if slot < 2 * nt {
-        ("grad", t.tensors[slot - nt].producer)
-    } else if slot < 2 * nt + nops {
-        ("cast", slot - 2 * nt)
-    } else if slot < 2 * nt + 2 * nops {
-        ("pgrad", slot - 2 * nt - nops)
-    } else {
-        ("extra", (slot - 2 * nt - 2 * nops) % nops.max(1))
+    let (kind, op) = match Slot::of(slot as u32, t.tensors.len(), t.ops.len()) {
+        Slot::Tensor(j) => ("out", t.tensors[j].producer),
+        Slot::Grad(j) => ("grad", t.tensors[j].producer),
+        Slot::Cast(i) => ("cast", i),
+        Slot::ParamGrad(i) => ("pgrad", i),
+        Slot::Workspace(i) => ("extra", i),
     };
     let stage = t
         .ops

@@ -54,6 +54,48 @@ pub struct Profile {
     pub slots: usize,
 }
 
+/// What an event slot of `Profile::events` stands for, for a trace of `nt` tensors and `nops` ops.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Slot {
+    /// A tensor's storage (its index).
+    Tensor(usize),
+    /// The gradient of a tensor (its index).
+    Grad(usize),
+    /// The autocast weight casts of an op (its index).
+    Cast(usize),
+    /// The parameter gradient an op's backward makes (its index).
+    ParamGrad(usize),
+    /// An op's kernel workspace or reduction buffer (its index).
+    Workspace(usize),
+}
+
+impl Slot {
+    pub fn id(self, nt: usize, nops: usize) -> u32 {
+        (match self {
+            Slot::Tensor(j) => j,
+            Slot::Grad(j) => nt + j,
+            Slot::Cast(i) => 2 * nt + i,
+            Slot::ParamGrad(i) => 2 * nt + nops + i,
+            Slot::Workspace(i) => 2 * nt + 2 * nops + i,
+        }) as u32
+    }
+
+    pub fn of(id: u32, nt: usize, nops: usize) -> Slot {
+        let id = id as usize;
+        if id < nt {
+            Slot::Tensor(id)
+        } else if id < 2 * nt {
+            Slot::Grad(id - nt)
+        } else if id < 2 * nt + nops {
+            Slot::Cast(id - 2 * nt)
+        } else if id < 2 * nt + 2 * nops {
+            Slot::ParamGrad(id - 2 * nt - nops)
+        } else {
+            Slot::Workspace(id - 2 * nt - 2 * nops)
+        }
+    }
+}
+
 /// One allocation event of a forward + backward pass. Sizes are `per_sample * batch + abs`.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Ev {
@@ -147,10 +189,10 @@ pub fn simulate(t: &Trace, ck: &[bool]) -> Profile {
     let mut largest = 0.0f64;
     let mut churn = 0.0;
     let mut ev: Vec<Ev> = Vec::with_capacity(4 * nt);
-    let s_grad = |j: usize| (nt + j) as u32;
-    let s_cast = |i: usize| (2 * nt + i) as u32;
-    let s_pgrad = |i: usize| (2 * nt + nops + i) as u32;
-    let s_extra = |i: usize| (2 * nt + 2 * nops + i) as u32;
+    let s_grad = |j: usize| Slot::Grad(j).id(nt, nops);
+    let s_cast = |i: usize| Slot::Cast(i).id(nt, nops);
+    let s_pgrad = |i: usize| Slot::ParamGrad(i).id(nt, nops);
+    let s_extra = |i: usize| Slot::Workspace(i).id(nt, nops);
     let pbytes = t.mode.param_dt().bytes();
     for (i, op) in t.ops.iter().enumerate() {
         for o in &op.outputs {
@@ -269,17 +311,32 @@ pub fn simulate(t: &Trace, ck: &[bool]) -> Profile {
                     if i == last && !keeps_output {
                         break;
                     }
-                    if counted(o.0) && t.tensors[o.0].producer == i {
-                        local += bytes(o.0);
-                        ev.push(Ev::Alloc {
-                            slot: o.0 as u32,
-                            per_sample: bytes(o.0),
-                            abs: 0.0,
-                        });
-                        // what the segment's backward saves stays; the rest are temporaries
-                        if !t.tensors[o.0].savers.iter().any(|&s| s >= a && s < b) {
-                            rec_alive.push(o.0);
+                    let j = o.0;
+                    if !counted(j) || t.tensors[j].producer != i {
+                        continue;
+                    }
+                    local += bytes(j);
+                    ev.push(Ev::Alloc {
+                        slot: j as u32,
+                        per_sample: bytes(j),
+                        abs: 0.0,
+                    });
+                    // what the segment's backward saves stays until its first saver's backward;
+                    // the rest are temporaries
+                    let first_saver = t.tensors[j]
+                        .savers
+                        .iter()
+                        .copied()
+                        .filter(|&s| s >= a && s < b)
+                        .min();
+                    match first_saver {
+                        Some(r) if !alive[j] => {
+                            alive[j] = true;
+                            kept += bytes(j);
+                            rel_at[r].push(j);
                         }
+                        Some(_) => {}
+                        None => rec_alive.push(j),
                     }
                 }
                 if t.ops[i].weight_cast_bytes > 0.0 {
@@ -291,25 +348,6 @@ pub fn simulate(t: &Trace, ck: &[bool]) -> Profile {
                 }
                 seg_casts += t.ops[i].weight_cast_bytes;
                 peak_local = peak_local.max(local);
-                for o in &t.ops[i].outputs {
-                    let j = o.0;
-                    if !counted(j) || t.tensors[j].producer != i {
-                        continue;
-                    }
-                    let saved_here = t.tensors[j].savers.iter().any(|&s| s >= a && s < b);
-                    if saved_here && !alive[j] {
-                        alive[j] = true;
-                        kept += bytes(j);
-                        let r = t.tensors[j]
-                            .savers
-                            .iter()
-                            .copied()
-                            .filter(|&s| s >= a && s < b)
-                            .min()
-                            .unwrap_or(i);
-                        rel_at[r].push(j);
-                    }
-                }
                 // temporaries of the recomputation die at their last use inside the segment
                 // (which need not be an op reading them: a held argument, an autocast source)
                 let mut dead = 0.0;
