@@ -74,18 +74,28 @@ pub struct GroupProfile {
     pub checkpointed: bool,
 }
 
-impl Workload {
-    pub(crate) fn trace(&self, mode: Mode, attention: Attention) -> &Trace {
-        let a = match attention {
+/// Index of the trace of (precision mode, attention) in `Workload::traces`.
+fn trace_slot(mode: Mode, attention: Attention) -> usize {
+    mode.index() * 2
+        + match attention {
             Attention::Eager => 0,
             Attention::Sdpa => 1,
-        };
-        self.traces[mode.index() * 2 + a]
+        }
+}
+
+impl Workload {
+    pub(crate) fn trace(&self, mode: Mode, attention: Attention) -> &Trace {
+        self.traces[trace_slot(mode, attention)]
             .get_or_init(|| arch::trace(&self.arch, &self.shape, mode, attention))
     }
 
+    /// A trace for the module structure (stages and groups), which every precision and
+    /// attention shares: one already built if there is one.
     fn trace0(&self) -> &Trace {
-        self.trace(Mode::Fp32, self.defaults.attention)
+        match self.traces.iter().find_map(|t| t.get()) {
+            Some(t) => t,
+            None => self.trace(Mode::Fp32, self.defaults.attention),
+        }
     }
 
     /// Module groups that `--checkpoint-modules` can name (repeated blocks first).
@@ -330,7 +340,11 @@ pub fn build(source: &str, desc: ModelDesc, knobs: &KnobArgs) -> Result<Workload
         lora_targets: knobs.lora_targets.clone(),
     };
     let traces: [OnceLock<Trace>; 6] = Default::default();
-    let t0 = arch::trace(&arch, &shape, Mode::Fp32, desc.defaults.attention);
+    // Parameters are the same in every precision and attention: trace the one the knobs ask
+    // for, so that the estimate that follows does not trace the model a second time.
+    let mode = Mode::of(knobs.precision.unwrap_or(crate::knobs::Precision::Fp32));
+    let attention = knobs.attention.unwrap_or(desc.defaults.attention);
+    let t0 = arch::trace(&arch, &shape, mode, attention);
     let params: u64 = t0.params.iter().map(|p| p.elems()).sum();
     let trainable: u64 = t0
         .params
@@ -345,10 +359,7 @@ pub fn build(source: &str, desc: ModelDesc, knobs: &KnobArgs) -> Result<Workload
             desc.name
         )));
     }
-    let slot = match desc.defaults.attention {
-        Attention::Eager => 0,
-        Attention::Sdpa => 1,
-    };
+    let slot = trace_slot(mode, attention);
     if let Some(declared) = desc.declared_params {
         let lora: u64 = t0
             .params
@@ -383,6 +394,46 @@ pub fn build(source: &str, desc: ModelDesc, knobs: &KnobArgs) -> Result<Workload
 #[cfg(test)]
 mod tests {
     use super::module_matches;
+    use crate::knobs::{Checkpointing, KnobArgs, Precision};
+    use std::path::Path;
+
+    /// `resolve` traces the model in the precision and attention it is given (so that the
+    /// estimate that follows does not trace it twice); what it reports and what any later
+    /// estimate computes must not depend on that.
+    #[test]
+    fn the_precision_resolved_in_changes_no_figure() {
+        for (model, args) in [
+            (
+                "preset:navdp",
+                KnobArgs {
+                    batch: Some(4),
+                    precision: Some(Precision::Bf16Mixed),
+                    checkpointing: Some(Checkpointing::Full),
+                    ..KnobArgs::default()
+                },
+            ),
+            (
+                "preset:gpt2",
+                KnobArgs {
+                    batch: Some(2),
+                    precision: Some(Precision::Bf16True),
+                    attention: Some(crate::knobs::Attention::Eager),
+                    ..KnobArgs::default()
+                },
+            ),
+        ] {
+            let plain = super::resolve(model, Path::new("."), &KnobArgs::default()).unwrap();
+            let asked = super::resolve(model, Path::new("."), &args).unwrap();
+            assert_eq!(plain.params, asked.params, "{model}");
+            assert_eq!(plain.trainable_params, asked.trainable_params, "{model}");
+            assert_eq!(plain.module_groups(), asked.module_groups(), "{model}");
+            for a in [&args, &KnobArgs::default()] {
+                let e1 = crate::memory::estimate(&plain, &plain.resolve_knobs(a).unwrap()).unwrap();
+                let e2 = crate::memory::estimate(&asked, &asked.resolve_knobs(a).unwrap()).unwrap();
+                assert_eq!(e1, e2, "{model}");
+            }
+        }
+    }
 
     #[test]
     fn module_patterns_match_the_path_and_its_children() {
