@@ -7,6 +7,7 @@
 //! `aten/src/ATen/autocast_mode.cpp`. Sizes are elements *per sample* (batch 1), so a trace is
 //! traced once per precision mode and attention kind and scaled by the batch.
 use serde::{Deserialize, Serialize};
+use smallvec::SmallVec;
 
 use crate::knobs::Precision;
 
@@ -85,7 +86,7 @@ pub struct TensorInfo {
     /// Last op that reads it in forward.
     pub last_use: usize,
     /// Ops whose backward keeps this tensor (saved tensors).
-    pub savers: Vec<usize>,
+    pub savers: SmallVec<[usize; 2]>,
     /// A tensor that stays alive while the caller holds it (a model output, a shared memory).
     pub pinned: bool,
     /// A view of another tensor: it has no storage of its own; saving or using it keeps `base` alive.
@@ -105,8 +106,10 @@ impl TensorInfo {
 pub struct OpInfo {
     /// Index into `Trace::stages` of the block instance that ran this op.
     pub stage: usize,
-    pub inputs: Vec<T>,
-    pub outputs: Vec<T>,
+    /// Tensors read and made (inline up to a few: a trace has thousands of ops, and one heap
+    /// allocation each was a fifth of a cold estimate's time).
+    pub inputs: SmallVec<[T; 3]>,
+    pub outputs: SmallVec<[T; 1]>,
     /// Trainable parameter elements whose gradient this op's backward produces.
     pub param_grad_elems: f64,
     /// Bytes of autocast weight casts this op creates and keeps for backward (absolute, not per sample).
@@ -288,7 +291,7 @@ impl Trace {
             requires_grad: rg && self.grad_enabled,
             producer,
             last_use: producer,
-            savers: Vec::new(),
+            savers: SmallVec::new(),
             pinned: false,
             base: None,
             cast_of: None,
@@ -316,7 +319,7 @@ impl Trace {
             requires_grad: rg && self.grad_enabled,
             producer: idx,
             last_use: idx,
-            savers: Vec::new(),
+            savers: SmallVec::new(),
             pinned: false,
             base: Some(r.0),
             cast_of: None,
@@ -347,8 +350,8 @@ impl Trace {
         }
         self.ops.push(OpInfo {
             stage: self.stage,
-            inputs: inputs.to_vec(),
-            outputs: Vec::new(),
+            inputs: SmallVec::from_slice(inputs),
+            outputs: SmallVec::new(),
             flops,
             ..Default::default()
         });
@@ -697,7 +700,7 @@ impl Trace {
             requires_grad: true,
             producer: idx,
             last_use: idx,
-            savers: Vec::new(),
+            savers: SmallVec::new(),
             pinned: false,
             base: Some(r.0),
             cast_of: None,
