@@ -5,7 +5,8 @@
 //! The same answers as a `BTreeSet<(u64, usize)>`, faster for the replay's mix of queries,
 //! inserts and removals: the sizes are split into 1,024 buckets by their top five bits
 //! (leading one and four more: two-level segregated fit), each bucket keeps its few entries
-//! sorted, and a bitmap finds the next non-empty bucket. Buckets increase with size, so the first
+//! sorted (largest first, so that taking the smallest moves nothing), and a bitmap finds the
+//! next non-empty bucket. Buckets increase with size, so the first
 //! entry at or after a key is in its bucket or is the smallest entry of a later one.
 
 const SUB_BITS: u32 = 4;
@@ -49,16 +50,16 @@ fn bucket(size: u64) -> usize {
 }
 
 impl FreeSet {
-    /// The smallest entry `>= key`.
-    pub fn first_from(&self, key: (u64, usize)) -> Option<(u64, usize)> {
+    /// Where the smallest entry `>= key` is: (bucket, index in it).
+    fn locate(&self, key: (u64, usize)) -> Option<(usize, usize)> {
         let b = bucket(key.0);
-        let v = &self.buckets[b];
         let k = pack(key);
-        let i = v.partition_point(|e| *e < k);
-        if let Some(e) = v.get(i) {
-            return Some(unpack(*e));
+        // entries `>= k` come first in the bucket's descending order; the last of them is it
+        let i = self.buckets[b].partition_point(|e| *e >= k);
+        if i > 0 {
+            return Some((b, i - 1));
         }
-        // the smallest entry of the next non-empty bucket
+        // the smallest entry of the next non-empty bucket: its last
         let next = b + 1;
         let mut w = next / 64;
         if w >= WORDS {
@@ -68,7 +69,7 @@ impl FreeSet {
         loop {
             if bits != 0 {
                 let nb = w * 64 + bits.trailing_zeros() as usize;
-                return self.buckets[nb].first().map(|e| unpack(*e));
+                return Some((nb, self.buckets[nb].len() - 1));
             }
             w += 1;
             if w >= WORDS {
@@ -78,15 +79,46 @@ impl FreeSet {
         }
     }
 
+    /// The smallest entry `>= key`.
+    #[cfg(test)]
+    pub fn first_from(&self, key: (u64, usize)) -> Option<(u64, usize)> {
+        let (b, i) = self.locate(key)?;
+        Some(unpack(self.buckets[b][i]))
+    }
+
+    /// Removes and returns the smallest entry `>= key` (`first_from`, then `remove`).
+    pub fn take_first_from(&mut self, key: (u64, usize)) -> Option<(u64, usize)> {
+        let (b, i) = self.locate(key)?;
+        Some(unpack(self.take(b, i)))
+    }
+
+    /// Removes entry `i` of bucket `b`; the last entry (the smallest) without moving others.
+    fn take(&mut self, b: usize, i: usize) -> u128 {
+        let v = &mut self.buckets[b];
+        let e = if i + 1 == v.len() {
+            v.pop().unwrap_or_default()
+        } else {
+            v.remove(i)
+        };
+        if v.is_empty() {
+            self.nonempty[b / 64] &= !(1 << (b % 64));
+        }
+        e
+    }
+
     /// Adds `key`; false if it was there.
     pub fn insert(&mut self, key: (u64, usize)) -> bool {
         let b = bucket(key.0);
         let v = &mut self.buckets[b];
         let k = pack(key);
-        match v.binary_search(&k) {
+        match v.binary_search_by(|e| k.cmp(e)) {
             Ok(_) => false,
             Err(i) => {
-                v.insert(i, k);
+                if i == v.len() {
+                    v.push(k);
+                } else {
+                    v.insert(i, k);
+                }
                 self.nonempty[b / 64] |= 1 << (b % 64);
                 true
             }
@@ -96,13 +128,10 @@ impl FreeSet {
     /// Removes `key`; false if it was not there.
     pub fn remove(&mut self, key: &(u64, usize)) -> bool {
         let b = bucket(key.0);
-        let v = &mut self.buckets[b];
-        match v.binary_search(&pack(*key)) {
+        let k = pack(*key);
+        match self.buckets[b].binary_search_by(|e| k.cmp(e)) {
             Ok(i) => {
-                v.remove(i);
-                if v.is_empty() {
-                    self.nonempty[b / 64] &= !(1 << (b % 64));
-                }
+                self.take(b, i);
                 true
             }
             Err(_) => false,
@@ -157,6 +186,13 @@ mod tests {
                     }
                     _ => {
                         prop_assert_eq!(f.first_from((size, 0)), b.range((size, 0)..).next().copied());
+                        if id % 2 == 0 {
+                            let t = b.range((size, 0)..).next().copied();
+                            if let Some(k) = t {
+                                b.remove(&k);
+                            }
+                            prop_assert_eq!(f.take_first_from((size, 0)), t);
+                        }
                     }
                 }
             }

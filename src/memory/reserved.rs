@@ -111,6 +111,9 @@ struct Block {
     small: bool,
     prev: usize,
     next: usize,
+    /// Creation order: best-fit ties go to the block made first (the replay's stand-in for the
+    /// lowest address).
+    seq: u64,
 }
 
 /// The parts of `CUDACachingAllocator.cpp` that decide how much is reserved: two pools, best
@@ -118,7 +121,12 @@ struct Block {
 /// a segment, segment sizes by request size, and no release of segments.
 #[derive(Default)]
 pub struct Allocator {
+    /// Blocks by index; a block merged into its neighbour leaves its index to the next one
+    /// made (`dead`), so the table stays as small as the segments' blocks.
     blocks: Vec<Block>,
+    dead: Vec<usize>,
+    made: u64,
+    /// Free blocks as (size, seq << 32 | index): ordered by size, then creation.
     free_small: FreeSet,
     free_large: FreeSet,
     pub reserved: u64,
@@ -133,6 +141,34 @@ impl Allocator {
             &mut self.free_small
         } else {
             &mut self.free_large
+        }
+    }
+
+    /// The free-set key of block `id`.
+    fn key(&self, id: usize) -> (u64, usize) {
+        let b = &self.blocks[id];
+        (b.size, (b.seq << 32 | id as u64) as usize)
+    }
+
+    fn new_block(&mut self, size: u64, small: bool, prev: usize, next: usize) -> usize {
+        let b = Block {
+            size,
+            free: true,
+            small,
+            prev,
+            next,
+            seq: self.made,
+        };
+        self.made += 1;
+        match self.dead.pop() {
+            Some(id) => {
+                self.blocks[id] = b;
+                id
+            }
+            None => {
+                self.blocks.push(b);
+                self.blocks.len() - 1
+            }
         }
     }
 
@@ -155,24 +191,13 @@ impl Allocator {
     pub fn malloc(&mut self, size: u64) -> usize {
         let r = Self::round(size);
         let small = r <= SMALL_SIZE;
-        let found = self.set(small).first_from((r, 0));
-        let id = match found {
-            Some(k) => {
-                self.set(small).remove(&k);
-                k.1
-            }
+        let id = match self.set(small).take_first_from((r, 0)) {
+            Some(k) => k.1 & (u32::MAX as usize),
             None => {
                 let seg = Self::segment_size(r);
                 self.reserved += seg;
                 self.peak_reserved = self.peak_reserved.max(self.reserved);
-                self.blocks.push(Block {
-                    size: seg,
-                    free: true,
-                    small,
-                    prev: NONE,
-                    next: NONE,
-                });
-                self.blocks.len() - 1
+                self.new_block(seg, small, NONE, NONE)
             }
         };
         let rem = self.blocks[id].size - r;
@@ -184,20 +209,14 @@ impl Allocator {
         };
         if split {
             let next = self.blocks[id].next;
-            self.blocks.push(Block {
-                size: rem,
-                free: true,
-                small,
-                prev: id,
-                next,
-            });
-            let nb = self.blocks.len() - 1;
+            let nb = self.new_block(rem, small, id, next);
             if next != NONE {
                 self.blocks[next].prev = nb;
             }
             self.blocks[id].next = nb;
             self.blocks[id].size = r;
-            self.set(small).insert((rem, nb));
+            let k = self.key(nb);
+            self.set(small).insert(k);
         }
         self.blocks[id].free = false;
         self.allocated += self.blocks[id].size;
@@ -212,7 +231,7 @@ impl Allocator {
         self.blocks[id].free = true;
         let next = self.blocks[id].next;
         if next != NONE && self.blocks[next].free {
-            let k = (self.blocks[next].size, next);
+            let k = self.key(next);
             self.set(small).remove(&k);
             self.blocks[id].size += self.blocks[next].size;
             let nn = self.blocks[next].next;
@@ -220,10 +239,11 @@ impl Allocator {
             if nn != NONE {
                 self.blocks[nn].prev = id;
             }
+            self.dead.push(next);
         }
         let prev = self.blocks[id].prev;
         if prev != NONE && self.blocks[prev].free {
-            let k = (self.blocks[prev].size, prev);
+            let k = self.key(prev);
             self.set(small).remove(&k);
             self.blocks[prev].size += self.blocks[id].size;
             let nx = self.blocks[id].next;
@@ -231,9 +251,10 @@ impl Allocator {
             if nx != NONE {
                 self.blocks[nx].prev = prev;
             }
+            self.dead.push(id);
             id = prev;
         }
-        let k = (self.blocks[id].size, id);
+        let k = self.key(id);
         self.set(small).insert(k);
     }
 }
@@ -392,5 +413,154 @@ mod allocator_tests {
         // 3 MiB: a 20 MiB segment
         a.malloc(3 * MIB);
         assert_eq!(a.reserved, 72 * MIB);
+    }
+
+    impl Allocator {
+        /// (offset in its segment, segment size) of block `id`.
+        fn place(&self, id: usize) -> (u64, u64) {
+            let mut head = id;
+            let mut offset = 0;
+            while self.blocks[head].prev != NONE {
+                head = self.blocks[head].prev;
+                offset += self.blocks[head].size;
+            }
+            let mut seg = 0;
+            let mut b = head;
+            while b != NONE {
+                seg += self.blocks[b].size;
+                b = self.blocks[b].next;
+            }
+            (offset, seg)
+        }
+    }
+
+    /// The allocator as first written: a block per index, never reused, ties by index.
+    #[derive(Default)]
+    struct Plain {
+        blocks: Vec<Block>,
+        free: [std::collections::BTreeSet<(u64, usize)>; 2],
+        reserved: u64,
+        /// The block the last `malloc` returned.
+        last: usize,
+    }
+
+    impl Plain {
+        fn malloc(&mut self, size: u64) -> (u64, u64) {
+            let r = Allocator::round(size);
+            let small = r <= SMALL_SIZE;
+            let pool = &mut self.free[small as usize];
+            let id = match pool.range((r, 0)..).next().copied() {
+                Some(k) => {
+                    pool.remove(&k);
+                    k.1
+                }
+                None => {
+                    let seg = Allocator::segment_size(r);
+                    self.reserved += seg;
+                    self.blocks.push(Block {
+                        size: seg,
+                        free: true,
+                        small,
+                        prev: NONE,
+                        next: NONE,
+                        seq: 0,
+                    });
+                    self.blocks.len() - 1
+                }
+            };
+            let rem = self.blocks[id].size - r;
+            if (small && rem >= MIN_BLOCK) || (!small && rem > SMALL_SIZE) {
+                let next = self.blocks[id].next;
+                self.blocks.push(Block {
+                    size: rem,
+                    free: true,
+                    small,
+                    prev: id,
+                    next,
+                    seq: 0,
+                });
+                let nb = self.blocks.len() - 1;
+                if next != NONE {
+                    self.blocks[next].prev = nb;
+                }
+                self.blocks[id].next = nb;
+                self.blocks[id].size = r;
+                self.free[small as usize].insert((rem, nb));
+            }
+            self.blocks[id].free = false;
+            // the same (offset, segment size) as `Allocator::place`
+            let (mut head, mut offset) = (id, 0);
+            while self.blocks[head].prev != NONE {
+                head = self.blocks[head].prev;
+                offset += self.blocks[head].size;
+            }
+            let (mut seg, mut b) = (0, head);
+            while b != NONE {
+                seg += self.blocks[b].size;
+                b = self.blocks[b].next;
+            }
+            self.last = id;
+            (offset, seg)
+        }
+
+        fn free(&mut self, id: usize) {
+            let mut id = id;
+            let small = self.blocks[id].small as usize;
+            self.blocks[id].free = true;
+            let next = self.blocks[id].next;
+            if next != NONE && self.blocks[next].free {
+                self.free[small].remove(&(self.blocks[next].size, next));
+                self.blocks[id].size += self.blocks[next].size;
+                let nn = self.blocks[next].next;
+                self.blocks[id].next = nn;
+                if nn != NONE {
+                    self.blocks[nn].prev = id;
+                }
+            }
+            let prev = self.blocks[id].prev;
+            if prev != NONE && self.blocks[prev].free {
+                self.free[small].remove(&(self.blocks[prev].size, prev));
+                self.blocks[prev].size += self.blocks[id].size;
+                let nx = self.blocks[id].next;
+                self.blocks[prev].next = nx;
+                if nx != NONE {
+                    self.blocks[nx].prev = prev;
+                }
+                id = prev;
+            }
+            self.free[small].insert((self.blocks[id].size, id));
+        }
+    }
+
+    proptest::proptest! {
+        /// Reusing the indices of merged blocks changes no decision: every request lands at the
+        /// same offset of a segment of the same size as in the allocator that never reuses them,
+        /// and the same bytes are reserved after every step.
+        #[test]
+        fn reused_block_indices_place_blocks_as_before(ops in proptest::collection::vec(
+            (0u8..3, 0usize..10, 0usize..64),
+            1..300,
+        )) {
+            const SIZES: [u64; 10] = [
+                512, 1000, 300_000, MIB, 3 * MIB, 4 * MIB, 12 * MIB, 16 * MIB, 30 * MIB,
+                48 * MIB + 100,
+            ];
+            let mut a = Allocator::default();
+            let mut p = Plain::default();
+            let mut live: Vec<(usize, usize)> = Vec::new();
+            for (op, size, pick) in ops {
+                if op < 2 || live.is_empty() {
+                    let id = a.malloc(SIZES[size]);
+                    let at = p.malloc(SIZES[size]);
+                    proptest::prop_assert_eq!(a.place(id), at);
+                    live.push((id, p.last));
+                } else {
+                    let (id, pid) = live.swap_remove(pick % live.len());
+                    a.free(id);
+                    p.free(pid);
+                }
+                proptest::prop_assert_eq!(a.reserved, p.reserved);
+            }
+        }
     }
 }
