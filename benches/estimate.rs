@@ -51,6 +51,24 @@ fn bench(c: &mut Criterion) {
             })
         },
     );
+    // the example of `estimate`'s documentation: bf16-mixed with full checkpointing, where the
+    // walk recomputes every checkpointed block and the replay sees the most events
+    let ckpt_args = KnobArgs {
+        batch: Some(16),
+        precision: Some(Precision::Bf16Mixed),
+        checkpointing: Some(oomdoc::knobs::Checkpointing::Full),
+        ..KnobArgs::default()
+    };
+    c.bench_function(
+        "resolve + estimate navdp bf16-mixed, full checkpointing (cold)",
+        |b| {
+            b.iter(|| {
+                let w = oomdoc::model::resolve("preset:navdp", Path::new("."), &ckpt_args).unwrap();
+                let k = w.resolve_knobs(&ckpt_args).unwrap();
+                oomdoc::memory::estimate(&w, &k).unwrap()
+            })
+        },
+    );
     c.bench_function("resolve + estimate gpt2 (cold)", |b| {
         b.iter(|| {
             let w = oomdoc::model::resolve("preset:gpt2", Path::new("."), &args).unwrap();

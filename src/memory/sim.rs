@@ -123,6 +123,37 @@ pub enum Ev {
     },
 }
 
+/// Tensors grouped by op, in the order given: one allocation for the whole walk where a list per
+/// op took thousands.
+struct ByOp {
+    start: Vec<usize>,
+    items: Vec<usize>,
+}
+
+impl ByOp {
+    /// From (op, tensor) pairs; ops below `nops`.
+    fn new(pairs: Vec<(usize, usize)>, nops: usize) -> ByOp {
+        let mut start = vec![0usize; nops + 1];
+        for &(op, _) in &pairs {
+            start[op + 1] += 1;
+        }
+        for i in 0..nops {
+            start[i + 1] += start[i];
+        }
+        let mut next = start.clone();
+        let mut items = vec![0usize; pairs.len()];
+        for (op, j) in pairs {
+            items[next[op]] = j;
+            next[op] += 1;
+        }
+        ByOp { start, items }
+    }
+
+    fn of(&self, op: usize) -> &[usize] {
+        &self.items[self.start[op]..self.start[op + 1]]
+    }
+}
+
 pub fn simulate(t: &Trace, ck: &[bool]) -> Profile {
     let nt = t.tensors.len();
     let nops = t.ops.len();
@@ -169,7 +200,7 @@ pub fn simulate(t: &Trace, ck: &[bool]) -> Profile {
     }
 
     // ---------------------------------------------------------------- forward
-    let mut frees: Vec<Vec<usize>> = vec![Vec::new(); nops];
+    let mut frees: Vec<(usize, usize)> = Vec::new(); // (op, tensor)
     let mut pinned: Vec<usize> = Vec::new();
     for (i, &kept) in retained.iter().enumerate() {
         if !counted(i) || kept {
@@ -179,9 +210,10 @@ pub fn simulate(t: &Trace, ck: &[bool]) -> Profile {
             pinned.push(i);
         } else {
             let lu = t.tensors[i].last_use.max(t.tensors[i].producer);
-            frees[lu.min(nops - 1)].push(i);
+            frees.push((lu.min(nops - 1), i));
         }
     }
+    let frees = ByOp::new(frees, nops);
     let mut pts: Vec<Point> = Vec::with_capacity(2 * nops);
     let mut live = 0.0;
     let mut live_saved = 0.0;
@@ -236,7 +268,7 @@ pub fn simulate(t: &Trace, ck: &[bool]) -> Profile {
             pgrad: 0.0,
             row_sum: None,
         });
-        for &j in &frees[i] {
+        for &j in frees.of(i) {
             live -= bytes(j);
             ev.push(Ev::Free { slot: j as u32 });
         }
@@ -278,13 +310,18 @@ pub fn simulate(t: &Trace, ck: &[bool]) -> Profile {
         .map(|o| o.weight_cast_bytes)
         .sum();
     let mut recomputed_casts = vec![false; nops];
-    let mut rel_at: Vec<Vec<usize>> = vec![Vec::new(); nops];
-    for j in 0..nt {
-        if retained[j] && release[j] < nops {
-            rel_at[release[j]].push(j);
-        }
-    }
+    // saved tensors go after the backward of `release`; those a recomputation saves again,
+    // after their first saver's in the segment (`rel_seg`, (op, tensor) in the order made)
+    let rel_at = ByOp::new(
+        (0..nt)
+            .filter(|&j| retained[j] && release[j] < nops)
+            .map(|j| (release[j], j))
+            .collect(),
+        nops,
+    );
+    let mut rel_seg: Vec<(usize, usize)> = Vec::new();
     for &(st, a, b) in segs.iter().rev() {
+        rel_seg.clear();
         if ck[st] {
             // non-reentrant checkpoint: the segment's forward runs again, keeping what its
             // backward needs
@@ -333,7 +370,7 @@ pub fn simulate(t: &Trace, ck: &[bool]) -> Profile {
                         Some(r) if !alive[j] => {
                             alive[j] = true;
                             kept += bytes(j);
-                            rel_at[r].push(j);
+                            rel_seg.push((r, j));
                         }
                         Some(_) => {}
                         None => rec_alive.push(j),
@@ -377,6 +414,9 @@ pub fn simulate(t: &Trace, ck: &[bool]) -> Profile {
             live_saved += kept;
             casts_alive += seg_casts;
         }
+        // the segment's backward runs its ops last to first: `rel_seg` in that order (stable)
+        rel_seg.sort_by_key(|e| std::cmp::Reverse(e.0));
+        let mut rs = 0;
         for i in (a..b).rev() {
             let op = &t.ops[i];
             // gradients per logical tensor: a view gets its own, which its view op hands on
@@ -455,7 +495,12 @@ pub fn simulate(t: &Trace, ck: &[bool]) -> Profile {
                     ev.push(Ev::Free { slot: s_cast(i) });
                 }
             }
-            for &j in &rel_at[i] {
+            let from = rs;
+            while rs < rel_seg.len() && rel_seg[rs].0 == i {
+                rs += 1;
+            }
+            let again = rel_seg[from..rs].iter().map(|e| e.1);
+            for j in rel_at.of(i).iter().copied().chain(again) {
                 if alive[j] {
                     alive[j] = false;
                     live_saved -= bytes(j);
@@ -520,37 +565,68 @@ fn hull(pts: Vec<Point>, pgrad_total: f64) -> Vec<Point> {
 /// `b * (saved + transient) + casts + g * pgrad` for some batch `b >= 0` and gradient byte size
 /// `g` in {0, 2, 4} (accumulation keeps all gradients: `g = 0` on the per-point part).
 fn hull_linear(pts: &[Point], sel: &[usize], _pgrad_total: f64, kept: &mut Vec<usize>) {
-    let x = |p: &Point| p.saved + p.transient;
-    let by = |a: f64, b: f64| a.partial_cmp(&b).unwrap_or(std::cmp::Ordering::Equal);
+    // An f64 as an integer of the same order (`-0.0` counts as `0.0`, as `partial_cmp` has it),
+    // packed above a position: sorting the integers sorts by (value, position).
+    let ordered = |v: f64| -> u128 {
+        let b = (v + 0.0).to_bits();
+        (if b >> 63 == 1 { !b } else { b | 1 << 63 }) as u128
+    };
     // Points in the order of a stable sort by (x, y) for each g: sorted by x (then position)
     // once; only the runs of equal x are re-sorted by (y, position) per g.
-    let mut by_x: Vec<(f64, usize)> = sel.iter().map(|&i| (x(&pts[i]), i)).collect();
-    by_x.sort_unstable_by(|a, b| by(a.0, b.0).then(a.1.cmp(&b.1)));
-    let mut idx: Vec<usize> = Vec::with_capacity(sel.len());
+    let x_of = |p: &Point| p.saved + p.transient;
+    let mut by_x: Vec<u128> = sel
+        .iter()
+        .map(|&i| ordered(x_of(&pts[i])) << 64 | i as u128)
+        .collect();
+    by_x.sort_unstable();
+    // what the hull reads, contiguous and in that order: (x, casts, pgrad, position)
+    let c: Vec<(f64, f64, f64, usize)> = by_x
+        .iter()
+        .map(|&k| {
+            let i = k as u64 as usize;
+            let p = &pts[i];
+            (x_of(p), p.casts, p.pgrad, i)
+        })
+        .collect();
+    // runs of equal x, as (start, end) in `c`
+    let mut runs: Vec<(usize, usize)> = Vec::new();
+    let mut start = 0;
+    while start < c.len() {
+        let mut end = start + 1;
+        while end < c.len() && by_x[end] >> 64 == by_x[start] >> 64 {
+            end += 1;
+        }
+        runs.push((start, end));
+        start = end;
+    }
+    let mut idx: Vec<usize> = Vec::with_capacity(c.len());
+    let mut run_keys: Vec<u128> = Vec::new();
+    let mut ys: Vec<f64> = Vec::with_capacity(c.len());
+    let mut h: Vec<usize> = Vec::new();
     for g in [0.0, 2.0, 4.0] {
-        let y = |p: &Point| p.casts + g * p.pgrad;
+        ys.clear();
+        ys.extend(c.iter().map(|e| e.1 + g * e.2));
+        let y = |k: usize| ys[k];
+        let x = |k: usize| c[k].0;
         idx.clear();
-        let mut start = 0;
-        while start < by_x.len() {
-            let mut end = start + 1;
-            while end < by_x.len() && by(by_x[end].0, by_x[start].0).is_eq() {
-                end += 1;
-            }
-            let run = idx.len();
-            idx.extend(by_x[start..end].iter().map(|e| e.1));
+        for &(start, end) in &runs {
             if end - start > 1 {
-                idx[run..].sort_by(|&a, &b| by(y(&pts[a]), y(&pts[b])).then(a.cmp(&b)));
+                run_keys.clear();
+                // entries of a run are in position order: (y, entry) sorts by (y, position)
+                run_keys.extend((start..end).map(|k| ordered(y(k)) << 64 | k as u128));
+                run_keys.sort_unstable();
+                idx.extend(run_keys.iter().map(|&r| r as u64 as usize));
+            } else {
+                idx.push(start);
             }
-            start = end;
         }
         // upper hull (monotone chain), then keep the part where the slope is >= 0 in y vs x
         // from the right end: maxima of b*x + y with b >= 0 lie on it
-        let mut h: Vec<usize> = Vec::new();
+        h.clear();
         for &i in &idx {
             while h.len() >= 2 {
-                let (o, a) = (&pts[h[h.len() - 2]], &pts[h[h.len() - 1]]);
-                let c = &pts[i];
-                let cross = (x(a) - x(o)) * (y(c) - y(o)) - (y(a) - y(o)) * (x(c) - x(o));
+                let (o, a) = (h[h.len() - 2], h[h.len() - 1]);
+                let cross = (x(a) - x(o)) * (y(i) - y(o)) - (y(a) - y(o)) * (x(i) - x(o));
                 if cross >= 0.0 {
                     h.pop();
                 } else {
@@ -559,18 +635,18 @@ fn hull_linear(pts: &[Point], sel: &[usize], _pgrad_total: f64, kept: &mut Vec<u
             }
             h.push(i);
         }
-        // from the max-y point to the right end
+        // from the max-y point (the last of equal ones) to the right end
         let top = h
             .iter()
             .enumerate()
             .max_by(|a, b| {
-                y(&pts[*a.1])
-                    .partial_cmp(&y(&pts[*b.1]))
+                y(*a.1)
+                    .partial_cmp(&y(*b.1))
                     .unwrap_or(std::cmp::Ordering::Equal)
             })
             .map(|(k, _)| k)
             .unwrap_or(0);
-        kept.extend_from_slice(&h[top..]);
+        kept.extend(h[top..].iter().map(|&k| c[k].3));
     }
 }
 
