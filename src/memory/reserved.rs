@@ -415,23 +415,19 @@ mod allocator_tests {
         assert_eq!(a.reserved, 72 * MIB);
     }
 
-    impl Allocator {
-        /// (offset in its segment, segment size) of block `id`.
-        fn place(&self, id: usize) -> (u64, u64) {
-            let mut head = id;
-            let mut offset = 0;
-            while self.blocks[head].prev != NONE {
-                head = self.blocks[head].prev;
-                offset += self.blocks[head].size;
-            }
-            let mut seg = 0;
-            let mut b = head;
-            while b != NONE {
-                seg += self.blocks[b].size;
-                b = self.blocks[b].next;
-            }
-            (offset, seg)
+    /// (offset in its segment, segment size) of block `id` of a block table.
+    fn place(blocks: &[Block], id: usize) -> (u64, u64) {
+        let (mut head, mut offset) = (id, 0);
+        while blocks[head].prev != NONE {
+            head = blocks[head].prev;
+            offset += blocks[head].size;
         }
+        let (mut seg, mut b) = (0, head);
+        while b != NONE {
+            seg += blocks[b].size;
+            b = blocks[b].next;
+        }
+        (offset, seg)
     }
 
     /// The allocator as first written: a block per index, never reused, ties by index.
@@ -488,19 +484,8 @@ mod allocator_tests {
                 self.free[small as usize].insert((rem, nb));
             }
             self.blocks[id].free = false;
-            // the same (offset, segment size) as `Allocator::place`
-            let (mut head, mut offset) = (id, 0);
-            while self.blocks[head].prev != NONE {
-                head = self.blocks[head].prev;
-                offset += self.blocks[head].size;
-            }
-            let (mut seg, mut b) = (0, head);
-            while b != NONE {
-                seg += self.blocks[b].size;
-                b = self.blocks[b].next;
-            }
             self.last = id;
-            (offset, seg)
+            place(&self.blocks, id)
         }
 
         fn free(&mut self, id: usize) {
@@ -552,7 +537,7 @@ mod allocator_tests {
                 if op < 2 || live.is_empty() {
                     let id = a.malloc(SIZES[size]);
                     let at = p.malloc(SIZES[size]);
-                    proptest::prop_assert_eq!(a.place(id), at);
+                    proptest::prop_assert_eq!(place(&a.blocks, id), at);
                     live.push((id, p.last));
                 } else {
                     let (id, pid) = live.swap_remove(pick % live.len());
