@@ -178,7 +178,9 @@ pub struct Trace {
     /// Ops that cannot train (inside `torch.no_grad`) are traced with `grad_enabled = false`.
     grad_enabled: bool,
     stage: usize,
-    param_keys: std::collections::HashMap<String, u32>,
+    /// Parameter names (module paths) to their interned keys; a trace interns hundreds, so
+    /// the hash is the fast non-cryptographic one.
+    param_keys: rustc_hash::FxHashMap<String, u32>,
     /// Parameter names already cast by autocast in this forward (the weight cache).
     cast_cache: std::collections::HashSet<String>,
 }
@@ -333,7 +335,13 @@ impl Trace {
     /// gradient).
     pub fn tag_param(&mut self, name: &str) {
         let n = self.param_keys.len() as u32;
-        let k = *self.param_keys.entry(name.to_string()).or_insert(n);
+        let k = match self.param_keys.get(name) {
+            Some(&k) => k,
+            None => {
+                self.param_keys.insert(name.to_string(), n);
+                n
+            }
+        };
         self.last_op().param_key = Some(k);
     }
 
