@@ -41,15 +41,11 @@ fn bench(c: &mut Criterion) {
             oomdoc::memory::prepare(&w, &k).profile.points.len()
         })
     });
-    c.bench_function(
+    cold(
+        c,
         "resolve + estimate navdp (cold: trace, walk, replay)",
-        |b| {
-            b.iter(|| {
-                let w = oomdoc::model::resolve("preset:navdp", Path::new("."), &args).unwrap();
-                let k = w.resolve_knobs(&args).unwrap();
-                oomdoc::memory::estimate(&w, &k).unwrap()
-            })
-        },
+        "preset:navdp",
+        &args,
     );
     // the example of `estimate`'s documentation: bf16-mixed with full checkpointing, where the
     // walk recomputes every checkpointed block and the replay sees the most events
@@ -59,23 +55,13 @@ fn bench(c: &mut Criterion) {
         checkpointing: Some(oomdoc::knobs::Checkpointing::Full),
         ..KnobArgs::default()
     };
-    c.bench_function(
+    cold(
+        c,
         "resolve + estimate navdp bf16-mixed, full checkpointing (cold)",
-        |b| {
-            b.iter(|| {
-                let w = oomdoc::model::resolve("preset:navdp", Path::new("."), &ckpt_args).unwrap();
-                let k = w.resolve_knobs(&ckpt_args).unwrap();
-                oomdoc::memory::estimate(&w, &k).unwrap()
-            })
-        },
+        "preset:navdp",
+        &ckpt_args,
     );
-    c.bench_function("resolve + estimate gpt2 (cold)", |b| {
-        b.iter(|| {
-            let w = oomdoc::model::resolve("preset:gpt2", Path::new("."), &args).unwrap();
-            let k = w.resolve_knobs(&args).unwrap();
-            oomdoc::memory::estimate(&w, &k).unwrap()
-        })
-    });
+    cold(c, "resolve + estimate gpt2 (cold)", "preset:gpt2", &args);
     let file = Path::new("tests/fixtures/calibration/measurements-h100-torch2.11.jsonl");
     let mut g = c.benchmark_group("validate");
     g.sample_size(10);
@@ -83,6 +69,17 @@ fn bench(c: &mut Criterion) {
         b.iter(|| oomdoc::memory::validate::validate_file(file).unwrap())
     });
     g.finish();
+}
+
+/// A cold estimate: the workload resolved (traced), walked and replayed from nothing.
+fn cold(c: &mut Criterion, name: &str, model: &str, args: &KnobArgs) {
+    c.bench_function(name, |b| {
+        b.iter(|| {
+            let w = oomdoc::model::resolve(model, Path::new("."), args).unwrap();
+            let k = w.resolve_knobs(args).unwrap();
+            oomdoc::memory::estimate(&w, &k).unwrap()
+        })
+    });
 }
 
 criterion_group!(benches, bench);
