@@ -187,10 +187,12 @@ pub struct Trace {
 
 impl Trace {
     pub fn new(mode: Mode) -> Trace {
+        // Room for a NavDP-sized trace (about 5,000 ops and tensors) from the start: growing by
+        // doubling copied the tables several times. Pages never written are never touched.
         Trace {
             mode,
-            tensors: Vec::new(),
-            ops: Vec::new(),
+            tensors: Vec::with_capacity(8192),
+            ops: Vec::with_capacity(8192),
             stages: vec![StageInfo {
                 path: String::new(),
                 group: String::new(),
