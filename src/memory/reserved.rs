@@ -151,6 +151,8 @@ impl Allocator {
     }
 
     fn new_block(&mut self, size: u64, small: bool, prev: usize, next: usize) -> usize {
+        // the free-set key packs both in 64 bits (a replay makes thousands of blocks a step)
+        debug_assert!(self.made < 1 << 32 && self.blocks.len() < 1 << 32);
         let b = Block {
             size,
             free: true,
