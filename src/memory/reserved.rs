@@ -226,6 +226,23 @@ impl Allocator {
         id
     }
 
+    /// Block `a` takes in the block after it in its segment, whose index goes to `dead`; `listed`
+    /// (one of the two, the one already free) leaves the free set first, as its size changes or
+    /// it goes.
+    fn absorb_next(&mut self, a: usize, listed: usize) {
+        let k = self.key(listed);
+        let small = self.blocks[a].small;
+        self.set(small).remove(&k);
+        let b = self.blocks[a].next;
+        self.blocks[a].size += self.blocks[b].size;
+        let after = self.blocks[b].next;
+        self.blocks[a].next = after;
+        if after != NONE {
+            self.blocks[after].prev = a;
+        }
+        self.dead.push(b);
+    }
+
     pub fn free(&mut self, id: usize) {
         let mut id = id;
         let small = self.blocks[id].small;
@@ -233,27 +250,11 @@ impl Allocator {
         self.blocks[id].free = true;
         let next = self.blocks[id].next;
         if next != NONE && self.blocks[next].free {
-            let k = self.key(next);
-            self.set(small).remove(&k);
-            self.blocks[id].size += self.blocks[next].size;
-            let nn = self.blocks[next].next;
-            self.blocks[id].next = nn;
-            if nn != NONE {
-                self.blocks[nn].prev = id;
-            }
-            self.dead.push(next);
+            self.absorb_next(id, next);
         }
         let prev = self.blocks[id].prev;
         if prev != NONE && self.blocks[prev].free {
-            let k = self.key(prev);
-            self.set(small).remove(&k);
-            self.blocks[prev].size += self.blocks[id].size;
-            let nx = self.blocks[id].next;
-            self.blocks[prev].next = nx;
-            if nx != NONE {
-                self.blocks[nx].prev = prev;
-            }
-            self.dead.push(id);
+            self.absorb_next(prev, prev);
             id = prev;
         }
         let k = self.key(id);

@@ -311,7 +311,7 @@ pub fn simulate(t: &Trace, ck: &[bool]) -> Profile {
         .sum();
     let mut recomputed_casts = vec![false; nops];
     // saved tensors go after the backward of `release`; those a recomputation saves again,
-    // after their first saver's in the segment (`rel_seg`, (op, tensor) in the order made)
+    // after their first saver's in the segment (`rel_seg`: (op, tensor) in the order made)
     let rel_at = ByOp::new(
         (0..nt)
             .filter(|&j| retained[j] && release[j] < nops)
@@ -321,7 +321,6 @@ pub fn simulate(t: &Trace, ck: &[bool]) -> Profile {
     );
     let mut rel_seg: Vec<(usize, usize)> = Vec::new();
     for &(st, a, b) in segs.iter().rev() {
-        rel_seg.clear();
         if ck[st] {
             // non-reentrant checkpoint: the segment's forward runs again, keeping what its
             // backward needs
@@ -414,9 +413,8 @@ pub fn simulate(t: &Trace, ck: &[bool]) -> Profile {
             live_saved += kept;
             casts_alive += seg_casts;
         }
-        // the segment's backward runs its ops last to first: `rel_seg` in that order (stable)
-        rel_seg.sort_by_key(|e| std::cmp::Reverse(e.0));
-        let mut rs = 0;
+        // by op of the segment (counted from `a`)
+        let rel_again = ByOp::new(rel_seg.drain(..).map(|(r, j)| (r - a, j)).collect(), b - a);
         for i in (a..b).rev() {
             let op = &t.ops[i];
             // gradients per logical tensor: a view gets its own, which its view op hands on
@@ -495,12 +493,7 @@ pub fn simulate(t: &Trace, ck: &[bool]) -> Profile {
                     ev.push(Ev::Free { slot: s_cast(i) });
                 }
             }
-            let from = rs;
-            while rs < rel_seg.len() && rel_seg[rs].0 == i {
-                rs += 1;
-            }
-            let again = rel_seg[from..rs].iter().map(|e| e.1);
-            for j in rel_at.of(i).iter().copied().chain(again) {
+            for &j in rel_at.of(i).iter().chain(rel_again.of(i - a)) {
                 if alive[j] {
                     alive[j] = false;
                     live_saved -= bytes(j);

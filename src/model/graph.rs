@@ -401,14 +401,20 @@ impl Trace {
     }
 
     // ------------------------------------------------------------------ autocast
+    /// A cast autocast makes inside an op's dispatch: the caller's `x` stays referenced until the
+    /// op reading the cast has returned (`push_op`).
+    fn dispatch_cast(&mut self, x: T, to: Dt) -> T {
+        let c = self.cast(x, to);
+        self.tensors[c.0].cast_of = Some(x.0);
+        c
+    }
+
     /// autocast's cast to the lower precision for ops on its `lower_precision_fp` list
     /// (`autocast_mode.cpp`: linear, matmul, bmm, conv*, addmm, baddbmm, sdpa...): a new tensor
     /// when the input is fp32 under `Mode::Mixed`, the same tensor otherwise.
     pub fn autocast_low(&mut self, x: T) -> T {
         if self.mode == Mode::Mixed && self.dt(x) == Dt::F32 {
-            let c = self.cast(x, Dt::Half);
-            self.tensors[c.0].cast_of = Some(x.0);
-            c
+            self.dispatch_cast(x, Dt::Half)
         } else {
             x
         }
@@ -418,9 +424,7 @@ impl Trace {
     /// pow, exp, sum, mse_loss, cross_entropy...).
     pub fn autocast_f32(&mut self, x: T) -> T {
         if self.mode == Mode::Mixed && self.dt(x) == Dt::Half {
-            let c = self.cast(x, Dt::F32);
-            self.tensors[c.0].cast_of = Some(x.0);
-            c
+            self.dispatch_cast(x, Dt::F32)
         } else {
             x
         }
