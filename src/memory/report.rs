@@ -31,6 +31,10 @@ crate::catalogue! {
         Backward => ("the backward pass", "反向传播"),
         OptStep => ("the optimizer step", "优化器更新"),
         Fits => ("Fits {0}: {1} of {2}, {3} to spare.", "可以放入 {0}：占用 {1} / {2}，余量 {3}。"),
+        FitsTight => (
+            "Fits {0} by the estimate ({1} of {2}), but the {3} to spare are less than the estimate's error margin, {4} ({5} of the estimate): it may still run out of memory. `oomdoc plan` finds configurations with room to spare.",
+            "按估算可以放入 {0}（占用 {1} / {2}），但余量 {3} 小于估算的误差余量 {4}（估算值的 {5}）：仍可能显存不足。`oomdoc plan` 可以找出留有余量的配置。"
+        ),
         NoFit => ("Does not fit {0}: needs {1}, the GPU has {2} (short by {3}).", "放不下 {0}：需要 {1}，GPU 只有 {2}（差 {3}）。"),
         Gpu => ("GPU", "GPU"),
         ConfigLine => (
@@ -97,15 +101,19 @@ pub fn document(e: &Estimate, lang: Lang) -> Document {
     ]);
     if let Some(g) = &e.gpu {
         let line = if e.fits == Some(true) {
-            fill(
-                W::Fits.text(lang),
-                &[
-                    &g.name,
-                    &gib(e.device_total_bytes),
-                    &gib(g.memory_bytes),
-                    &bytes(g.headroom_bytes.max(0) as u64),
-                ],
-            )
+            let spare = bytes(g.headroom_bytes.max(0) as u64);
+            let need = gib(e.device_total_bytes);
+            let has = gib(g.memory_bytes);
+            if super::fits_with_margin(e.device_total_bytes, g.memory_bytes) {
+                fill(W::Fits.text(lang), &[&g.name, &need, &has, &spare])
+            } else {
+                let m = super::ESTIMATOR_MARGIN;
+                let margin = bytes((e.device_total_bytes as f64 * m) as u64);
+                fill(
+                    W::FitsTight.text(lang),
+                    &[&g.name, &need, &has, &spare, &margin, &pct(m)],
+                )
+            }
         } else {
             fill(
                 W::NoFit.text(lang),

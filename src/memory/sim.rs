@@ -659,7 +659,10 @@ fn hull_linear(pts: &[Point], sel: &[usize], _pgrad_total: f64, kept: &mut Vec<u
         // chain kept otherwise depended on the points before them
         h.clear();
         for (n, &i) in idx.iter().enumerate() {
-            if idx.get(n + 1).is_some_and(|&j| x(j) == x(i) && y(j) == y(i)) {
+            if idx
+                .get(n + 1)
+                .is_some_and(|&j| x(j) == x(i) && y(j) == y(i))
+            {
                 continue;
             }
             while h.len() >= 2 {

@@ -44,18 +44,12 @@ pub enum Safety {
     NoFit,
 }
 
-/// A plan only calls a configuration safe when it still fits if the estimate is as low as the
-/// analytic model's largest under-estimate of peak reserved memory on the calibration rows:
-/// -8.3% (NavDP-like bf16-mixed checkpointed b12; `oomdoc validate
-/// tests/fixtures/calibration/measurements-h100-torch2.11.jsonl`, docs/accuracy.md), where the
-/// real need is 1 / (1 - 0.083) = 1.091 times the estimate; rounded up. `tests/validate_cli.rs`
-/// checks it against the file.
-pub const ESTIMATOR_MARGIN: f64 = 0.10;
+pub use crate::memory::ESTIMATOR_MARGIN;
 
 pub fn safety(device_total: u64, capacity: u64) -> Safety {
     if device_total > capacity {
         Safety::NoFit
-    } else if (device_total as f64) * (1.0 + ESTIMATOR_MARGIN) <= capacity as f64 {
+    } else if crate::memory::fits_with_margin(device_total, capacity) {
         Safety::Safe
     } else {
         Safety::Tight
