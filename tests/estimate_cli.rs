@@ -260,6 +260,56 @@ fn hf_config_and_bad_input() {
     assert!(err.contains("rgb_model.blocks"), "{err}");
 }
 
+/// Sizes that would divide by zero, trace for hours or overflow the byte counts are refused
+/// with one line naming the field, before any tracing (they panicked, hung or printed a
+/// wrapped-around total before).
+#[test]
+fn impossible_sizes_are_refused() {
+    let refused = |args: &[&str], needle: &str| {
+        let mut a = vec!["estimate"];
+        a.extend_from_slice(args);
+        let (code, out, err) = oomdoc(&a);
+        assert_eq!(code, 2, "{args:?}: {out}{err}");
+        assert!(err.contains(needle), "{args:?}: {err}");
+        assert_eq!(err.trim().lines().count(), 1, "{err}");
+        assert!(!err.contains("panicked"), "{err}");
+    };
+    let dir = "tests/fixtures/estimate";
+    refused(
+        &["--model", &format!("hf:{dir}/zero-heads.config.json")],
+        "zero-heads.config.json: heads must be between 1 and",
+    );
+    refused(
+        &["--model", &format!("hf:{dir}/zero-patch.config.json")],
+        "patch must be between 1 and",
+    );
+    refused(
+        &["--model", &format!("hf:{dir}/billion-layers.config.json")],
+        "layers must be between 1 and 4096 (is 1000000000)",
+    );
+    refused(&["--model", "preset:gpt2", "--seq-len", "0"], "--seq-len");
+    refused(
+        &["--model", "preset:gpt2", "--batch", "99999999999999"],
+        "--batch must be at most",
+    );
+    refused(
+        &["--model", "preset:gpt2", "--grad-accum", "99999999999"],
+        "--grad-accum must be at most 1024",
+    );
+    // each knob within its bounds, together beyond any sum of bytes
+    refused(
+        &[
+            "--model",
+            "preset:gpt2",
+            "--batch",
+            "16000000",
+            "--seq-len",
+            "1000000",
+        ],
+        "more than 1 EiB",
+    );
+}
+
 #[test]
 fn optimizers_and_lora() {
     let p = |v: serde_json::Value| v["components"]["optimizer_state"].as_u64().unwrap();

@@ -289,9 +289,40 @@ struct Peak {
     g_shard: f64,
 }
 
+/// The largest gradient accumulation estimated: the replay runs every micro-batch of two
+/// steps, so its time grows with it.
+pub const MAX_GRAD_ACCUM: u64 = 1024;
+
+/// The largest peak an estimate reports: far above any device, and far enough below 2^64 that
+/// adding the components cannot wrap around.
+const MAX_BYTES: u64 = 1 << 60;
+
 fn check_knobs(knobs: &Knobs) -> Result<()> {
     if knobs.batch == 0 || knobs.grad_accum == 0 {
         return Err(Error::input("--batch and --grad-accum must be at least 1"));
+    }
+    let max_batch = crate::model::limits::MAX_COUNT;
+    if knobs.batch > max_batch {
+        return Err(Error::input(format!(
+            "--batch must be at most {max_batch} (is {})",
+            knobs.batch
+        )));
+    }
+    if knobs.grad_accum > MAX_GRAD_ACCUM {
+        return Err(Error::input(format!(
+            "--grad-accum must be at most {MAX_GRAD_ACCUM} (is {})",
+            knobs.grad_accum
+        )));
+    }
+    Ok(())
+}
+
+/// Refuses a peak too large to add up in bytes (it would need more than an exbibyte).
+fn check_peak(pk: &Peak) -> Result<()> {
+    if pk.peak_alloc >= MAX_BYTES {
+        return Err(Error::input(
+            "this configuration would need more than 1 EiB of GPU memory: check the model's sizes, --batch and --seq-len",
+        ));
     }
     Ok(())
 }
@@ -426,6 +457,7 @@ pub fn totals_fast(
 ) -> Result<Totals> {
     check_knobs(knobs)?;
     let pk = peak(w, prep, knobs, opt, reduction_device(gpu));
+    check_peak(&pk)?;
     let reserved = closed_form(&prep.profile, knobs, &pk, live);
     Ok(Totals {
         peak_allocated_bytes: pk.peak_alloc,
@@ -513,6 +545,7 @@ pub fn estimate_with(
     let opt = optimizer::optimizer_memory(&t.params, knobs.optimizer, mode);
     let dev = reduction_device(gpu);
     let pk = peak(w, &prep, knobs, &opt, dev);
+    check_peak(&pk)?;
     // The replay of one unsharded process gives peak reserved and, counted in allocator blocks
     // as `max_memory_allocated()` counts them (a large block keeps a tail of up to 1 MiB that is
     // not split off), peak allocated. Sharded setups keep the closed forms.

@@ -6,6 +6,7 @@
 pub mod arch;
 pub mod graph;
 pub mod hf;
+pub mod limits;
 pub mod presets;
 pub mod safetensors;
 pub mod trace;
@@ -270,17 +271,35 @@ fn trace_workload(path: &Path) -> Result<Workload> {
 
 /// Applies the knob shapes and traces the model.
 pub fn build(source: &str, desc: ModelDesc, knobs: &KnobArgs) -> Result<Workload> {
-    let positive = |v: Option<u64>, flag: &str, def: u64| -> Result<u64> {
+    limits::check(&desc.arch).map_err(|e| Error::input(format!("{source}: {e}")))?;
+    let sized = |v: Option<u64>, flag: &str, def: u64, max: u64| -> Result<u64> {
         match v {
-            Some(0) => Err(Error::input(format!("{flag} must be at least 1"))),
+            Some(x) if x == 0 || x > max => Err(Error::input(format!(
+                "{flag} must be between 1 and {max} (is {x})"
+            ))),
             Some(x) => Ok(x),
             None => Ok(def),
         }
     };
-    let seq_len = positive(knobs.seq_len, "--seq-len", desc.seq_len)?;
-    let target_len = positive(knobs.target_len, "--target-len", desc.target_len)?;
-    let image = positive(knobs.image_size, "--image-size", desc.image)?;
-    let classes = positive(knobs.num_classes, "--num-classes", desc.classes)?;
+    let seq_len = sized(knobs.seq_len, "--seq-len", desc.seq_len, limits::MAX_COUNT)?;
+    let target_len = sized(
+        knobs.target_len,
+        "--target-len",
+        desc.target_len,
+        limits::MAX_COUNT,
+    )?;
+    let image = sized(
+        knobs.image_size,
+        "--image-size",
+        desc.image,
+        limits::MAX_SIDE,
+    )?;
+    let classes = sized(
+        knobs.num_classes,
+        "--num-classes",
+        desc.classes,
+        limits::MAX_COUNT,
+    )?;
     if let Some(task) = knobs.task {
         let ok = match &desc.arch {
             Arch::Lm(s) => match s.style {
