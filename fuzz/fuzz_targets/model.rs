@@ -1,6 +1,6 @@
-//! Arbitrary text as a Hugging Face config.json and as a workload file; every model either
-//! accepts is built (traced) and estimated: an error is fine, a panic, a hang or a figure that
-//! wrapped around is not.
+//! Arbitrary bytes as a safetensors header, and text as a Hugging Face config.json and as a
+//! workload file; every model either accepts is built (traced) and estimated: an error is fine,
+//! a panic, a hang or a figure that wrapped around is not.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -8,6 +8,9 @@ use oomdoc::knobs::KnobArgs;
 use oomdoc::model::{build, hf, workload_toml};
 
 fuzz_target!(|data: &[u8]| {
+    if let Ok(h) = oomdoc::model::safetensors::parse_header(data) {
+        assert!(h.bytes >= h.params);
+    }
     let Ok(text) = std::str::from_utf8(data) else {
         return;
     };

@@ -126,13 +126,12 @@ pub fn validate_text(
             });
             continue;
         };
-        let (Some(ma), Some(mr)) = (
-            v.get("peak_alloc").and_then(|x| x.as_u64()),
-            v.get("peak_reserved").and_then(|x| x.as_u64()),
-        ) else {
+        // a measured peak of 0 bytes is no measurement (relative errors would divide by it)
+        let measured = |k: &str| v.get(k).and_then(|x| x.as_u64()).filter(|b| *b > 0);
+        let (Some(ma), Some(mr)) = (measured("peak_alloc"), measured("peak_reserved")) else {
             skipped.push(Skipped {
                 line: ln,
-                reason: "no peak_alloc / peak_reserved".into(),
+                reason: "no peak_alloc / peak_reserved above 0 bytes".into(),
             });
             continue;
         };
@@ -342,5 +341,26 @@ mod tests {
         assert!((s.median_abs - 0.02).abs() < 1e-12);
         assert!((s.max_abs - 0.10).abs() < 1e-12);
         assert_eq!(s.under_beyond_5pct, 1);
+    }
+
+    /// A row that measured 0 bytes is skipped: its relative error would divide by zero (a row of
+    /// GPT-2 was reported 1,517,767,987,200% off).
+    #[test]
+    fn a_zero_measurement_is_skipped() {
+        let text = concat!(
+            r#"{"estimate_args": "--model preset:gpt2 --batch 1 --seq-len 64", "peak_alloc": 0, "peak_reserved": 0}"#,
+            "\n",
+            r#"{"estimate_args": "--model preset:gpt2 --batch 1 --seq-len 64", "peak_alloc": 1000000000, "peak_reserved": 1100000000}"#,
+        );
+        let v = validate_text(
+            text,
+            Path::new("."),
+            "rows",
+            crate::memory::ReservedModel::Replay,
+        )
+        .unwrap();
+        assert_eq!(v.rows.len(), 1);
+        assert_eq!(v.skipped.len(), 1);
+        assert_eq!(v.skipped[0].line, 1);
     }
 }

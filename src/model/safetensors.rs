@@ -63,9 +63,12 @@ pub fn parse_header(buf: &[u8]) -> std::result::Result<Header, String> {
             .get("shape")
             .and_then(|s| s.as_array())
             .ok_or(format!("tensor '{name}': no shape"))?;
+        let too_large =
+            || format!("tensor '{name}': shape {shape:?} has more elements than a GPU can hold");
         let mut e = 1u64;
         for d in shape {
-            e = e.saturating_mul(d.as_u64().ok_or(format!("tensor '{name}': bad shape"))?);
+            let d = d.as_u64().ok_or(format!("tensor '{name}': bad shape"))?;
+            e = e.checked_mul(d).ok_or_else(too_large)?;
         }
         // causal-mask buffers stored by old GPT-2 checkpoints are not parameters
         if name.ends_with(".attn.bias") && shape.len() == 4 || name.ends_with("masked_bias") {
@@ -77,8 +80,16 @@ pub fn parse_header(buf: &[u8]) -> std::result::Result<Header, String> {
             "F16" | "BF16" | "I16" | "U16" => 2,
             _ => 1,
         };
-        params += e;
-        bytes += e * size;
+        // no real checkpoint comes near 2^62 bytes; beyond it the sums would wrap
+        params = params
+            .checked_add(e)
+            .filter(|p| *p < 1 << 62)
+            .ok_or_else(too_large)?;
+        bytes = e
+            .checked_mul(size)
+            .and_then(|b| bytes.checked_add(b))
+            .filter(|b| *b < 1 << 62)
+            .ok_or_else(too_large)?;
         *by_dtype.entry(dtype.to_string()).or_default() += e;
         tensors += 1;
     }
@@ -124,5 +135,17 @@ mod tests {
         assert_eq!(h.bytes, 32);
         assert_eq!(h.dtype, "F32");
         assert!(parse_header(b"[1]").is_err());
+    }
+
+    /// Shapes whose element or byte counts overflow 64 bits are an error, not a wrapped count
+    /// (they panicked in debug builds).
+    #[test]
+    fn oversized_shapes_are_refused() {
+        let huge = br#"{"a":{"dtype":"F32","shape":[4294967296,4294967296],"data_offsets":[0,0]}}"#;
+        assert!(parse_header(huge).unwrap_err().contains("tensor 'a'"));
+        let bytes = br#"{"a":{"dtype":"F64","shape":[4611686018427387904],"data_offsets":[0,0]}}"#;
+        assert!(parse_header(bytes).is_err());
+        let two = br#"{"a":{"dtype":"I8","shape":[4611686018427387000]},"b":{"dtype":"I8","shape":[4611686018427387000]}}"#;
+        assert!(parse_header(two).is_err());
     }
 }
