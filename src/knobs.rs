@@ -212,6 +212,13 @@ impl KnobArgs {
         if gpus == 0 {
             return Err(Error::input("--gpus must be at least 1"));
         }
+        // beyond the largest clusters; the sharding arithmetic needs no more
+        const MAX_GPUS: u64 = 1 << 16;
+        if gpus > MAX_GPUS {
+            return Err(Error::input(format!(
+                "--gpus must be at most {MAX_GPUS} (is {gpus})"
+            )));
+        }
         let checkpointing = self.checkpointing.unwrap_or_default();
         if checkpointing == Checkpointing::Selective && self.checkpoint_modules.is_empty() {
             return Err(Error::input(
@@ -225,6 +232,12 @@ impl KnobArgs {
         }
         if self.lora_rank == Some(0) {
             return Err(Error::input("--lora-rank must be at least 1"));
+        }
+        let max_rank = crate::model::limits::MAX_WIDTH;
+        if let Some(r) = self.lora_rank.filter(|r| *r > max_rank) {
+            return Err(Error::input(format!(
+                "--lora-rank must be at most {max_rank} (is {r})"
+            )));
         }
         Ok(Knobs {
             batch,

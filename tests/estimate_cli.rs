@@ -296,6 +296,32 @@ fn impossible_sizes_are_refused() {
         &["--model", "preset:gpt2", "--grad-accum", "99999999999"],
         "--grad-accum must be at most 1024",
     );
+    refused(
+        &[
+            "--model",
+            "preset:gpt2",
+            "--sharding",
+            "zero3",
+            "--gpus",
+            "99999999999",
+        ],
+        "--gpus must be at most 65536",
+    );
+    refused(
+        &[
+            "--model",
+            "preset:gpt2",
+            "--lora-rank",
+            "99999999",
+            "--lora-targets",
+            "c_attn",
+        ],
+        "--lora-rank must be at most",
+    );
+    refused(
+        &["--model", "preset:gpt2", "--gpu-memory", "0GiB"],
+        "--gpu-memory must be above 0",
+    );
     // each knob within its bounds, together beyond any sum of bytes
     refused(
         &[

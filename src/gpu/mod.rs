@@ -8,7 +8,7 @@ pub use catalogue::{lookup, GpuSpec, CATALOGUE};
 use clap::Args;
 use serde::Serialize;
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 
 /// `--gpu NAME` / `--gpu-memory SIZE`, shared by `estimate`, `plan` and `fix`.
 #[derive(Args, Clone, Debug, Default)]
@@ -55,7 +55,10 @@ impl GpuArgs {
             None => None,
         };
         let memory = match &self.gpu_memory {
-            Some(m) => Some(crate::units::parse_size(m)?),
+            Some(m) => match crate::units::parse_size(m)? {
+                0 => return Err(Error::input("--gpu-memory must be above 0")),
+                b => Some(b),
+            },
             None => None,
         };
         Ok(match (spec, memory) {
