@@ -322,11 +322,15 @@ fn impossible_sizes_are_refused() {
         &["--model", "preset:gpt2", "--gpu-memory", "0GiB"],
         "--gpu-memory must be above 0",
     );
+    refused(
+        &["--model", "preset:gpt2", "--seq-len", "4096"],
+        "gpt2 has 1024 learned positions",
+    );
     // each knob within its bounds, together beyond any sum of bytes
     refused(
         &[
             "--model",
-            "preset:gpt2",
+            "preset:llama-2-7b",
             "--batch",
             "16000000",
             "--seq-len",

@@ -300,6 +300,15 @@ pub fn build(source: &str, desc: ModelDesc, knobs: &KnobArgs) -> Result<Workload
         desc.classes,
         limits::MAX_COUNT,
     )?;
+    if let Arch::Lm(s) = &desc.arch {
+        // a learned position table has a row per position: longer inputs index past it
+        if s.positions > 0 && seq_len > s.positions {
+            return Err(Error::input(format!(
+                "--seq-len {seq_len}: {} has {} learned positions (n_positions / max_position_embeddings); a longer sequence fails in its position embedding",
+                desc.name, s.positions
+            )));
+        }
+    }
     if let Some(task) = knobs.task {
         let ok = match &desc.arch {
             Arch::Lm(s) => match s.style {
