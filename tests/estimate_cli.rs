@@ -22,16 +22,19 @@ fn json(args: &[&str]) -> serde_json::Value {
     serde_json::from_str(&out).expect("json")
 }
 
+/// The documented example of `estimate`, without its checkpointing.
+const NAVDP_BF16_B16: [&str; 6] = [
+    "--model",
+    "preset:navdp",
+    "--batch",
+    "16",
+    "--precision",
+    "bf16-mixed",
+];
+
 #[test]
 fn json_has_the_documented_shape() {
-    let v = json(&[
-        "--model",
-        "preset:navdp",
-        "--batch",
-        "16",
-        "--precision",
-        "bf16-mixed",
-    ]);
+    let v = json(&NAVDP_BF16_B16);
     for k in [
         "peak_allocated_bytes",
         "peak_reserved_bytes",
@@ -102,18 +105,10 @@ fn fits_and_exit_code_follow_the_gpu() {
 /// (less than 10% to spare); with full checkpointing 4.23 GiB.
 #[test]
 fn a_fit_within_the_error_margin_is_called_tight() {
+    let on_3090 = [&NAVDP_BF16_B16[..], &["--gpu", "rtx3090"]].concat();
     let run = |extra: &[&str]| {
-        let mut a = vec![
-            "estimate",
-            "--model",
-            "preset:navdp",
-            "--batch",
-            "16",
-            "--precision",
-            "bf16-mixed",
-            "--gpu",
-            "rtx3090",
-        ];
+        let mut a = vec!["estimate"];
+        a.extend_from_slice(&on_3090);
         a.extend_from_slice(extra);
         let (code, out, err) = oomdoc(&a);
         assert_eq!(code, 0, "{err}");
@@ -128,17 +123,7 @@ fn a_fit_within_the_error_margin_is_called_tight() {
     assert!(roomy.contains("Fits NVIDIA GeForce RTX 3090: "), "{roomy}");
     assert!(!roomy.contains("may still run out of memory"), "{roomy}");
     // JSON keeps `fits` as the plain comparison
-    let v = json(&[
-        "--model",
-        "preset:navdp",
-        "--batch",
-        "16",
-        "--precision",
-        "bf16-mixed",
-        "--gpu",
-        "rtx3090",
-    ]);
-    assert_eq!(v["fits"], true);
+    assert_eq!(json(&on_3090)["fits"], true);
 }
 
 #[test]
@@ -287,57 +272,40 @@ fn impossible_sizes_are_refused() {
         &["--model", &format!("hf:{dir}/billion-layers.config.json")],
         "layers must be between 1 and 4096 (is 1000000000)",
     );
-    refused(&["--model", "preset:gpt2", "--seq-len", "0"], "--seq-len");
-    refused(
-        &["--model", "preset:gpt2", "--batch", "99999999999999"],
-        "--batch must be at most",
-    );
-    refused(
-        &["--model", "preset:gpt2", "--grad-accum", "99999999999"],
-        "--grad-accum must be at most 1024",
-    );
-    refused(
-        &[
-            "--model",
-            "preset:gpt2",
-            "--sharding",
-            "zero3",
-            "--gpus",
-            "99999999999",
-        ],
-        "--gpus must be at most 65536",
-    );
-    refused(
-        &[
-            "--model",
-            "preset:gpt2",
-            "--lora-rank",
-            "99999999",
-            "--lora-targets",
-            "c_attn",
-        ],
-        "--lora-rank must be at most",
-    );
-    refused(
-        &["--model", "preset:gpt2", "--gpu-memory", "0GiB"],
-        "--gpu-memory must be above 0",
-    );
-    refused(
-        &["--model", "preset:gpt2", "--seq-len", "4096"],
-        "gpt2 has 1024 learned positions",
-    );
-    // each knob within its bounds, together beyond any sum of bytes
-    refused(
-        &[
-            "--model",
-            "preset:llama-2-7b",
-            "--batch",
-            "16000000",
-            "--seq-len",
-            "1000000",
-        ],
-        "more than 1 EiB",
-    );
+    for (args, needle) in [
+        ("--model preset:gpt2 --seq-len 0", "--seq-len"),
+        (
+            "--model preset:gpt2 --batch 99999999999999",
+            "--batch must be at most",
+        ),
+        (
+            "--model preset:gpt2 --grad-accum 99999999999",
+            "--grad-accum must be at most 1024",
+        ),
+        (
+            "--model preset:gpt2 --sharding zero3 --gpus 99999999999",
+            "--gpus must be at most 65536",
+        ),
+        (
+            "--model preset:gpt2 --lora-rank 99999999 --lora-targets c_attn",
+            "--lora-rank must be at most",
+        ),
+        (
+            "--model preset:gpt2 --gpu-memory 0GiB",
+            "--gpu-memory must be above 0",
+        ),
+        (
+            "--model preset:gpt2 --seq-len 4096",
+            "gpt2 has 1024 learned positions",
+        ),
+        // each knob within its bounds, together beyond any sum of bytes
+        (
+            "--model preset:llama-2-7b --batch 16000000 --seq-len 1000000",
+            "more than 1 EiB",
+        ),
+    ] {
+        refused(&args.split_whitespace().collect::<Vec<_>>(), needle);
+    }
 }
 
 #[test]

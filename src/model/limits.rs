@@ -24,6 +24,13 @@ fn range(field: &str, v: u64, lo: u64, hi: u64) -> Result<(), String> {
     Ok(())
 }
 
+/// Each `(field, value, lo, hi)`: `range`.
+fn ranges(checks: &[(&str, u64, u64, u64)]) -> Result<(), String> {
+    checks
+        .iter()
+        .try_for_each(|&(field, v, lo, hi)| range(field, v, lo, hi))
+}
+
 /// `num` must be a multiple of `den` (both already at least 1).
 fn multiple(num_field: &str, num: u64, den_field: &str, den: u64) -> Result<(), String> {
     if num % den != 0 {
@@ -45,13 +52,15 @@ fn fraction(field: &str, v: f64) -> Result<(), String> {
 pub fn check(arch: &Arch) -> Result<(), String> {
     match arch {
         Arch::Lm(s) => {
-            range("vocab", s.vocab, 1, MAX_COUNT)?;
-            range("hidden", s.hidden, 1, MAX_WIDTH)?;
-            range("layers", s.layers, 1, MAX_LAYERS)?;
-            range("heads", s.heads, 1, MAX_SIDE)?;
-            range("ffn", s.ffn, 1, MAX_WIDTH)?;
-            range("positions", s.positions, 0, MAX_COUNT)?;
-            range("token_types", s.token_types, 0, MAX_SIDE)?;
+            ranges(&[
+                ("vocab", s.vocab, 1, MAX_COUNT),
+                ("hidden", s.hidden, 1, MAX_WIDTH),
+                ("layers", s.layers, 1, MAX_LAYERS),
+                ("heads", s.heads, 1, MAX_SIDE),
+                ("ffn", s.ffn, 1, MAX_WIDTH),
+                ("positions", s.positions, 0, MAX_COUNT),
+                ("token_types", s.token_types, 0, MAX_SIDE),
+            ])?;
             if let Some(kv) = s.kv_heads {
                 range("kv_heads", kv, 1, MAX_SIDE)?;
                 multiple("heads", s.heads, "kv_heads", kv)?;
@@ -67,27 +76,33 @@ pub fn check(arch: &Arch) -> Result<(), String> {
             fraction("attention_dropout", s.attention_dropout)?;
         }
         Arch::T5(s) => {
-            range("vocab", s.vocab, 1, MAX_COUNT)?;
-            range("d_model", s.d_model, 1, MAX_WIDTH)?;
-            range("d_kv", s.d_kv, 1, MAX_WIDTH)?;
-            range("d_ff", s.d_ff, 1, MAX_WIDTH)?;
-            range("layers", s.layers, 1, MAX_LAYERS)?;
-            range("decoder_layers", s.decoder_layers, 1, MAX_LAYERS)?;
-            range("heads", s.heads, 1, MAX_SIDE)?;
-            range("relative_buckets", s.relative_buckets, 1, MAX_SIDE)?;
+            ranges(&[
+                ("vocab", s.vocab, 1, MAX_COUNT),
+                ("d_model", s.d_model, 1, MAX_WIDTH),
+                ("d_kv", s.d_kv, 1, MAX_WIDTH),
+                ("d_ff", s.d_ff, 1, MAX_WIDTH),
+                ("layers", s.layers, 1, MAX_LAYERS),
+                ("decoder_layers", s.decoder_layers, 1, MAX_LAYERS),
+                ("heads", s.heads, 1, MAX_SIDE),
+                ("relative_buckets", s.relative_buckets, 1, MAX_SIDE),
+            ])?;
             fraction("dropout", s.dropout)?;
         }
         Arch::Vit(v) => {
-            range("image", v.image, 1, MAX_SIDE)?;
-            range("patch", v.patch, 1, MAX_SIDE)?;
-            range("in_chans", v.in_chans, 1, MAX_LAYERS)?;
-            range("dim", v.dim, 1, MAX_WIDTH)?;
-            range("depth", v.depth, 1, MAX_LAYERS)?;
-            range("heads", v.heads, 1, MAX_SIDE)?;
+            ranges(&[
+                ("image", v.image, 1, MAX_SIDE),
+                ("patch", v.patch, 1, MAX_SIDE),
+                ("in_chans", v.in_chans, 1, MAX_LAYERS),
+                ("dim", v.dim, 1, MAX_WIDTH),
+                ("depth", v.depth, 1, MAX_LAYERS),
+                ("heads", v.heads, 1, MAX_SIDE),
+            ])?;
             multiple("dim", v.dim, "heads", v.heads)?;
-            range("frames", v.frames, 1, MAX_LAYERS)?;
-            range("classes", v.classes, 0, MAX_COUNT)?;
-            range("pos_grid", v.pos_grid, 0, MAX_SIDE)?;
+            ranges(&[
+                ("frames", v.frames, 1, MAX_LAYERS),
+                ("classes", v.classes, 0, MAX_COUNT),
+                ("pos_grid", v.pos_grid, 0, MAX_SIDE),
+            ])?;
             if !(v.mlp_ratio > 0.0 && v.mlp_ratio * v.dim as f64 <= MAX_WIDTH as f64) {
                 return Err(format!(
                     "mlp_ratio must be above 0 and mlp_ratio x dim at most {MAX_WIDTH} (is {})",
@@ -100,9 +115,11 @@ pub fn check(arch: &Arch) -> Result<(), String> {
             for &n in &r.layers {
                 range("layers (blocks of a stage)", n, 1, MAX_LAYERS)?;
             }
-            range("image", r.image, 1, MAX_SIDE)?;
-            range("classes", r.classes, 1, MAX_COUNT)?;
-            range("width_per_group", r.width_per_group, 1, MAX_LAYERS)?;
+            ranges(&[
+                ("image", r.image, 1, MAX_SIDE),
+                ("classes", r.classes, 1, MAX_COUNT),
+                ("width_per_group", r.width_per_group, 1, MAX_LAYERS),
+            ])?;
         }
         Arch::Navdp(n) => {
             if n.variant != "user" && n.variant != "official" {
@@ -111,17 +128,21 @@ pub fn check(arch: &Arch) -> Result<(), String> {
                     n.variant
                 ));
             }
-            range("image", n.image, 14, MAX_SIDE)?;
-            range("memory_size", n.memory_size, 1, MAX_LAYERS)?;
-            range("depth_frames", n.depth_frames, 1, MAX_LAYERS)?;
-            range("tokens", n.tokens, 1, MAX_WIDTH)?;
-            range("predict_size", n.predict_size, 1, MAX_WIDTH)?;
-            range("temporal_depth", n.temporal_depth, 1, MAX_LAYERS)?;
-            range("heads", n.heads, 1, MAX_SIDE)?;
-            range("dim", n.dim, 1, MAX_WIDTH)?;
+            ranges(&[
+                ("image", n.image, 14, MAX_SIDE),
+                ("memory_size", n.memory_size, 1, MAX_LAYERS),
+                ("depth_frames", n.depth_frames, 1, MAX_LAYERS),
+                ("tokens", n.tokens, 1, MAX_WIDTH),
+                ("predict_size", n.predict_size, 1, MAX_WIDTH),
+                ("temporal_depth", n.temporal_depth, 1, MAX_LAYERS),
+                ("heads", n.heads, 1, MAX_SIDE),
+                ("dim", n.dim, 1, MAX_WIDTH),
+            ])?;
             multiple("dim", n.dim, "heads", n.heads)?;
-            range("vit_depth", n.vit_depth, 1, MAX_LAYERS)?;
-            range("vit_heads", n.vit_heads, 1, MAX_SIDE)?;
+            ranges(&[
+                ("vit_depth", n.vit_depth, 1, MAX_LAYERS),
+                ("vit_heads", n.vit_heads, 1, MAX_SIDE),
+            ])?;
         }
     }
     Ok(())
