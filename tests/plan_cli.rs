@@ -140,6 +140,25 @@ fn log_gives_the_current_state() {
     assert!((allowed - 23.55).abs() < 0.006);
 }
 
+/// A log whose message says the GPU has no memory is no target to plan for: bad input, not
+/// "nothing fits" (it planned for a 0-byte card and exited 1).
+#[test]
+fn a_log_with_no_usable_memory_is_refused() {
+    let (code, _, err) = oomdoc(&[
+        "plan",
+        "--model",
+        "preset:gpt2",
+        "--log",
+        "tests/fixtures/plan/zero_capacity_oom.log",
+    ]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("no usable memory") && err.contains("--gpu"),
+        "{err}"
+    );
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+}
+
 #[test]
 fn markdown_report_has_every_section() {
     let mut a = SEED.to_vec();

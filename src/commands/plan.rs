@@ -45,6 +45,9 @@ pub fn run(args: &Args, ctx: &Ctx) -> anyhow::Result<u8> {
         .and_then(|s| s.usable_bytes());
     let gpu = match (args.gpu.resolve()?, from_log) {
         (Some(g), _) => g,
+        (None, Some(0)) => anyhow::bail!(
+            "the log's out-of-memory message gives the GPU no usable memory (0 bytes): give --gpu NAME or --gpu-memory SIZE"
+        ),
         (None, Some(bytes)) => crate::gpu::TargetGpu {
             name: "the GPU of the log".into(),
             memory_bytes: bytes,
