@@ -1083,12 +1083,15 @@ impl Builder<'_> {
         let x = self.t.input((3 * img * img) as f64, self.t.mode.act_dt());
         let _y = self.t.input(1.0, Dt::I64);
         self.t.enter("stem", "stem", false);
-        let hw = (img / 2) * (img / 2);
+        // every stride-2 layer of a ResNet (7x7 pad 3, 3x3 pad 1, max pool 3 pad 1, 1x1 pad 0)
+        // gives floor((H + 2p - k) / 2) + 1 = ceil(H / 2) rows
+        let conv1 = img.div_ceil(2);
+        let hw = conv1 * conv1;
         let x = self.t.conv2d("conv1", x, 3, 64, 7, hw, false, tr);
         let x = self.t.batch_norm("bn1", x, 64, tr);
         let x = self.t.relu_inplace(x);
         // max_pool2d_with_indices saves its input and the int64 indices
-        let side = img / 4;
+        let side = conv1.div_ceil(2);
         let mp = self.t.op(
             &[x],
             (64 * side * side) as f64,
@@ -1110,7 +1113,7 @@ impl Builder<'_> {
             let planes = 64u64 << li;
             for bi in 0..nblocks {
                 let stride = if bi == 0 && li > 0 { 2 } else { 1 };
-                let so = side / stride;
+                let so = side.div_ceil(stride);
                 let hw_o = so * so;
                 let p = format!("layer{}.{}", li + 1, bi);
                 self.t.enter(&p, &format!("layer{}", li + 1), true);

@@ -425,6 +425,27 @@ mod tests {
     use crate::knobs::{Checkpointing, KnobArgs, Precision};
     use std::path::Path;
 
+    /// torchvision's ResNet rounds up at every stride-2 layer (`floor((H + 2p - k) / 2) + 1`):
+    /// at 225 px the stem gives 113 x 113, the max pool 57 x 57 and the last stage 8 x 8 (the
+    /// walk had 112, 56 and 7, as at 224 px).
+    #[test]
+    fn resnet_feature_maps_round_up_at_odd_sizes() {
+        let args = KnobArgs {
+            image_size: Some(225),
+            ..KnobArgs::default()
+        };
+        let w = super::resolve("preset:resnet50", Path::new("."), &args).unwrap();
+        let t = w.trace(
+            crate::model::graph::Mode::Fp32,
+            crate::knobs::Attention::Sdpa,
+        );
+        let has = |elems: u64| t.tensors.iter().any(|x| x.elems == elems as f64);
+        assert!(has(64 * 113 * 113), "stem");
+        assert!(has(64 * 57 * 57), "max pool");
+        assert!(has(2048 * 8 * 8), "last stage");
+        assert!(!has(2048 * 7 * 7), "last stage rounded down");
+    }
+
     /// `resolve` traces the model in the precision and attention it is given (so that the
     /// estimate that follows does not trace it twice); what it reports and what any later
     /// estimate computes must not depend on that.
