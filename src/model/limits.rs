@@ -67,6 +67,11 @@ pub fn check(arch: &Arch) -> Result<(), String> {
             }
             match s.head_dim {
                 Some(hd) => range("head_dim", hd, 1, MAX_WIDTH)?,
+                // transformers' Llama-family attention takes hidden // heads when no head_dim
+                // is given; GPT-2 and BERT refuse a width their heads do not divide
+                None if s.style == LmStyle::Llama => {
+                    range("hidden / heads", s.hidden / s.heads, 1, MAX_WIDTH)?
+                }
                 None => multiple("hidden", s.hidden, "heads", s.heads)?,
             }
             if s.style == LmStyle::Gpt2 && s.positions == 0 {
@@ -183,5 +188,13 @@ mod tests {
             check(&d.arch).unwrap_err(),
             "hidden 768 is not a multiple of heads 7"
         );
+        // the Llama family takes hidden // heads, as transformers does
+        let mut l = crate::model::presets::lookup("qwen2.5-0.5b").unwrap();
+        if let Arch::Lm(s) = &mut l.arch {
+            s.heads = 14 * 5;
+            s.kv_heads = Some(14 * 5);
+            s.hidden = 900;
+        }
+        assert_eq!(check(&l.arch), Ok(()));
     }
 }
