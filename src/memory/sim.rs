@@ -542,11 +542,10 @@ pub fn simulate(t: &Trace, ck: &[bool]) -> Profile {
 /// leaves `hull`'s answer as it was, with fewer points to keep and sort (a step of NavDP
 /// bf16-mixed with checkpointing: 5,991 -> 2,556).
 fn push_point(pts: &mut Vec<Point>, q: Point) {
-    let shape = |p: &Point| p.row_sum.map(|(c, r)| (c, r.to_bits()));
     let xq = q.saved + q.transient;
     while let Some(p) = pts.last() {
         let xp = p.saved + p.transient;
-        let dominated = shape(p) == shape(&q)
+        let dominated = reduction_shape(p) == reduction_shape(&q)
             && xq >= xp
             && HULL_G.iter().all(|&g| {
                 let (yq, yp) = (q.casts + g * q.pgrad, p.casts + g * p.pgrad);
@@ -560,6 +559,12 @@ fn push_point(pts: &mut Vec<Point>, q: Point) {
     pts.push(q);
 }
 
+/// The reduction in flight at a point, as bits: `hull` prunes each shape on its own, and only
+/// points of one shape can dominate each other.
+fn reduction_shape(p: &Point) -> Option<(u64, u64)> {
+    p.row_sum.map(|(c, r)| (c, r.to_bits()))
+}
+
 /// The gradient byte sizes `hull_linear` keeps the maxima for.
 const HULL_G: [f64; 3] = [0.0, 2.0, 4.0];
 
@@ -571,7 +576,7 @@ fn hull(pts: Vec<Point>, pgrad_total: f64) -> Vec<Point> {
     type Shape = Option<(u64, u64)>;
     let mut groups: Vec<(Shape, Vec<usize>)> = vec![(None, Vec::new())];
     for (i, p) in pts.iter().enumerate() {
-        let key = p.row_sum.map(|(c, r)| (c, r.to_bits()));
+        let key = reduction_shape(p);
         match groups.iter_mut().find(|g| g.0 == key) {
             Some(g) => g.1.push(i),
             None => groups.push((key, vec![i])),

@@ -17,7 +17,7 @@ pub const MAX_COUNT: u64 = 1 << 24;
 pub const MAX_SIDE: u64 = 1 << 16;
 
 /// `v` must lie in `lo..=hi`.
-fn range(field: &str, v: u64, lo: u64, hi: u64) -> Result<(), String> {
+pub(crate) fn range(field: &str, v: u64, lo: u64, hi: u64) -> Result<(), String> {
     if v < lo || v > hi {
         return Err(format!("{field} must be between {lo} and {hi} (is {v})"));
     }

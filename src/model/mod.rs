@@ -274,10 +274,9 @@ pub fn build(source: &str, desc: ModelDesc, knobs: &KnobArgs) -> Result<Workload
     limits::check(&desc.arch).map_err(|e| Error::input(format!("{source}: {e}")))?;
     let sized = |v: Option<u64>, flag: &str, def: u64, max: u64| -> Result<u64> {
         match v {
-            Some(x) if x == 0 || x > max => Err(Error::input(format!(
-                "{flag} must be between 1 and {max} (is {x})"
-            ))),
-            Some(x) => Ok(x),
+            Some(x) => limits::range(flag, x, 1, max)
+                .map(|_| x)
+                .map_err(Error::input),
             None => Ok(def),
         }
     };
