@@ -3,7 +3,7 @@ use super::analysis::{Component, Plan};
 use super::search::{Candidate, Change, Safety};
 use super::steps;
 use super::words::W;
-use crate::knobs::{Checkpointing, Knobs, Precision};
+use crate::knobs::{Checkpointing, Knobs, Optimizer, Precision};
 use crate::report::units::{bytes, gib};
 use crate::report::{fill, Document, Lang};
 
@@ -13,6 +13,17 @@ fn safety_word(s: Safety, l: Lang) -> &'static str {
         Safety::Tight => W::Tight.text(l),
         Safety::NoFit => W::NoFit.text(l),
     }
+}
+
+/// "Memory after" and "Fits" lines of a solution or combination.
+fn memory_rows(c: &Candidate, l: Lang) -> Vec<(String, String)> {
+    vec![
+        (
+            W::HMemoryAfter.text(l).into(),
+            gib(c.eval.device_total_bytes),
+        ),
+        (W::HFits.text(l).into(), safety_word(c.safety, l).into()),
+    ]
 }
 
 fn component_word(name: &str, l: Lang) -> String {
@@ -111,8 +122,28 @@ pub fn document(p: &Plan, l: Lang) -> Document {
     let base = &p.baseline;
     let cap = p.gpu.memory_bytes;
 
-    // Problem analysis and current state.
+    // Problem analysis: the verdict and what dominates, then the current state and the memory
+    // analysis as its subsections (the seed's order).
     d.heading(2, W::ProblemAnalysis.text(l));
+    let need = base.eval.device_total_bytes;
+    let sentence = match base.safety {
+        Safety::NoFit => fill(
+            W::DoesNotFit.text(l),
+            &[&gib(need), &gib(cap), &gib(need - cap)],
+        ),
+        Safety::Tight => fill(
+            W::FitsTight.text(l),
+            &[&gib(need), &gib(cap), &gib(cap - need)],
+        ),
+        Safety::Safe => fill(
+            W::FitsSafe.text(l),
+            &[&gib(need), &gib(cap), &gib(cap - need)],
+        ),
+    };
+    d.para(sentence);
+    if let Some(s) = dominant_sentence(&p.baseline_components, l) {
+        d.para(s);
+    }
     d.heading(3, W::CurrentState.text(l));
     if let Some(s) = &p.log {
         let mut kv = Vec::new();
@@ -159,25 +190,8 @@ pub fn document(p: &Plan, l: Lang) -> Document {
             ),
         ]);
     }
-    let need = base.eval.device_total_bytes;
-    let sentence = match base.safety {
-        Safety::NoFit => fill(
-            W::DoesNotFit.text(l),
-            &[&gib(need), &gib(cap), &gib(need - cap)],
-        ),
-        Safety::Tight => fill(
-            W::FitsTight.text(l),
-            &[&gib(need), &gib(cap), &gib(cap - need)],
-        ),
-        Safety::Safe => fill(
-            W::FitsSafe.text(l),
-            &[&gib(need), &gib(cap), &gib(cap - need)],
-        ),
-    };
-    d.para(sentence);
 
-    // Memory analysis.
-    d.heading(2, W::MemoryAnalysis.text(l));
+    d.heading(3, W::MemoryAnalysis.text(l));
     let k = &base.knobs;
     d.kv(vec![
         (W::Model.text(l).into(), p.model.name.clone()),
@@ -225,19 +239,13 @@ pub fn document(p: &Plan, l: Lang) -> Document {
             ),
         );
         let (pros, cons) = pros_cons(&s.change_list[0], l);
-        d.kv(vec![
-            (
-                W::HMemoryAfter.text(l).into(),
-                format!(
-                    "{} ({})",
-                    gib(s.eval.device_total_bytes),
-                    safety_word(s.safety, l)
-                ),
-            ),
+        let mut kv = memory_rows(s, l);
+        kv.extend([
             (W::HSpeed.text(l).into(), speed(s, l)),
             (W::Pros.text(l).into(), pros),
             (W::Cons.text(l).into(), cons),
         ]);
+        d.kv(kv);
     }
 
     // Combinations.
@@ -252,18 +260,12 @@ pub fn document(p: &Plan, l: Lang) -> Document {
         match c {
             Some(c) => {
                 d.code("python", knob_lines(&c.knobs));
-                d.kv(vec![
-                    (
-                        W::HMemoryAfter.text(l).into(),
-                        format!(
-                            "{} ({})",
-                            gib(c.eval.device_total_bytes),
-                            safety_word(c.safety, l)
-                        ),
-                    ),
+                let mut kv = memory_rows(c, l);
+                kv.extend([
                     (W::HSpeed.text(l).into(), speed(c, l)),
                     (W::HChanges.text(l).into(), candidate_title(c, l)),
                 ]);
+                d.kv(kv);
             }
             None => {
                 d.para(W::ComboNone.text(l));
@@ -379,20 +381,25 @@ pub fn document(p: &Plan, l: Lang) -> Document {
 
 fn pros_cons(c: &Change, l: Lang) -> (String, String) {
     let (p, c) = match c {
-        Change::Precision { to, .. } => (
-            W::ProsPrecision.text(l),
-            match to {
-                Precision::Bf16True | Precision::Fp16True => W::ConsPureHalf.text(l),
-                Precision::Fp16Mixed => W::ConsFp16.text(l),
-                _ => "-",
-            },
-        ),
+        Change::Precision { to, .. } => match to {
+            Precision::Bf16True | Precision::Fp16True => {
+                (W::ProsPrecision.text(l), W::ConsPureHalf.text(l))
+            }
+            Precision::Fp16Mixed => (W::ProsPrecision.text(l), W::ConsFp16.text(l)),
+            Precision::Bf16Mixed => (W::ProsPrecision.text(l), W::ConsBf16Mixed.text(l)),
+            Precision::Tf32 => (W::ProsTf32.text(l), W::ConsTf32.text(l)),
+            Precision::Fp32 => ("-", "-"),
+        },
         Change::Attention { .. } => (W::ProsAttention.text(l), W::ConsAttention.text(l)),
         Change::Checkpointing { .. } => (W::ProsCkpt.text(l), W::ConsCkpt.text(l)),
         Change::MicroBatch { .. } => (W::ProsMicro.text(l), W::ConsMicro.text(l)),
+        Change::Optimizer {
+            to: Optimizer::AdamwFused,
+            from: Optimizer::Adamw,
+        } => (W::ProsFusedOptimizer.text(l), W::ConsFusedOptimizer.text(l)),
         Change::Optimizer { .. } => (W::ProsOptimizer.text(l), W::ConsOptimizer.text(l)),
         Change::EffectiveBatch { .. } => ("-", W::CavLr.text(l)),
-        Change::Sharding { .. } => ("-", "-"),
+        Change::Sharding { .. } => (W::ProsSharding.text(l), W::ConsSharding.text(l)),
     };
     (p.to_string(), c.to_string())
 }
@@ -422,16 +429,20 @@ fn components_section(d: &mut Document, comps: &[Component], l: Lang) {
         rows,
     );
     d.bars(bars);
-    if let Some(top) = comps.iter().max_by_key(|c| c.bytes) {
-        let share = top.bytes as f64 / total.max(1) as f64;
-        d.para(fill(
-            W::Dominant.text(l),
-            &[
-                &component_word(&top.name, l),
-                &format!("{:.0}%", share * 100.0),
-            ],
-        ));
-    }
+}
+
+/// "Activations dominate: 93% of the peak." for the largest component.
+fn dominant_sentence(comps: &[Component], l: Lang) -> Option<String> {
+    let total: u64 = comps.iter().map(|c| c.bytes).sum();
+    let top = comps.iter().max_by_key(|c| c.bytes)?;
+    let share = top.bytes as f64 / total.max(1) as f64;
+    Some(fill(
+        W::Dominant.text(l),
+        &[
+            &component_word(&top.name, l),
+            &format!("{:.0}%", share * 100.0),
+        ],
+    ))
 }
 
 /// 82190596 -> "82,190,596".
@@ -449,6 +460,46 @@ pub fn group_digits(n: u64) -> String {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+    use crate::knobs::Sharding;
+
+    /// Every change a plan can list says what it costs, in both languages; only dropping to
+    /// fp32 and changing the effective batch have no "pro" to name.
+    #[test]
+    fn every_change_names_its_cost() {
+        use Precision::*;
+        let mut changes: Vec<Change> = [Fp16Mixed, Bf16Mixed, Bf16True, Fp16True, Tf32]
+            .into_iter()
+            .map(|to| Change::Precision { from: Fp32, to })
+            .collect();
+        changes.extend([
+            Change::Optimizer {
+                from: Optimizer::Adamw,
+                to: Optimizer::AdamwFused,
+            },
+            Change::Optimizer {
+                from: Optimizer::Adamw,
+                to: Optimizer::Adamw8bit,
+            },
+            Change::Sharding {
+                from: Sharding::None,
+                to: Sharding::Zero2,
+            },
+        ]);
+        for c in &changes {
+            for l in [Lang::En, Lang::Zh] {
+                let (pros, cons) = pros_cons(c, l);
+                assert!(pros != "-" && cons != "-", "{c:?} {l:?}: {pros} / {cons}");
+            }
+        }
+        // The fused optimizer changes no numerics: not the generic "check convergence".
+        let fused = pros_cons(&changes[5], Lang::En);
+        assert!(fused.1.contains("saves no memory"), "{fused:?}");
+        assert!(pros_cons(&changes[1], Lang::En)
+            .1
+            .contains("activation memory only"));
+    }
+
     #[test]
     fn groups_digits() {
         assert_eq!(super::group_digits(82190596), "82,190,596");

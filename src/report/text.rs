@@ -15,7 +15,12 @@ pub fn render(doc: &Document, _color: bool) -> String {
             Block::Heading { level, text } => {
                 out.push_str(text);
                 out.push('\n');
-                let ch = if *level <= 1 { '=' } else { '-' };
+                // reStructuredText's order: '=' for the title, '-' for sections, '~' below.
+                let ch = match level {
+                    0 | 1 => '=',
+                    2 => '-',
+                    _ => '~',
+                };
                 out.push_str(&ch.to_string().repeat(display_width(text)));
                 out.push('\n');
             }
