@@ -509,12 +509,7 @@ pub fn alloc_conf(cx: &mut Cx, setup: &Setup) {
     });
     if let Some(s) = script {
         let rel = s.rel.clone();
-        if let Some(existing) = s.src.find("PYTORCH_CUDA_ALLOC_CONF=") {
-            let start = existing + "PYTORCH_CUDA_ALLOC_CONF=".len();
-            let end = s.src[start..]
-                .find(|c: char| c.is_whitespace())
-                .map(|i| start + i)
-                .unwrap_or(s.src.len());
+        if let Some((start, end)) = shell_value(&s.src) {
             let val = s.src[start..end].to_string();
             cx.edit(
                 &rel,
@@ -548,6 +543,19 @@ pub fn alloc_conf(cx: &mut Cx, setup: &Setup) {
     }
     if let Some(r) = cx.p.other.iter().find(|o| o.kind == OtherKind::Readme) {
         let rel = r.rel.clone();
+        // Already documented (by an earlier run, say): the value is updated in place.
+        if let Some((start, end)) = shell_value(&r.src) {
+            let val = r.src[start..end].to_string();
+            cx.edit(
+                &rel,
+                start,
+                end,
+                conf.clone(),
+                Knob::AllocConf,
+                Some(Msg::new(M::AllocExisting, &[&rel, &val])),
+            );
+            return;
+        }
         let end = r.src.len();
         let sep = if r.src.ends_with('\n') { "\n" } else { "\n\n" };
         let text = format!("{sep}## GPU memory\n\nSet the allocator to reduce fragmentation before training:\n\n```bash\n{line}\n```\n");
@@ -565,6 +573,29 @@ pub fn alloc_conf(cx: &mut Cx, setup: &Setup) {
     if let Some(fi) = setup.entry_file() {
         let f: &PyFile = &cx.p.py[fi];
         let rel = f.rel.clone();
+        // Already set in the script (by an earlier run, say): a literal value is updated in
+        // place; one computed at run time is left to the user.
+        match python_setting(f) {
+            Some(Ok(value)) => {
+                let (start, end) = (value.start_byte(), value.end_byte());
+                let val = f.text(value).to_string();
+                cx.edit(
+                    &rel,
+                    start,
+                    end,
+                    format!("\"{conf}\""),
+                    Knob::AllocConf,
+                    Some(Msg::new(M::AllocExisting, &[&rel, &val])),
+                );
+                return;
+            }
+            Some(Err(at)) => {
+                let line = format!("{rel}:{}", f.line_of(at.start_byte()));
+                cx.note(Knob::AllocConf, M::AllocComputed, &[&line, &conf]);
+                return;
+            }
+            None => {}
+        }
         let imps = py::imports(f);
         let set = format!("os.environ.setdefault(\"PYTORCH_CUDA_ALLOC_CONF\", \"{conf}\")  # before torch starts CUDA\n");
         // After an `import os` that comes before torch, else `import os` first.
@@ -590,4 +621,60 @@ pub fn alloc_conf(cx: &mut Cx, setup: &Setup) {
             Some(Msg::new(M::AllocEntry, &[&rel])),
         );
     }
+}
+
+/// The byte range of the value in `PYTORCH_CUDA_ALLOC_CONF=VALUE` (a shell line or a README's
+/// code block), if the text has one.
+fn shell_value(src: &str) -> Option<(usize, usize)> {
+    const KEY: &str = "PYTORCH_CUDA_ALLOC_CONF=";
+    let start = src.find(KEY)? + KEY.len();
+    let end = src[start..]
+        .find(|c: char| c.is_whitespace())
+        .map_or(src.len(), |i| start + i);
+    Some((start, end))
+}
+
+/// Where a Python file sets `PYTORCH_CUDA_ALLOC_CONF` through `os.environ`: `Ok(value)` when the
+/// value is a string literal, `Err(statement)` when it is computed.
+fn python_setting<'t>(f: &'t PyFile) -> Option<std::result::Result<Node<'t>, Node<'t>>> {
+    for n in f.all_nodes() {
+        if py::string_value(f, n).as_deref() != Some("PYTORCH_CUDA_ALLOC_CONF") {
+            continue;
+        }
+        let Some(parent) = n.parent() else { continue };
+        let value = match parent.kind() {
+            // os.environ.setdefault("…", v) / os.putenv("…", v)
+            "argument_list" => {
+                let Some(call) = parent.parent() else {
+                    continue;
+                };
+                let name = py::callee(f, call);
+                if !(name.ends_with("environ.setdefault") || name.ends_with("putenv")) {
+                    continue;
+                }
+                let args = py::positional(call);
+                if args.first() != Some(&n) {
+                    continue;
+                }
+                args.get(1).copied()
+            }
+            // os.environ["…"] = v
+            "subscript" => {
+                let Some(assign) = parent.parent().filter(|a| a.kind() == "assignment") else {
+                    continue;
+                };
+                if assign.child_by_field_name("left") != Some(parent) {
+                    continue;
+                }
+                assign.child_by_field_name("right")
+            }
+            _ => continue,
+        };
+        let stmt = py::statement_of(n).unwrap_or(n);
+        return Some(match value {
+            Some(v) if v.kind() == "string" && py::string_value(f, v).is_some() => Ok(v),
+            _ => Err(stmt),
+        });
+    }
+    None
 }

@@ -230,8 +230,15 @@ impl<'p> HfArgs<'p> {
                 let v = for_shell(value);
                 match self.get(p, name) {
                     Some(s) if s.value.is_empty() => {
-                        if v != "True" {
-                            cx.edit(&s.file, s.start, s.end, format!(" {v}"), knob, Some(why));
+                        // A bare flag gets its value by rewriting the flag's word, not by an
+                        // insertion after it: flags appended to the command (when the bare flag
+                        // is its last word) are insertions at that same point, and must follow.
+                        let word = shell_tokens(&o.src)
+                            .into_iter()
+                            .find(|t| t.end == s.start && t.text == format!("--{name}"));
+                        if let (Some(t), false) = (word, v == "True") {
+                            let text = format!("{} {v}", &o.src[t.start..t.end]);
+                            cx.edit(&s.file, t.start, t.end, text, knob, Some(why));
                         }
                     }
                     Some(s) => {

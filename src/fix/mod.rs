@@ -306,9 +306,18 @@ pub fn analyze(root: &Path, target: &Target) -> Result<Patch> {
         ));
     }
     let project = project::Project::load(root)?;
-    let mut cx = edit::Cx::new(&project, target.clone());
+    analyze_project(&project, target)
+}
+
+/// [`analyze`] of a project already read (in memory, for the fuzz target).
+pub fn analyze_project(project: &project::Project, target: &Target) -> Result<Patch> {
+    if target.is_empty() {
+        return Err(Error::input("nothing to change"));
+    }
+    let root = &project.root;
+    let mut cx = edit::Cx::new(project, target.clone());
     cx.check_bf16();
-    let setup = trainers::detect(&project);
+    let setup = trainers::detect(project);
     if setup.is_empty() {
         return Err(Error::input(format!(
             "{}: no training code found in {} Python file(s): looked for Hugging Face TrainingArguments/Trainer, Lightning Trainer, accelerate Accelerator, DeepSpeed JSON configs, and plain loops calling loss.backward() and optimizer.step()",

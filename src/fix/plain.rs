@@ -306,15 +306,34 @@ fn loop_rules(cx: &mut Cx, fi: usize, bw: Node) {
     if !scaler && accum.is_none() {
         return;
     }
-    if scaler {
-        insert_scaler(cx, f, lp, &device);
+    // The step run: the statement after backward that calls `opt.step()` and the clipping,
+    // zero_grad and scheduler statements next to it. Other statements between backward and
+    // the step (logging, running sums) stay ungated. Without such a statement neither the loss
+    // division nor the scaler can be written: half of either would train wrongly.
+    let step_call = format!("{opt}.step(");
+    let Some(si) = (bi + 1..stmts.len())
+        .find(|&i| is_step_like(f, stmts[i], &opt) && f.text(stmts[i]).contains(&step_call))
+    else {
+        let knob = if accum.is_some() {
+            Knob::GradAccum
+        } else {
+            Knob::Precision
+        };
+        cx.note(knob, M::LoopShape, &[&at]);
+        return;
+    };
+    let mut r0 = si;
+    while r0 > bi + 1 && is_step_like(f, stmts[r0 - 1], &opt) {
+        r0 -= 1;
     }
-    // Step run after backward.
-    let mut ri = bi + 1;
+    let mut ri = si + 1;
     while ri < stmts.len() && is_step_like(f, stmts[ri], &opt) {
         ri += 1;
     }
-    let run = &stmts[bi + 1..ri];
+    let run = &stmts[r0..ri];
+    if scaler {
+        insert_scaler(cx, f, lp, &device);
+    }
     let zero_before: Vec<Node> = stmts[..bi]
         .iter()
         .copied()
@@ -352,9 +371,6 @@ fn loop_rules(cx: &mut Cx, fi: usize, bw: Node) {
     );
 
     // The step run, transformed.
-    if run.is_empty() {
-        return;
-    }
     let s0 = f.line_start(run[0].start_byte());
     let e0 = f.line_end_incl(run[run.len() - 1].end_byte());
     let mut lines = String::new();

@@ -66,26 +66,26 @@ impl Project {
         let mut paths = Vec::new();
         walk(root, root, &mut paths)?;
         paths.sort();
+        let mut files = Vec::new();
+        for (rel, path) in paths {
+            if kind_of(&rel).is_some() {
+                let bytes = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
+                files.push((rel, bytes));
+            }
+        }
+        Project::from_files(root, files)
+    }
+
+    /// A project from its files' paths (relative, `/`-separated) and contents, in that order:
+    /// what [`Project::load`] reads from disk, and what the fuzz target builds in memory. Files
+    /// that are neither Python nor a settings file or launch script are left out.
+    pub fn from_files(root: &Path, files: Vec<(String, Vec<u8>)>) -> Result<Project> {
         let mut py = Vec::new();
         let mut other = Vec::new();
-        for (rel, path) in paths {
-            let lower = rel.to_ascii_lowercase();
-            let kind = if lower.ends_with(".py") {
-                None
-            } else if lower.ends_with(".yaml") || lower.ends_with(".yml") {
-                Some(OtherKind::Yaml)
-            } else if lower.ends_with(".json") {
-                Some(OtherKind::Json)
-            } else if lower.ends_with(".toml") {
-                Some(OtherKind::Toml)
-            } else if lower.ends_with(".sh") {
-                Some(OtherKind::Shell)
-            } else if !lower.contains('/') && lower.starts_with("readme") {
-                Some(OtherKind::Readme)
-            } else {
+        for (rel, bytes) in files {
+            let Some(kind) = kind_of(&rel) else {
                 continue;
             };
-            let bytes = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
             let Ok(src) = String::from_utf8(bytes) else {
                 if kind.is_none() {
                     return Err(Error::input(format!(
@@ -155,6 +155,27 @@ impl Project {
                 self.py.iter().position(|f| f.rel.ends_with(&suffix))
             })
     }
+}
+
+/// What a file is to `fix`: `Some(None)` Python source, `Some(Some(kind))` a settings file or
+/// launch script, `None` neither (not read).
+fn kind_of(rel: &str) -> Option<Option<OtherKind>> {
+    let lower = rel.to_ascii_lowercase();
+    Some(if lower.ends_with(".py") {
+        None
+    } else if lower.ends_with(".yaml") || lower.ends_with(".yml") {
+        Some(OtherKind::Yaml)
+    } else if lower.ends_with(".json") {
+        Some(OtherKind::Json)
+    } else if lower.ends_with(".toml") {
+        Some(OtherKind::Toml)
+    } else if lower.ends_with(".sh") {
+        Some(OtherKind::Shell)
+    } else if !lower.contains('/') && lower.starts_with("readme") {
+        Some(OtherKind::Readme)
+    } else {
+        return None;
+    })
 }
 
 fn walk(root: &Path, dir: &Path, out: &mut Vec<(String, PathBuf)>) -> Result<()> {

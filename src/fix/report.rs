@@ -28,6 +28,8 @@ crate::catalogue! { pub enum M {
     LrScaleUnknown => ("The effective batch changes from {0} to {1}: scale the learning rate with it (linear rule) or re-tune it.", "有效batch_size 从 {0} 变为 {1}：请相应缩放学习率（线性规则）或重新调参。"),
     AllocScriptExisting => ("The launch script already sets PYTORCH_CUDA_ALLOC_CONF ({0}); it is set to the requested value.", "启动脚本已设置 PYTORCH_CUDA_ALLOC_CONF（{0}），改为所要求的值。"),
     AllocScript => ("PYTORCH_CUDA_ALLOC_CONF is read when PyTorch starts CUDA, so it goes into the environment of the launch script {0}; expandable segments let the allocator grow a segment instead of leaving fragmented free blocks.", "PYTORCH_CUDA_ALLOC_CONF 在 PyTorch 初始化 CUDA 时读取，因此写入启动脚本 {0} 的环境；expandable_segments 让分配器扩展段，而不是留下碎片化的空闲块。"),
+    AllocExisting => ("{0} already sets PYTORCH_CUDA_ALLOC_CONF ({1}); it is set to the requested value there.", "{0} 已设置 PYTORCH_CUDA_ALLOC_CONF（{1}），在原处改为所要求的值。"),
+    AllocComputed => ("{0} sets PYTORCH_CUDA_ALLOC_CONF from a computed value; it was left as is: make it {1}.", "{0} 用计算得到的值设置 PYTORCH_CUDA_ALLOC_CONF，保持不变：请改为 {1}。"),
     AllocReadme => ("No launch script found: the README now says to set PYTORCH_CUDA_ALLOC_CONF before training.", "未找到启动脚本：在 README 中说明训练前设置 PYTORCH_CUDA_ALLOC_CONF。"),
     AllocEntry => ("No launch script or README: {0} sets it before torch is imported (the allocator reads it when CUDA starts).", "没有启动脚本或 README：在 {0} 中导入 torch 之前设置（分配器在 CUDA 初始化时读取）。"),
     HfCliNoArgs => ("TrainingArguments are parsed with HfArgumentParser, but no launch script (--per_device_train_batch_size ...) or JSON file of them was found: pass the settings on the command line.", "TrainingArguments 由 HfArgumentParser 解析，但没有找到传入它们的启动脚本（--per_device_train_batch_size ...）或 JSON 文件：请在命令行中传入这些设置。"),

@@ -369,6 +369,34 @@ fn hf_argument_parser_flags_in_the_launch_script() {
     assert!(p.frameworks.contains(&Framework::HfTrainer));
 }
 
+/// The command's last word is a bare `--fp16`: its value and the appended flags both go at the
+/// end of the command, the value first.
+#[test]
+fn hf_launch_script_ending_in_a_bare_flag() {
+    let run_clm = "from transformers import AutoModelForCausalLM, HfArgumentParser, Trainer, TrainingArguments\n\nparser = HfArgumentParser((ModelArguments, TrainingArguments))\nmodel_args, training_args = parser.parse_args_into_dataclasses()\nmodel = AutoModelForCausalLM.from_pretrained(model_args.model_name_or_path)\ntrainer = Trainer(model=model, args=training_args, train_dataset=ds)\ntrainer.train()\n";
+    let d = project(&[
+        ("run_clm.py", run_clm),
+        (
+            "train.sh",
+            "#!/bin/bash\ntorchrun --nproc_per_node 8 run_clm.py \\\n    --output_dir out \\\n    --fp16\n",
+        ),
+    ]);
+    let t = Target {
+        grad_accum: Some(2),
+        precision: Some(Precision::Bf16Mixed),
+        bf16_supported: Some(true),
+        ..Default::default()
+    };
+    let p = analyze(d.path(), &t).unwrap();
+    assert_eq!(
+        new_text(&p, "train.sh"),
+        "#!/bin/bash\ntorchrun --nproc_per_node 8 run_clm.py \\\n    --output_dir out \\\n    --fp16 False \\\n    --gradient_accumulation_steps 2 \\\n    --bf16 True\n"
+    );
+    write_patch(&d, &p);
+    let again = analyze(d.path(), &t).unwrap();
+    assert!(again.files.is_empty(), "{}", again.unified_diff());
+}
+
 #[test]
 fn hf_argument_parser_json_file() {
     let d = project(&[
@@ -472,4 +500,137 @@ fn lightning_cli_yaml_config() {
         "the code default is overridden by the config"
     );
     assert!(has_note(&p, M::LrSame));
+}
+
+/// Writes the patch's new texts into the project directory (what `--apply` does, minus the
+/// safety checks tested in `apply`).
+fn write_patch(d: &tempfile::TempDir, p: &Patch) {
+    for f in &p.files {
+        fs::write(d.path().join(&f.path), &f.new).unwrap();
+    }
+}
+
+const LOOP: &str = "import torch\n\nopt = torch.optim.SGD(net.parameters(), lr=0.1)\nfor x in loader:\n    loss = net(x)\n    loss.backward()\n    opt.step()\n";
+
+fn alloc_target(conf: &str) -> Target {
+    Target {
+        alloc_conf: Some(conf.into()),
+        ..Default::default()
+    }
+}
+
+#[test]
+fn alloc_conf_in_the_entry_script_is_set_once() {
+    let d = project(&[("train.py", LOOP)]);
+    let t = alloc_target("expandable_segments:True");
+    let p = analyze(d.path(), &t).unwrap();
+    let s = new_text(&p, "train.py");
+    assert!(s.starts_with("import os\n\nos.environ.setdefault(\"PYTORCH_CUDA_ALLOC_CONF\", \"expandable_segments:True\")"), "{s}");
+    write_patch(&d, &p);
+    let again = analyze(d.path(), &t).unwrap();
+    assert!(again.files.is_empty(), "{}", again.unified_diff());
+    // Another value later replaces the one written, in place.
+    let p = analyze(d.path(), &alloc_target("max_split_size_mb:128")).unwrap();
+    let s2 = new_text(&p, "train.py");
+    assert_eq!(
+        s2,
+        s.replace("expandable_segments:True", "max_split_size_mb:128")
+    );
+    assert!(explains(&p, M::AllocExisting));
+}
+
+/// Whether a hunk of the patch carries this explanation.
+fn explains(p: &Patch, id: M) -> bool {
+    p.files
+        .iter()
+        .flat_map(|f| &f.hunks)
+        .flat_map(|h| &h.changes)
+        .any(|c| c.why.id == id)
+}
+
+#[test]
+fn alloc_conf_set_by_the_user_is_updated_or_left() {
+    let literal = format!(
+        "import os\nos.environ[\"PYTORCH_CUDA_ALLOC_CONF\"] = 'max_split_size_mb:64'\n{LOOP}"
+    );
+    let d = project(&[("train.py", &literal)]);
+    let p = analyze(d.path(), &alloc_target("expandable_segments:True")).unwrap();
+    assert_eq!(
+        new_text(&p, "train.py"),
+        literal.replace("'max_split_size_mb:64'", "\"expandable_segments:True\"")
+    );
+    let computed =
+        format!("import os\nos.environ[\"PYTORCH_CUDA_ALLOC_CONF\"] = cfg.alloc\n{LOOP}");
+    let d = project(&[("train.py", &computed)]);
+    let p = analyze(d.path(), &alloc_target("expandable_segments:True")).unwrap();
+    assert!(p.files.is_empty(), "{}", p.unified_diff());
+    assert!(has_note(&p, M::AllocComputed));
+}
+
+#[test]
+fn alloc_conf_in_the_readme_is_written_once() {
+    let d = project(&[("train.py", LOOP), ("README.md", "# Project\n")]);
+    let t = alloc_target("expandable_segments:True");
+    let p = analyze(d.path(), &t).unwrap();
+    write_patch(&d, &p);
+    let again = analyze(d.path(), &t).unwrap();
+    assert!(again.files.is_empty(), "{}", again.unified_diff());
+    let p = analyze(d.path(), &alloc_target("max_split_size_mb:128")).unwrap();
+    let r = new_text(&p, "README.md");
+    assert_eq!(r.matches("PYTORCH_CUDA_ALLOC_CONF").count(), 1, "{r}");
+    assert!(
+        r.contains("export PYTORCH_CUDA_ALLOC_CONF=max_split_size_mb:128\n"),
+        "{r}"
+    );
+}
+
+#[test]
+fn accumulation_gates_the_step_past_other_statements() {
+    let src = "import torch\n\nopt = torch.optim.SGD(net.parameters(), lr=0.1)\ntotal = 0.0\nfor x in loader:\n    opt.zero_grad()\n    loss = net(x)\n    loss.backward()\n    total += loss.item()\n    torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)\n    opt.step()\n    print(total)\n";
+    let d = project(&[("train.py", src)]);
+    let t = Target {
+        grad_accum: Some(4),
+        precision: Some(Precision::Fp16Mixed),
+        ..Default::default()
+    };
+    let p = analyze(d.path(), &t).unwrap();
+    let s = new_text(&p, "train.py");
+    assert!(
+        s.contains("    scaler.scale(loss).backward()\n    total += loss.item()\n    if (micro_step + 1) % grad_accum_steps == 0:\n        scaler.unscale_(opt)  # clip the true gradients\n        torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)\n        scaler.step(opt)\n        scaler.update()\n        opt.zero_grad()\n    print(total)\n"),
+        "{s}"
+    );
+    write_patch(&d, &p);
+    let again = analyze(d.path(), &t).unwrap();
+    assert!(again.files.is_empty(), "{}", again.unified_diff());
+}
+
+/// A step the loop does not call directly cannot be gated: then nothing of the accumulation or
+/// the scaler is written (a divided loss with an ungated step, or a scaled loss with a plain
+/// step, would train wrongly).
+#[test]
+fn accumulation_is_all_or_nothing() {
+    let src = "import torch\n\nopt = torch.optim.SGD(net.parameters(), lr=0.1)\nfor x in loader:\n    loss = net(x)\n    loss.backward()\n    with timer():\n        opt.step()\n    opt.zero_grad()\n";
+    let d = project(&[("train.py", src)]);
+    for t in [
+        Target {
+            grad_accum: Some(4),
+            ..Default::default()
+        },
+        Target {
+            precision: Some(Precision::Fp16Mixed),
+            ..Default::default()
+        },
+    ] {
+        let p = analyze(d.path(), &t).unwrap();
+        let s = p
+            .files
+            .iter()
+            .find(|f| f.path == "train.py")
+            .map_or(src, |f| f.new.as_str());
+        assert!(
+            !s.contains("grad_accum_steps") && !s.contains("scaler"),
+            "{s}"
+        );
+        assert!(has_note(&p, M::LoopShape));
+    }
 }
