@@ -634,3 +634,28 @@ fn accumulation_is_all_or_nothing() {
         assert!(has_note(&p, M::LoopShape));
     }
 }
+
+/// Which DataLoader feeds training must not depend on the settings fix writes into it: the
+/// config key `cfg["train"]` in a batch_size does not make a loader the training one.
+#[test]
+fn training_loader_is_chosen_by_what_it_reads() {
+    let src = "import itertools\nimport torch\nfrom torch.utils.data import DataLoader\n\nval_loader = DataLoader(val_ds, batch_size=cfg[\"train\"][\"bs\"])\ntrain_loader = DataLoader(ds, batch_size=cfg[\"train\"][\"bs\"])\nopt = torch.optim.SGD(model.parameters(), lr=0.1)\nfor x in itertools.islice(train_loader, 100):\n    loss = model(x)\n    loss.backward()\n    opt.step()\n";
+    let d = project(&[("train.py", src)]);
+    let t = Target {
+        batch: Some(8),
+        dataloader: DataLoaderOpts {
+            num_workers: Some(4),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let p = analyze(d.path(), &t).unwrap();
+    let s = new_text(&p, "train.py");
+    assert!(
+        s.contains("val_loader = DataLoader(val_ds, batch_size=cfg[\"train\"][\"bs\"])\ntrain_loader = DataLoader(ds, batch_size=8, num_workers=4)\n"),
+        "{s}"
+    );
+    write_patch(&d, &p);
+    let again = analyze(d.path(), &t).unwrap();
+    assert!(again.files.is_empty(), "{}", again.unified_diff());
+}

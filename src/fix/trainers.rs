@@ -1099,12 +1099,35 @@ pub fn train_dataloader<'p>(p: &'p Project, s: &Setup<'p>) -> Option<At<'p>> {
             cur = py::ancestor(fs, &["for_statement"]);
         }
     }
+    // One that names training in what it is assigned to or reads, but not in the settings fix
+    // writes: those change with a first run, and a second run must pick the same loader.
     let trainish = s.dataloaders.iter().copied().find(|(fi, d)| {
         let f = &p.py[*fi];
-        let st = py::statement_of(*d)
-            .map(|st| f.text(st).to_ascii_lowercase())
+        let target = py::statement_of(*d)
+            .and_then(|st| st.named_child(0))
+            .filter(|a| a.kind() == "assignment")
+            .and_then(|a| a.child_by_field_name("left"))
+            .map(|l| f.text(l));
+        let args = d
+            .child_by_field_name("arguments")
+            .map(py::named_children)
             .unwrap_or_default();
-        st.contains("train")
+        let read = args.into_iter().filter(|a| {
+            a.kind() != "keyword_argument"
+                || !a.child_by_field_name("name").is_some_and(|n| {
+                    [
+                        "batch_size",
+                        "num_workers",
+                        "pin_memory",
+                        "persistent_workers",
+                    ]
+                    .contains(&f.text(n))
+                })
+        });
+        target
+            .into_iter()
+            .chain(read.map(|a| f.text(a)))
+            .any(|t| t.to_ascii_lowercase().contains("train"))
     });
     trainish.or_else(|| (s.dataloaders.len() == 1).then(|| s.dataloaders[0]))
 }
