@@ -382,6 +382,16 @@ impl<'p> Cx<'p> {
                 }
                 kept.push(e);
             }
+            // Whole lines inserted at the end of a file without a final newline start on a
+            // line of their own (else they would join its last line).
+            let eof = original.len();
+            if !original.is_empty() && !original.ends_with('\n') {
+                if let Some(e) = kept.iter_mut().find(|e| e.start == eof) {
+                    if e.text.ends_with('\n') && !e.text.starts_with(['\n', '\r']) {
+                        e.text.insert_str(0, if crlf { "\r\n" } else { "\n" });
+                    }
+                }
+            }
             let mut new = String::with_capacity(original.len() + 256);
             let mut pos = 0;
             for e in &kept {

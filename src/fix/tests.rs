@@ -659,3 +659,26 @@ fn training_loader_is_chosen_by_what_it_reads() {
     let again = analyze(d.path(), &t).unwrap();
     assert!(again.files.is_empty(), "{}", again.unified_diff());
 }
+
+/// Settings appended to a file that has no final newline go on lines of their own.
+#[test]
+fn lines_appended_after_a_last_line_without_newline() {
+    let cli = "from lightning.pytorch.cli import LightningCLI\n\nif __name__ == \"__main__\":\n    LightningCLI(Model, DM)\n";
+    let d = project(&[
+        ("main.py", cli),
+        ("config.yaml", "trainer:\n  max_epochs: 3\n  devices: 1"),
+    ]);
+    let t = Target {
+        precision: Some(Precision::Bf16Mixed),
+        grad_accum: Some(4),
+        ..Default::default()
+    };
+    let p = analyze(d.path(), &t).unwrap();
+    assert_eq!(
+        new_text(&p, "config.yaml"),
+        "trainer:\n  max_epochs: 3\n  devices: 1\n  precision: bf16-mixed\n  accumulate_grad_batches: 4\n"
+    );
+    write_patch(&d, &p);
+    let again = analyze(d.path(), &t).unwrap();
+    assert!(again.files.is_empty(), "{}", again.unified_diff());
+}
