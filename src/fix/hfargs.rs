@@ -29,7 +29,9 @@ pub struct Tok {
     pub cmd: usize,
 }
 
-/// Splits a shell script into words (quotes, backslash-newline continuations, comments).
+/// Splits a shell script into words (quotes, backslash-newline continuations, comments). A
+/// script with a quote that is never closed, which the shell itself refuses, has no words: its
+/// command cannot be told apart from the text after it, so nothing in it is edited.
 pub fn shell_tokens(src: &str) -> Vec<Tok> {
     let b = src.as_bytes();
     let mut out = Vec::new();
@@ -79,6 +81,9 @@ pub fn shell_tokens(src: &str) -> Vec<Tok> {
                             i += 1;
                         }
                     }
+                }
+                if quote.is_some() {
+                    return Vec::new();
                 }
                 // Multi-byte characters: take the exact text from the source.
                 if !text.is_ascii() {
@@ -321,6 +326,15 @@ impl<'p> HfArgs<'p> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_unclosed_quote_leaves_no_words() {
+        assert!(shell_tokens("torchrun run.py --output_dir 'out\n--fp16\n").is_empty());
+        assert_eq!(
+            shell_tokens("torchrun run.py --output_dir 'out'\n").len(),
+            4
+        );
+    }
 
     #[test]
     fn shell_words() {

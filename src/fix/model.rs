@@ -68,7 +68,7 @@ fn block_loops(p: &Project) -> Vec<BlockLoop<'_>> {
             let Some(attr) = it_text.strip_prefix("self.") else {
                 continue;
             };
-            if attr.contains(['.', '[', '(']) || var_node.kind() != "identifier" {
+            if attr.contains(['[', '(']) || var_node.kind() != "identifier" {
                 continue;
             }
             let var = f.text(var_node).to_string();
@@ -106,7 +106,9 @@ fn block_loops(p: &Project) -> Vec<BlockLoop<'_>> {
     out
 }
 
-/// Attributes assigned `self.<attr> = nn.ModuleList(...)` / `nn.Sequential(...)` in the project.
+/// Attributes assigned `self.<attr> = nn.ModuleList(...)` / `nn.Sequential(...)` in the project,
+/// and the lists inside a `self.<attr> = nn.ModuleDict(dict(h=nn.ModuleList(...)))` (or with a
+/// `{"h": ...}` literal) as `<attr>.h`, as in GPT-2-style models (`self.transformer.h`).
 fn module_lists(p: &Project) -> std::collections::HashSet<String> {
     let mut out = std::collections::HashSet::new();
     for f in &p.py {
@@ -125,10 +127,48 @@ fn module_lists(p: &Project) -> std::collections::HashSet<String> {
                 if t.contains("ModuleList") || t.contains("Sequential") {
                     out.insert(attr.to_string());
                 }
+                if r.kind() == "call" && py::callee(f, r).ends_with("ModuleDict") {
+                    for (key, value) in dict_entries(f, py::positional(r).first().copied()) {
+                        let v = f.text(value);
+                        if v.contains("ModuleList") || v.contains("Sequential") {
+                            out.insert(format!("{attr}.{key}"));
+                        }
+                    }
+                }
             }
         }
     }
     out
+}
+
+/// The entries of `dict(k=v, ...)` or `{"k": v, ...}`.
+fn dict_entries<'t>(f: &PyFile, d: Option<Node<'t>>) -> Vec<(String, Node<'t>)> {
+    let Some(d) = d else { return vec![] };
+    let (items, keyword) = match d.kind() {
+        "call" if py::callee(f, d) == "dict" => match d.child_by_field_name("arguments") {
+            Some(a) => (py::named_children(a), true),
+            None => return vec![],
+        },
+        "dictionary" => (py::named_children(d), false),
+        _ => return vec![],
+    };
+    items
+        .into_iter()
+        .filter_map(|it| {
+            let (key, value) = if keyword {
+                (it.kind() == "keyword_argument").then_some(())?;
+                let k = f.text(it.child_by_field_name("name")?).to_string();
+                (k, it.child_by_field_name("value")?)
+            } else {
+                (it.kind() == "pair").then_some(())?;
+                (
+                    py::string_value(f, it.child_by_field_name("key")?)?,
+                    it.child_by_field_name("value")?,
+                )
+            };
+            Some((key, value))
+        })
+        .collect()
 }
 
 /// Attributes (`self.rgb_model = ViT(...)`) holding an instance of `class`.
@@ -219,13 +259,15 @@ fn checkpointing(cx: &mut Cx, ck: Checkpointing) {
     } else {
         for path in cx.t.checkpoint_modules.clone() {
             let segs: Vec<&str> = path.split('.').filter(|s| !s.is_empty()).collect();
-            let Some(last) = segs.last() else { continue };
-            let parent = (segs.len() >= 2).then(|| segs[segs.len() - 2]);
             let mut any = false;
             for l in &loops {
-                if l.attr != *last {
+                // The path ends with the loop's attribute (`blocks`, or `transformer.h`); the
+                // segment before it, if any, names the instance that owns it.
+                let attr: Vec<&str> = l.attr.split('.').collect();
+                if !segs.ends_with(&attr) {
                     continue;
                 }
+                let parent = segs.len().checked_sub(attr.len() + 1).map(|i| segs[i]);
                 let owners = instance_attrs(p, &l.class);
                 if let Some(parent) = parent {
                     if !owners.iter().any(|o| o == parent) {

@@ -138,6 +138,14 @@ fn loop_rules(cx: &mut Cx, fi: usize, bw: Node) {
                     .then(|| obj.to_string())
                 })
         });
+    // Accumulation as an inner loop (`for micro_step in range(N): ... backward()`, the step after
+    // that loop): the optimizer is found after the inner loop, and N is the accumulation.
+    let inner = if opt.is_none() {
+        inner_accumulation(f, lp)
+    } else {
+        None
+    };
+    let opt = opt.or_else(|| inner.as_ref().map(|(_, o)| o.clone()));
     let Some(opt) = opt else {
         if wants_prec || k.is_some() {
             cx.note(Knob::Precision, M::LoopShape, &[&at]);
@@ -160,13 +168,13 @@ fn loop_rules(cx: &mut Cx, fi: usize, bw: Node) {
                 .unwrap_or(false)
     });
     let existing_autocast = py::ancestor(bw, &["with_statement"])
-        .filter(|w| f.text(*w).contains("autocast"))
+        .and_then(|w| autocast_call(f, w))
         .or_else(|| {
             stmts[..bi]
                 .iter()
                 .rev()
-                .find(|s| s.kind() == "with_statement" && f.text(**s).contains("autocast"))
-                .copied()
+                .filter(|s| s.kind() == "with_statement")
+                .find_map(|w| autocast_call(f, *w))
         });
 
     // The model: `X` of `X.parameters()` given to the optimizer.
@@ -213,17 +221,24 @@ fn loop_rules(cx: &mut Cx, fi: usize, bw: Node) {
     }
     let has_scaler = f.src.contains("GradScaler(");
     let scaler = prec == Some(Precision::Fp16Mixed) && !has_scaler;
+    if prec == Some(Precision::Fp16Mixed) && has_scaler {
+        // fp16 needs the scaler on: one switched by a setting may be off.
+        for n in f.all_nodes() {
+            if n.kind() != "call" || !py::callee(f, n).ends_with("GradScaler") {
+                continue;
+            }
+            if let Some(v) = py::kwarg_value(f, n, "enabled").filter(|v| f.text(*v) != "True") {
+                let where_ = format!("{}:{}", f.rel, f.line_of(n.start_byte()));
+                cx.note(Knob::Precision, M::LoopScalerSwitch, &[&where_, &f.text(v)]);
+            }
+        }
+    }
 
     if let Some(dtype) = dtype {
         match existing_autocast {
-            Some(w) => {
-                let call = py::descendants(w)
-                    .into_iter()
-                    .find(|n| n.kind() == "call" && py::callee(f, *n).contains("autocast"));
-                if let Some(call) = call {
-                    let why = Msg::new(M::LoopAutocastDtype, &[&dtype]);
-                    cx.set_kwarg(fi, call, "dtype", dtype, Knob::Precision, why);
-                }
+            Some(call) => {
+                let why = Msg::new(M::LoopAutocastDtype, &[&dtype]);
+                cx.set_kwarg(fi, call, "dtype", dtype, Knob::Precision, why);
             }
             None => {
                 match i_loss {
@@ -248,6 +263,25 @@ fn loop_rules(cx: &mut Cx, fi: usize, bw: Node) {
         }
     }
 
+    if let Some((n, _)) = inner {
+        let site = flow::resolve(p, fi, n);
+        cx.eff.old_accum = Some(site.as_ref().and_then(|s| s.int()).unwrap_or(1));
+        if let Some(k) = k {
+            match site {
+                Some(site) => cx.set_site(
+                    &site,
+                    &k.to_string(),
+                    Knob::GradAccum,
+                    Msg::new(M::LoopAccumInner, &[]),
+                ),
+                None => cx.note(Knob::GradAccum, M::LoopShape, &[&at]),
+            }
+        }
+        if scaler {
+            cx.note(Knob::Precision, M::LoopScalerManual, &[&at]);
+        }
+        return;
+    }
     // Existing accumulation: `if (i + 1) % N == 0: optimizer.step()`.
     let step_in_if = stmts[bi + 1..]
         .iter()
@@ -435,6 +469,80 @@ fn loop_rules(cx: &mut Cx, fi: usize, bw: Node) {
             Some(Msg::new(M::LoopScalerStep, &[&opt])),
         );
     }
+}
+
+/// `for micro_step in range(N):` whose block is followed, in the enclosing block, by a statement
+/// calling `X.step()` (X not a scheduler or scaler) or `scaler.step(X)`: N and X.
+fn inner_accumulation<'t>(f: &PyFile, lp: Node<'t>) -> Option<(Node<'t>, String)> {
+    let right = lp.child_by_field_name("right")?;
+    if right.kind() != "call" || py::callee(f, right) != "range" {
+        return None;
+    }
+    let args = py::positional(right);
+    let [n] = args.as_slice() else { return None };
+    let outer = lp.parent()?;
+    let after = py::named_children(outer)
+        .into_iter()
+        .skip_while(|s| *s != lp)
+        .skip(1);
+    for st in after {
+        for c in py::descendants(st).into_iter().chain(std::iter::once(st)) {
+            if c.kind() != "call" {
+                continue;
+            }
+            let callee = py::callee(f, c);
+            let Some((obj, m)) = callee.rsplit_once('.') else {
+                continue;
+            };
+            if m != "step" {
+                continue;
+            }
+            let pos = py::positional(c);
+            if obj.contains("scaler") {
+                if let [o] = pos.as_slice() {
+                    return Some((*n, f.text(*o).to_string()));
+                }
+            } else if !obj.contains("sched") && pos.is_empty() {
+                return Some((*n, obj.to_string()));
+            }
+        }
+    }
+    None
+}
+
+/// The `autocast(...)` call a `with` statement enters: in the statement itself, or assigned to
+/// the name it enters (`ctx = nullcontext() if cpu else torch.autocast(...)`; `with ctx:`).
+fn autocast_call<'t>(f: &'t PyFile, with: Node<'t>) -> Option<Node<'t>> {
+    let is_autocast = |n: &Node| n.kind() == "call" && py::callee(f, *n).contains("autocast");
+    let inline = py::descendants(with)
+        .into_iter()
+        .find(|n| is_autocast(n) && py::ancestor(*n, &["block"]) == py::ancestor(with, &["block"]));
+    if inline.is_some() {
+        return inline;
+    }
+    let items: Vec<Node> = py::descendants(with)
+        .into_iter()
+        .filter(|n| n.kind() == "with_item")
+        .collect();
+    let [item] = items.as_slice() else {
+        return None;
+    };
+    let name = f.text(item.named_child(0)?);
+    if !name
+        .chars()
+        .all(|c| c.is_alphanumeric() || c == '_' || c == '.')
+    {
+        return None;
+    }
+    f.all_nodes().into_iter().find_map(|a| {
+        if a.kind() != "assignment"
+            || a.child_by_field_name("left").map(|l| f.text(l)) != Some(name)
+        {
+            return None;
+        }
+        let r = a.child_by_field_name("right")?;
+        py::descendants(r).into_iter().find(is_autocast)
+    })
 }
 
 /// `device.type` when the function has a `device` variable, else `"cuda"`.

@@ -682,3 +682,76 @@ fn lines_appended_after_a_last_line_without_newline() {
     let again = analyze(d.path(), &t).unwrap();
     assert!(again.files.is_empty(), "{}", again.unified_diff());
 }
+
+/// GPT-2-style models keep their blocks in a ModuleDict: `self.transformer.h`.
+#[test]
+fn blocks_in_a_module_dict_are_checkpointed() {
+    for (dict, path) in [
+        (
+            "dict(wte=nn.Embedding(V, D), h=nn.ModuleList([Block() for _ in range(L)]))",
+            "transformer.h",
+        ),
+        (
+            "{\"wte\": nn.Embedding(V, D), \"h\": nn.ModuleList([Block() for _ in range(L)])}",
+            "gpt.transformer.h",
+        ),
+    ] {
+        let model = format!("import torch.nn as nn\n\n\nclass GPT(nn.Module):\n    def __init__(self):\n        super().__init__()\n        self.transformer = nn.ModuleDict({dict})\n\n    def forward(self, x):\n        for block in self.transformer.h:\n            x = block(x)\n        return x\n\n\nclass Wrapper(nn.Module):\n    def __init__(self):\n        super().__init__()\n        self.gpt = GPT()\n");
+        let d = project(&[("model.py", &model), ("train.py", LOOP)]);
+        for t in [
+            Target {
+                checkpointing: Some(Checkpointing::Full),
+                ..Default::default()
+            },
+            Target {
+                checkpointing: Some(Checkpointing::Selective),
+                checkpoint_modules: vec![path.into()],
+                ..Default::default()
+            },
+        ] {
+            let p = analyze(d.path(), &t).unwrap();
+            let s = new_text(&p, "model.py");
+            assert!(
+                s.contains(
+                    "x = checkpoint(block, x, use_reentrant=False) if self.training else block(x)"
+                ),
+                "{t:?}: {s}"
+            );
+        }
+    }
+}
+
+/// nanoGPT's loop: micro-batches in an inner `range` loop, the step after it, and autocast
+/// entered through a context variable.
+const MICRO_LOOP: &str = "import argparse\nfrom contextlib import nullcontext\nimport torch\n\np = argparse.ArgumentParser()\np.add_argument('--accum', default=1, type=int)\nargs = p.parse_args()\nctx = nullcontext() if args.device == 'cpu' else torch.amp.autocast(device_type='cuda', dtype=torch.float32)\nscaler = torch.cuda.amp.GradScaler(enabled=(args.dtype == 'float16'))\nopt = torch.optim.AdamW(model.parameters(), lr=1e-3)\nfor it in range(1000):\n    for micro_step in range(args.accum):\n        with ctx:\n            logits, loss = model(X, Y)\n            loss = loss / args.accum\n        X, Y = get_batch()\n        scaler.scale(loss).backward()\n    scaler.unscale_(opt)\n    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)\n    scaler.step(opt)\n    scaler.update()\n    opt.zero_grad(set_to_none=True)\n";
+
+#[test]
+fn accumulation_over_an_inner_loop_is_set_where_its_count_is() {
+    let d = project(&[("train.py", MICRO_LOOP)]);
+    let t = Target {
+        grad_accum: Some(4),
+        precision: Some(Precision::Bf16Mixed),
+        ..Default::default()
+    };
+    let p = analyze(d.path(), &t).unwrap();
+    let s = new_text(&p, "train.py");
+    let expected = MICRO_LOOP
+        .replace("'--accum', default=1,", "'--accum', default=4,")
+        .replace("dtype=torch.float32)", "dtype=torch.bfloat16)");
+    assert_eq!(s, expected);
+    assert!(explains(&p, M::LoopAccumInner));
+    assert!(!has_note(&p, M::LoopShape));
+    write_patch(&d, &p);
+    let again = analyze(d.path(), &t).unwrap();
+    assert!(again.files.is_empty(), "{}", again.unified_diff());
+    // fp16: the user's scaler is switched by a setting, which fix cannot see.
+    let p = analyze(
+        d.path(),
+        &Target {
+            precision: Some(Precision::Fp16Mixed),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert!(has_note(&p, M::LoopScalerSwitch));
+}
