@@ -755,3 +755,23 @@ fn accumulation_over_an_inner_loop_is_set_where_its_count_is() {
     .unwrap();
     assert!(has_note(&p, M::LoopScalerSwitch));
 }
+
+#[test]
+fn fused_adamw_is_explained_as_an_added_argument() {
+    let d = project(&[(
+        "train.py",
+        &LOOP.replace(
+            "SGD(net.parameters(), lr=0.1)",
+            "AdamW(net.parameters(), lr=0.1)",
+        ),
+    )]);
+    let t = Target {
+        optimizer: Some(Optimizer::AdamwFused),
+        ..Default::default()
+    };
+    let p = analyze(d.path(), &t).unwrap();
+    assert!(new_text(&p, "train.py")
+        .contains("torch.optim.AdamW(net.parameters(), lr=0.1, fused=True)"));
+    assert!(explains(&p, M::OptArgs));
+    assert!(!explains(&p, M::OptSwap));
+}

@@ -1310,7 +1310,11 @@ pub fn optimizer_rewrite(cx: &mut Cx, fi: usize, call: Node, target: Optimizer, 
         }
     }
     for a in &added {
-        let w = if same_class { Some(why.clone()) } else { None };
+        // The same class with other arguments (AdamW -> fused AdamW): say what it gets.
+        let w = same_class.then(|| match own {
+            Some(ctx) => Msg::new(M::OptOwnArgs, &[&old, a, &ctx]),
+            None => Msg::new(M::OptArgs, &[&old, a]),
+        });
         cx.insert_kwarg_skipping(fi, call, a, Knob::Optimizer, w, &remove);
     }
     if dropped.is_empty() && old_adam != adam_like {
