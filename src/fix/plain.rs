@@ -157,15 +157,26 @@ fn loop_rules(cx: &mut Cx, fi: usize, bw: Node) {
     let rel = f.rel.clone();
 
     // Forward range: the statements computing the loss, back to the first data move / zero_grad.
+    // It ends at the assignment that defines the loss, not at one that rescales it
+    // (`loss = loss / grad_accum_steps`, which fix itself writes).
     let i_loss = (0..bi).rev().find(|&i| {
         let st = stmts[i];
-        st.kind() == "expression_statement"
-            && st
-                .named_child(0)
-                .filter(|a| a.kind() == "assignment")
-                .and_then(|a| a.child_by_field_name("left"))
-                .map(|l| py::bound_names(f, l).contains(&loss.as_str()))
-                .unwrap_or(false)
+        let Some(a) = st
+            .named_child(0)
+            .filter(|a| st.kind() == "expression_statement" && a.kind() == "assignment")
+        else {
+            return false;
+        };
+        let defines = a
+            .child_by_field_name("left")
+            .is_some_and(|l| py::bound_names(f, l).contains(&loss.as_str()));
+        let rescales = a.child_by_field_name("right").is_some_and(|r| {
+            py::descendants(r)
+                .into_iter()
+                .chain(std::iter::once(r))
+                .any(|n| n.kind() == "identifier" && f.text(n) == loss)
+        });
+        defines && !rescales
     });
     let existing_autocast = py::ancestor(bw, &["with_statement"])
         .and_then(|w| autocast_call(f, w))

@@ -60,6 +60,8 @@ crate::catalogue! { pub enum M {
     DsKey => ("DeepSpeed reads {0} from {1}.", "DeepSpeed 从 {1} 读取 {0}。"),
     DsTrainBatch => ("{0} also sets train_batch_size, which must equal micro batch x accumulation x GPUs; set it to \"auto\" or update it.", "{0} 还设置了 train_batch_size，它必须等于微批次大小 x 累积步数 x GPU 数；改为 \"auto\" 或相应更新。"),
     DlBatch => ("The training DataLoader ({0}) takes its batch_size from here.", "训练 DataLoader（{0}）的 batch_size 来自这里。"),
+    BatchSetting => ("No DataLoader builds the batches: the batch size is the batch_size setting read at {0}, set here.", "没有 DataLoader 构建批次：批次大小来自 {0} 处读取的 batch_size 设置，在此修改。"),
+    NoDataLoaderOpts => ("No DataLoader(...) was found: the DataLoader settings were not changed.", "没有找到 DataLoader(...)：DataLoader 设置未修改。"),
     NoDataLoader => ("No training DataLoader(...) was found: batch size and DataLoader settings were not changed.", "没有找到训练用的 DataLoader(...)：批次大小和 DataLoader 设置未修改。"),
     NoOptimizer => ("No optimizer constructor (torch.optim.*) was found: the optimizer was not changed.", "没有找到优化器构造（torch.optim.*）：优化器未修改。"),
     DlOptOwn => ("{0} is set in the DataLoader that {1} builds (the TrainingArguments dataloader_* fields are ignored there).", "{0} 设在 {1} 构建的 DataLoader 中（那里会忽略 TrainingArguments 的 dataloader_* 字段）。"),

@@ -775,3 +775,66 @@ fn fused_adamw_is_explained_as_an_added_argument() {
     assert!(explains(&p, M::OptArgs));
     assert!(!explains(&p, M::OptSwap));
 }
+
+/// Batches cut by hand (no DataLoader): the batch size is the setting every read of
+/// `*.batch_size` leads to; when reads lead to different places, nothing is guessed.
+#[test]
+fn batch_size_setting_without_a_dataloader() {
+    let src = MICRO_LOOP.replace(
+        "args = p.parse_args()\n",
+        "p.add_argument('--batch_size', default=64, type=int)\nargs = p.parse_args()\n\n\ndef get_batch():\n    ix = torch.randint(1000, (args.batch_size,))\n    return data[ix], data[ix + 1]\n\n\n",
+    );
+    let d = project(&[("train.py", &src)]);
+    let t = Target {
+        batch: Some(16),
+        grad_accum: Some(4),
+        ..Default::default()
+    };
+    let p = analyze(d.path(), &t).unwrap();
+    let s = new_text(&p, "train.py");
+    assert!(
+        s.contains("p.add_argument('--batch_size', default=16, type=int)"),
+        "{s}"
+    );
+    assert!(explains(&p, M::BatchSetting));
+    // 64 x 1 before, 16 x 4 after: the learning rate stays.
+    assert!(has_note(&p, M::LrSame));
+    let two = src.replace(
+        "    return data[ix], data[ix + 1]\n",
+        "    return data[ix], data[ix + config.batch_size]\n",
+    );
+    let d = project(&[("train.py", &two), ("config.py", "batch_size = 8\n")]);
+    let two = format!("import config\n{two}");
+    std::fs::write(d.path().join("train.py"), &two).unwrap();
+    let p = analyze(d.path(), &t).unwrap();
+    assert!(!explains(&p, M::BatchSetting), "{}", p.unified_diff());
+    assert!(has_note(&p, M::NoDataLoader));
+}
+
+/// fix run twice, accumulation first: the second run's autocast covers the forward pass, not
+/// the rescaling of the loss the first run wrote.
+#[test]
+fn autocast_ends_at_the_loss_definition() {
+    let d = project(&[("train.py", LOOP)]);
+    let accum = Target {
+        grad_accum: Some(4),
+        ..Default::default()
+    };
+    let p = analyze(d.path(), &accum).unwrap();
+    write_patch(&d, &p);
+    let prec = Target {
+        precision: Some(Precision::Bf16Mixed),
+        ..Default::default()
+    };
+    let p = analyze(d.path(), &prec).unwrap();
+    let s = new_text(&p, "train.py");
+    assert!(
+        s.contains("    with torch.autocast(device_type=\"cuda\", dtype=torch.bfloat16):\n        loss = net(x)\n    loss = loss / grad_accum_steps"),
+        "{s}"
+    );
+    write_patch(&d, &p);
+    for t in [accum, prec] {
+        let again = analyze(d.path(), &t).unwrap();
+        assert!(again.files.is_empty(), "{}", again.unified_diff());
+    }
+}

@@ -1041,6 +1041,15 @@ pub fn loader_and_optimizer<'p>(cx: &mut Cx<'p>, s: &Setup<'p>) {
             cx.set_kwarg(dfi, dl, "batch_size", &b.to_string(), Knob::Batch, why);
         }
         dataloader_opts(cx, dfi, dl, None, None);
+    } else if let (Some(b), Some((site, at))) = (cx.t.batch, batch_setting(p)) {
+        if cx.eff.old_batch.is_none() {
+            cx.eff.old_batch = Some(site.int().unwrap_or(1));
+        }
+        let why = Msg::new(M::BatchSetting, &[&at]);
+        cx.set_site(&site, &b.to_string(), Knob::Batch, why);
+        if !cx.t.dataloader.is_empty() {
+            cx.note(Knob::Dataloader, M::NoDataLoaderOpts, &[]);
+        }
     } else if cx.t.batch.is_some() || !cx.t.dataloader.is_empty() {
         cx.note(Knob::Batch, M::NoDataLoader, &[]);
     }
@@ -1057,6 +1066,37 @@ pub fn loader_and_optimizer<'p>(cx: &mut Cx<'p>, s: &Setup<'p>) {
     } else if cx.t.optimizer.is_some() {
         cx.note(Knob::Optimizer, M::NoOptimizer, &[]);
     }
+}
+
+/// Without a DataLoader (batches cut by hand, as nanoGPT's `get_batch` does): the one literal
+/// that every read of a `batch_size` setting (`args.batch_size`, `self.cfg.batch_size`, ...)
+/// leads to, with where the first read is. None when there is no such read, one cannot be
+/// followed, or they lead to different places.
+fn batch_setting(p: &Project) -> Option<(flow::Site, String)> {
+    let mut found: Option<(flow::Site, String)> = None;
+    for (fi, f) in p.py.iter().enumerate() {
+        for n in f.all_nodes() {
+            if n.kind() != "attribute"
+                || n.child_by_field_name("attribute").map(|a| f.text(a)) != Some("batch_size")
+            {
+                continue;
+            }
+            // Not a write (`self.batch_size = batch_size`).
+            let written = n.parent().is_some_and(|a| {
+                a.kind() == "assignment" && a.child_by_field_name("left") == Some(n)
+            });
+            if written {
+                continue;
+            }
+            let site = flow::resolve(p, fi, n)?;
+            match &found {
+                None => found = Some((site, format!("{}:{}", f.rel, f.line_of(n.start_byte())))),
+                Some((s, _)) if s.file == site.file && s.start == site.start => {}
+                Some(_) => return None,
+            }
+        }
+    }
+    found
 }
 
 /// The DataLoader that feeds training.
