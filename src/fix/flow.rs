@@ -233,7 +233,20 @@ fn resolve_param(p: &Project, fi: usize, func: Node, name: &str, depth: usize) -
     let params = func.child_by_field_name("parameters")?;
     let mut default = None;
     let mut found = false;
-    for prm in py::named_children(params) {
+    // The parameter's position among those a call passes positionally (None after `*args`
+    // or a keyword-only marker); `self`/`cls` of a method is not passed.
+    let mut index = None;
+    let mut pos = 0usize;
+    let in_class = py::ancestor(func, &["class_definition"]).is_some();
+    let mut positional_ok = true;
+    for (i, prm) in py::named_children(params).into_iter().enumerate() {
+        if matches!(
+            prm.kind(),
+            "list_splat_pattern" | "dictionary_splat_pattern" | "keyword_separator"
+        ) {
+            positional_ok = false;
+        }
+        let is_receiver = i == 0 && in_class && matches!(f.text(prm), "self" | "cls");
         let (pname, value) = match prm.kind() {
             "identifier" => (f.text(prm), None),
             "typed_parameter" => (prm.named_child(0).map(|n| f.text(n)).unwrap_or(""), None),
@@ -248,6 +261,12 @@ fn resolve_param(p: &Project, fi: usize, func: Node, name: &str, depth: usize) -
         if pname == name {
             found = true;
             default = value;
+            if positional_ok && !is_receiver {
+                index = Some(pos);
+            }
+        }
+        if !is_receiver {
+            pos += 1;
         }
     }
     if !found {
@@ -259,13 +278,26 @@ fn resolve_param(p: &Project, fi: usize, func: Node, name: &str, depth: usize) -
     } else {
         Some(fname.to_string())
     };
+    let mut passed_unknown = false;
     if let Some(cn) = call_name {
         for (j, g) in p.py.iter().enumerate() {
             for call in g.all_nodes().into_iter().filter(|n| n.kind() == "call") {
                 if py::last_name(&py::callee(g, call)) != cn {
                     continue;
                 }
-                if let Some(v) = py::kwarg_value(g, call, name) {
+                let passed = py::kwarg_value(g, call, name).or_else(|| {
+                    // Positionally, unless a `*args` splat makes the positions unknown.
+                    let splat = call
+                        .child_by_field_name("arguments")
+                        .map(py::named_children)
+                        .unwrap_or_default()
+                        .iter()
+                        .any(|a| a.kind() == "list_splat");
+                    index
+                        .filter(|_| !splat)
+                        .and_then(|i| py::positional(call).get(i).copied())
+                });
+                if let Some(v) = passed {
                     if let Some(mut s) = resolve_depth(p, j, v, depth + 1) {
                         s.via.insert(
                             0,
@@ -277,9 +309,15 @@ fn resolve_param(p: &Project, fi: usize, func: Node, name: &str, depth: usize) -
                         );
                         return Some(s);
                     }
+                    // The call passes a value that cannot be followed: the default is not what
+                    // runs there, so it is not the place to edit.
+                    passed_unknown = true;
                 }
             }
         }
+    }
+    if passed_unknown {
+        return None;
     }
     let d = default?;
     resolve_depth(p, fi, d, depth + 1).map(|mut s| {

@@ -838,3 +838,54 @@ fn autocast_ends_at_the_loss_definition() {
         assert!(again.files.is_empty(), "{}", again.unified_diff());
     }
 }
+
+/// A parameter passed by position at the call site is set there; when the value passed cannot
+/// be followed, the parameter's default (never used by that call) is not edited either.
+#[test]
+fn positional_call_sites_decide_a_parameter() {
+    let body = |call: &str| {
+        format!("import torch\nfrom torch.utils.data import DataLoader\n\n\ndef make_loader(ds, batch_size=16):\n    return DataLoader(ds, batch_size=batch_size)\n\n\ntrain_loader = make_loader(ds, {call})\n{}", &LOOP["import torch\n".len()..])
+    };
+    let t = Target {
+        batch: Some(8),
+        ..Default::default()
+    };
+    let d = project(&[("train.py", &body("32"))]);
+    let p = analyze(d.path(), &t).unwrap();
+    let s = new_text(&p, "train.py");
+    assert!(
+        s.contains("train_loader = make_loader(ds, 8)") && s.contains("batch_size=16):"),
+        "{s}"
+    );
+    let d = project(&[("train.py", &body("pick_batch()"))]);
+    let p = analyze(d.path(), &t).unwrap();
+    let s = new_text(&p, "train.py");
+    assert!(
+        s.contains("batch_size=16):") && s.contains("DataLoader(ds, batch_size=8)"),
+        "{s}"
+    );
+    assert!(has_note(&p, M::ReplacedExpr));
+}
+
+/// An accelerate loop that counts micro-batches itself: its own count is set, not
+/// Accelerator(gradient_accumulation_steps=...), which only `accelerator.accumulate` reads.
+#[test]
+fn accelerate_loop_with_its_own_accumulation() {
+    let src = "from accelerate import Accelerator\nimport torch\n\naccelerator = Accelerator()\naccum = 2\nloader = torch.utils.data.DataLoader(ds, batch_size=32)\nopt = torch.optim.AdamW(model.parameters(), lr=1e-3)\nmodel, opt, loader = accelerator.prepare(model, opt, loader)\nfor step, batch in enumerate(loader):\n    loss = model(batch) / accum\n    accelerator.backward(loss)\n    if step % accum == 0:\n        opt.step()\n        opt.zero_grad()\n";
+    let d = project(&[("train.py", src)]);
+    let t = Target {
+        grad_accum: Some(4),
+        ..Default::default()
+    };
+    let p = analyze(d.path(), &t).unwrap();
+    assert_eq!(
+        new_text(&p, "train.py"),
+        src.replace("accum = 2\n", "accum = 4\n")
+    );
+    assert!(!has_note(&p, M::AccNoContext));
+    let unknown = src.replace("accum = 2\n", "accum = cfg_accum()\n");
+    let d = project(&[("train.py", &unknown)]);
+    let p = analyze(d.path(), &t).unwrap();
+    assert!(p.files.is_empty(), "{}", p.unified_diff());
+    assert!(has_note(&p, M::AccManual));
+}

@@ -938,23 +938,87 @@ fn accelerate_rules<'p>(cx: &mut Cx<'p>, s: &Setup<'p>, fi: usize, call: Node<'p
             .and_then(|s| s.int())
             .unwrap_or(1),
     );
+    let uses_ctx = p.py.iter().any(|g| g.src.contains(".accumulate("));
+    let manual = if uses_ctx {
+        None
+    } else {
+        manual_accumulation(p)
+    };
     if let Some(k) = cx.t.grad_accum {
-        cx.set_kwarg(
-            fi,
-            call,
-            "gradient_accumulation_steps",
-            &k.to_string(),
-            Knob::GradAccum,
-            Msg::new(M::AccAccum, &[]),
-        );
-        let uses_ctx = p.py.iter().any(|g| g.src.contains(".accumulate("));
-        if !uses_ctx {
-            cx.note(Knob::GradAccum, M::AccNoContext, &[]);
+        match manual {
+            // The loop counts micro-batches itself (`if step % N == 0: optimizer.step()`):
+            // Accelerator's own setting would do nothing there.
+            Some((mfi, n)) => {
+                let g = &p.py[mfi];
+                match flow::resolve(p, mfi, n) {
+                    Some(site) => {
+                        cx.eff.old_accum = Some(site.int().unwrap_or(1));
+                        cx.set_site(
+                            &site,
+                            &k.to_string(),
+                            Knob::GradAccum,
+                            Msg::new(M::LoopAccumExisting, &[]),
+                        );
+                    }
+                    None => {
+                        let at = format!("{}:{}", g.rel, g.line_of(n.start_byte()));
+                        cx.note(Knob::GradAccum, M::AccManual, &[&at, &g.text(n), &k]);
+                    }
+                }
+            }
+            None => {
+                cx.set_kwarg(
+                    fi,
+                    call,
+                    "gradient_accumulation_steps",
+                    &k.to_string(),
+                    Knob::GradAccum,
+                    Msg::new(M::AccAccum, &[]),
+                );
+                if !uses_ctx {
+                    cx.note(Knob::GradAccum, M::AccNoContext, &[]);
+                }
+            }
         }
     }
     if s.pl_trainers.is_empty() {
         loader_and_optimizer(cx, s);
     }
+}
+
+/// A loop that accumulates by hand after `accelerator.backward(...)`: the `N` of an
+/// `if step % N == 0:` whose block steps the optimizer.
+fn manual_accumulation(p: &Project) -> Option<(usize, Node<'_>)> {
+    for (fi, f) in p.py.iter().enumerate() {
+        if !f.src.contains(".backward(") {
+            continue;
+        }
+        for n in f.all_nodes() {
+            if n.kind() != "if_statement" {
+                continue;
+            }
+            let (Some(cond), Some(body)) = (
+                n.child_by_field_name("condition"),
+                n.child_by_field_name("consequence"),
+            ) else {
+                continue;
+            };
+            if !f.text(body).contains(".step(") {
+                continue;
+            }
+            let modulo = py::descendants(cond)
+                .into_iter()
+                .chain(std::iter::once(cond))
+                .find(|m| {
+                    m.kind() == "binary_operator"
+                        && m.child_by_field_name("operator").map(|o| f.text(o)) == Some("%")
+                });
+            if let Some(right) = modulo.and_then(|m| m.child_by_field_name("right")) {
+                return Some((fi, right));
+            }
+        }
+    }
+    None
 }
 
 fn deepspeed_rules(cx: &mut Cx, _s: &Setup, oi: usize) {
