@@ -112,12 +112,18 @@ fn loop_rules(cx: &mut Cx, fi: usize, bw: Node) {
     let Some(bi) = stmts.iter().position(|s| *s == bstmt) else {
         return;
     };
+    // The loss: `loss` of `loss.backward()`, or of `scaler.scale(loss).backward()`.
     let loss = bw
         .child_by_field_name("function")
         .and_then(|x| x.child_by_field_name("object"))
-        .map(|o| f.text(o).to_string())
+        .map(|o| {
+            let scaled = (o.kind() == "call" && py::callee(f, o).ends_with(".scale"))
+                .then(|| py::positional(o))
+                .and_then(|a| (a.len() == 1).then(|| a[0]));
+            f.text(scaled.unwrap_or(o)).to_string()
+        })
         .unwrap_or_default();
-    // The optimizer: `X.step()` after backward, X not a scheduler or scaler.
+    // The optimizer: `X.step()` or `scaler.step(X)` after backward.
     let opt = stmts[bi + 1..]
         .iter()
         .chain(py::descendants(block).iter())
@@ -125,18 +131,7 @@ fn loop_rules(cx: &mut Cx, fi: usize, bw: Node) {
             py::descendants(*st)
                 .into_iter()
                 .chain(std::iter::once(*st))
-                .find_map(|n| {
-                    if n.kind() != "call" {
-                        return None;
-                    }
-                    let c = py::callee(f, n);
-                    let (obj, m) = c.rsplit_once('.')?;
-                    (m == "step"
-                        && !obj.contains("sched")
-                        && !obj.contains("scaler")
-                        && py::positional(n).is_empty())
-                    .then(|| obj.to_string())
-                })
+                .find_map(|n| step_target(f, n))
         });
     // Accumulation as an inner loop (`for micro_step in range(N): ... backward()`, the step after
     // that loop): the optimizer is found after the inner loop, and N is the accumulation.
@@ -250,6 +245,17 @@ fn loop_rules(cx: &mut Cx, fi: usize, bw: Node) {
             Some(call) => {
                 let why = Msg::new(M::LoopAutocastDtype, &[&dtype]);
                 cx.set_kwarg(fi, call, "dtype", dtype, Knob::Precision, why);
+                // An autocast switched by a setting (`enabled=args.amp`) may be off.
+                if let Some(v) =
+                    py::kwarg_value(f, call, "enabled").filter(|v| f.text(*v) != "True")
+                {
+                    let where_ = format!("{}:{}", f.rel, f.line_of(call.start_byte()));
+                    cx.note(
+                        Knob::Precision,
+                        M::LoopAutocastSwitch,
+                        &[&where_, &f.text(v)],
+                    );
+                }
             }
             None => {
                 match i_loss {
@@ -296,7 +302,7 @@ fn loop_rules(cx: &mut Cx, fi: usize, bw: Node) {
     // Existing accumulation: `if (i + 1) % N == 0: optimizer.step()`.
     let step_in_if = stmts[bi + 1..]
         .iter()
-        .find(|s| s.kind() == "if_statement" && f.text(**s).contains(&format!("{opt}.step(")));
+        .find(|s| s.kind() == "if_statement" && steps(f, **s, &opt));
     let mut old_accum = 1;
     if let Some(ifs) = step_in_if {
         if let Some(cond) = ifs.child_by_field_name("condition") {
@@ -355,9 +361,8 @@ fn loop_rules(cx: &mut Cx, fi: usize, bw: Node) {
     // zero_grad and scheduler statements next to it. Other statements between backward and
     // the step (logging, running sums) stay ungated. Without such a statement neither the loss
     // division nor the scaler can be written: half of either would train wrongly.
-    let step_call = format!("{opt}.step(");
     let Some(si) = (bi + 1..stmts.len())
-        .find(|&i| is_step_like(f, stmts[i], &opt) && f.text(stmts[i]).contains(&step_call))
+        .find(|&i| is_step_like(f, stmts[i], &opt) && steps(f, stmts[i], &opt))
     else {
         let knob = if accum.is_some() {
             Knob::GradAccum
@@ -497,28 +502,41 @@ fn inner_accumulation<'t>(f: &PyFile, lp: Node<'t>) -> Option<(Node<'t>, String)
         .skip_while(|s| *s != lp)
         .skip(1);
     for st in after {
-        for c in py::descendants(st).into_iter().chain(std::iter::once(st)) {
-            if c.kind() != "call" {
-                continue;
-            }
-            let callee = py::callee(f, c);
-            let Some((obj, m)) = callee.rsplit_once('.') else {
-                continue;
-            };
-            if m != "step" {
-                continue;
-            }
-            let pos = py::positional(c);
-            if obj.contains("scaler") {
-                if let [o] = pos.as_slice() {
-                    return Some((*n, f.text(*o).to_string()));
-                }
-            } else if !obj.contains("sched") && pos.is_empty() {
-                return Some((*n, obj.to_string()));
-            }
+        let opt = py::descendants(st)
+            .into_iter()
+            .chain(std::iter::once(st))
+            .find_map(|c| step_target(f, c));
+        if let Some(opt) = opt {
+            return Some((*n, opt));
         }
     }
     None
+}
+
+/// The optimizer a call steps: X of `X.step()` (X not a scheduler or scaler) or of
+/// `scaler.step(X)`.
+fn step_target(f: &PyFile, c: Node) -> Option<String> {
+    if c.kind() != "call" {
+        return None;
+    }
+    let callee = py::callee(f, c);
+    let (obj, m) = callee.rsplit_once('.')?;
+    if m != "step" {
+        return None;
+    }
+    match py::positional(c).as_slice() {
+        [o] if obj.contains("scaler") => Some(f.text(*o).to_string()),
+        [] if !obj.contains("sched") && !obj.contains("scaler") => Some(obj.to_string()),
+        _ => None,
+    }
+}
+
+/// Whether statement `st` steps optimizer `opt`.
+fn steps(f: &PyFile, st: Node, opt: &str) -> bool {
+    py::descendants(st)
+        .into_iter()
+        .chain(std::iter::once(st))
+        .any(|c| step_target(f, c).as_deref() == Some(opt))
 }
 
 /// The `autocast(...)` call a `with` statement enters: in the statement itself, or assigned to

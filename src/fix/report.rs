@@ -82,6 +82,7 @@ crate::catalogue! { pub enum M {
     LoopAutocast => ("The forward pass and the loss ({1}) run under torch.autocast with {0}: matmuls and convolutions in half precision, weights and optimizer state in fp32; backward stays outside.", "前向和损失（{1}）在 dtype 为 {0} 的 torch.autocast 下运行：矩阵乘和卷积用半精度，权重和优化器状态仍为 fp32；backward 留在外面。"),
     LoopAccumExisting => ("The loop already accumulates gradients: the step interval is set here.", "循环已经做梯度累积：在此设置步长间隔。"),
     LoopAccumInner => ("The loop already accumulates gradients over an inner loop of micro-batches: its count is set here.", "循环已通过内层的微批次循环做梯度累积：在此设置其次数。"),
+    LoopAutocastSwitch => ("{0}: autocast is enabled by `{1}`; mixed precision only takes effect when that is true.", "{0}：autocast 由 `{1}` 控制是否启用；只有其为真时混合精度才生效。"),
     LoopScalerSwitch => ("{0}: the GradScaler is enabled by `{1}`; fp16 needs it on (without it small gradients underflow to zero): make sure that is true.", "{0}：GradScaler 由 `{1}` 控制是否启用；fp16 必须启用它（否则小梯度会下溢为零）：请确认其为真。"),
     LoopScalerManual => ("{0}: the loop steps inside a condition; use scaler.step(optimizer) and scaler.update() there by hand.", "{0}：循环在条件语句中执行优化器步骤；请在那里手动改用 scaler.step(optimizer) 和 scaler.update()。"),
     LoopScaleBackward => ("With fp16 the loss is scaled before backward so that small gradients do not underflow.", "fp16 下反向传播前先缩放损失，避免小梯度下溢。"),

@@ -889,3 +889,27 @@ fn accelerate_loop_with_its_own_accumulation() {
     assert!(p.files.is_empty(), "{}", p.unified_diff());
     assert!(has_note(&p, M::AccManual));
 }
+
+/// PyTorch's AMP recipe: `scaler.scale(loss).backward()` and `scaler.step(opt)`, autocast
+/// switched by a flag.
+#[test]
+fn amp_recipe_loop_is_edited() {
+    let src = "import torch\n\nopt = torch.optim.SGD(model.parameters(), lr=0.1)\nscaler = torch.cuda.amp.GradScaler(enabled=args.amp)\nfor x, y in loader:\n    opt.zero_grad()\n    with torch.cuda.amp.autocast(enabled=args.amp):\n        loss = crit(model(x), y)\n    scaler.scale(loss).backward()\n    scaler.step(opt)\n    scaler.update()\n";
+    let d = project(&[("train.py", src)]);
+    let t = Target {
+        precision: Some(Precision::Bf16Mixed),
+        grad_accum: Some(2),
+        ..Default::default()
+    };
+    let p = analyze(d.path(), &t).unwrap();
+    let s = new_text(&p, "train.py");
+    assert!(
+        s.contains("for micro_step, (x, y) in enumerate(loader):\n    with torch.cuda.amp.autocast(enabled=args.amp, dtype=torch.bfloat16):\n        loss = crit(model(x), y)\n    loss = loss / grad_accum_steps  # average over the accumulated micro-batches\n    scaler.scale(loss).backward()\n    if (micro_step + 1) % grad_accum_steps == 0:\n        scaler.step(opt)\n        scaler.update()\n        opt.zero_grad()\n"),
+        "{s}"
+    );
+    assert!(has_note(&p, M::LoopAutocastSwitch));
+    assert!(!has_note(&p, M::LoopShape));
+    write_patch(&d, &p);
+    let again = analyze(d.path(), &t).unwrap();
+    assert!(again.files.is_empty(), "{}", again.unified_diff());
+}
