@@ -519,16 +519,9 @@ pub fn alloc_conf(cx: &mut Cx, setup: &Setup) {
     });
     if let Some(s) = script {
         let rel = s.rel.clone();
-        if let Some((start, end)) = shell_value(&s.src) {
-            let val = s.src[start..end].to_string();
-            cx.edit(
-                &rel,
-                start,
-                end,
-                conf.clone(),
-                Knob::AllocConf,
-                Some(Msg::new(M::AllocScriptExisting, &[&val])),
-            );
+        if set_shell_value(cx, &rel, &s.src, &conf, |v| {
+            Msg::new(M::AllocScriptExisting, &[&v])
+        }) {
             return;
         }
         // After the shebang and leading comments / `set` lines.
@@ -554,16 +547,9 @@ pub fn alloc_conf(cx: &mut Cx, setup: &Setup) {
     if let Some(r) = cx.p.other.iter().find(|o| o.kind == OtherKind::Readme) {
         let rel = r.rel.clone();
         // Already documented (by an earlier run, say): the value is updated in place.
-        if let Some((start, end)) = shell_value(&r.src) {
-            let val = r.src[start..end].to_string();
-            cx.edit(
-                &rel,
-                start,
-                end,
-                conf.clone(),
-                Knob::AllocConf,
-                Some(Msg::new(M::AllocExisting, &[&rel, &val])),
-            );
+        if set_shell_value(cx, &rel, &r.src, &conf, |v| {
+            Msg::new(M::AllocExisting, &[&rel, &v])
+        }) {
             return;
         }
         let end = r.src.len();
@@ -633,15 +619,25 @@ pub fn alloc_conf(cx: &mut Cx, setup: &Setup) {
     }
 }
 
-/// The byte range of the value in `PYTORCH_CUDA_ALLOC_CONF=VALUE` (a shell line or a README's
-/// code block), if the text has one.
-fn shell_value(src: &str) -> Option<(usize, usize)> {
+/// Sets the value of `PYTORCH_CUDA_ALLOC_CONF=VALUE` (a shell line or a README's code block) in
+/// file `rel` to `conf`, explained by `why(old value)`; false when the text has none.
+fn set_shell_value(
+    cx: &mut Cx,
+    rel: &str,
+    src: &str,
+    conf: &str,
+    why: impl FnOnce(&str) -> Msg,
+) -> bool {
     const KEY: &str = "PYTORCH_CUDA_ALLOC_CONF=";
-    let start = src.find(KEY)? + KEY.len();
+    let Some(start) = src.find(KEY).map(|i| i + KEY.len()) else {
+        return false;
+    };
     let end = src[start..]
         .find(|c: char| c.is_whitespace())
         .map_or(src.len(), |i| start + i);
-    Some((start, end))
+    let why = why(&src[start..end]);
+    cx.edit(rel, start, end, conf, Knob::AllocConf, Some(why));
+    true
 }
 
 /// Where a Python file sets `PYTORCH_CUDA_ALLOC_CONF` through `os.environ`: `Ok(value)` when the

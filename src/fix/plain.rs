@@ -306,19 +306,7 @@ fn loop_rules(cx: &mut Cx, fi: usize, bw: Node) {
     let mut old_accum = 1;
     if let Some(ifs) = step_in_if {
         if let Some(cond) = ifs.child_by_field_name("condition") {
-            let modulo = py::descendants(cond)
-                .into_iter()
-                .chain(std::iter::once(cond))
-                .find(|n| {
-                    n.kind() == "binary_operator"
-                        && n.child_by_field_name("operator")
-                            .map(|o| f.text(o) == "%")
-                            .unwrap_or(false)
-                });
-            if let Some(site) = modulo
-                .and_then(|m| m.child_by_field_name("right"))
-                .and_then(|r| flow::resolve(p, fi, r))
-            {
+            if let Some(site) = py::modulo_divisor(f, cond).and_then(|r| flow::resolve(p, fi, r)) {
                 old_accum = site.int().unwrap_or(1);
                 if let Some(k) = k {
                     cx.set_site(

@@ -204,6 +204,18 @@ pub fn positional(call: Node) -> Vec<Node> {
         .unwrap_or_default()
 }
 
+/// `N` of the first `x % N` in an expression (the step interval of `if (i + 1) % N == 0:`).
+pub fn modulo_divisor<'t>(f: &PyFile, expr: Node<'t>) -> Option<Node<'t>> {
+    descendants(expr)
+        .into_iter()
+        .chain(std::iter::once(expr))
+        .find(|m| {
+            m.kind() == "binary_operator"
+                && m.child_by_field_name("operator").map(|o| f.text(o)) == Some("%")
+        })?
+        .child_by_field_name("right")
+}
+
 /// The nearest ancestor of one of the given kinds.
 pub fn ancestor<'t>(n: Node<'t>, kinds: &[&str]) -> Option<Node<'t>> {
     let mut cur = n.parent();

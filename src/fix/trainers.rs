@@ -1006,14 +1006,7 @@ fn manual_accumulation(p: &Project) -> Option<(usize, Node<'_>)> {
             if !f.text(body).contains(".step(") {
                 continue;
             }
-            let modulo = py::descendants(cond)
-                .into_iter()
-                .chain(std::iter::once(cond))
-                .find(|m| {
-                    m.kind() == "binary_operator"
-                        && m.child_by_field_name("operator").map(|o| f.text(o)) == Some("%")
-                });
-            if let Some(right) = modulo.and_then(|m| m.child_by_field_name("right")) {
+            if let Some(right) = py::modulo_divisor(f, cond) {
                 return Some((fi, right));
             }
         }
