@@ -203,12 +203,16 @@ impl<'p> Cx<'p> {
             let indent = f.indent_at(last.start_byte()).to_string();
             if trailing_comma {
                 let comma = last.end_byte() + after.find(',').unwrap_or(0) + 1;
-                // Keep a comment that follows the comma on its line.
-                let eol = f.src[comma..]
-                    .find('\n')
-                    .map(|i| comma + i)
-                    .unwrap_or(comma);
-                self.edit(&rel, eol, eol, format!("\n{indent}{text},"), knob, why);
+                // After a comment that follows the comma on its line, but before anything
+                // else there (`last=1,)` closes the call on the same line).
+                let eol = f.src[comma..].find('\n').map_or(f.src.len(), |i| comma + i);
+                let rest = f.src[comma..eol].trim_start();
+                let at = if rest.is_empty() || rest.starts_with('#') {
+                    eol
+                } else {
+                    comma
+                };
+                self.edit(&rel, at, at, format!("\n{indent}{text},"), knob, why);
             } else {
                 self.edit(
                     &rel,

@@ -913,3 +913,23 @@ fn amp_recipe_loop_is_edited() {
     let again = analyze(d.path(), &t).unwrap();
     assert!(again.files.is_empty(), "{}", again.unified_diff());
 }
+
+/// A keyword added to a multi-line call that closes on its last argument's line (`b=2,)`)
+/// goes inside the call: after the line's end it would be a statement of its own
+/// (`fp16=True,` assigns a tuple and still parses).
+#[test]
+fn keyword_added_before_a_closing_parenthesis_on_the_same_line() {
+    for (last, expected) in [
+        ("    per_device_train_batch_size=8,)\n", "    per_device_train_batch_size=8,\n    gradient_accumulation_steps=4,)\n"),
+        ("    per_device_train_batch_size=8,  # per GPU\n)\n", "    per_device_train_batch_size=8,  # per GPU\n    gradient_accumulation_steps=4,\n)\n"),
+    ] {
+        let src = format!("from transformers import Trainer, TrainingArguments\nargs = TrainingArguments(\n    output_dir=\"out\",\n{last}Trainer(model=m, args=args).train()\n");
+        let d = project(&[("train.py", &src)]);
+        let t = Target {
+            grad_accum: Some(4),
+            ..Default::default()
+        };
+        let p = analyze(d.path(), &t).unwrap();
+        assert!(new_text(&p, "train.py").contains(expected), "{}", new_text(&p, "train.py"));
+    }
+}
