@@ -190,8 +190,18 @@ impl<'p> Cx<'p> {
             self.note(knob, M::SplatKwargs, &[&at, &name, &splat_text]);
         }
         let Some(last) = items.last().copied() else {
+            // An empty call: a second keyword inserted there follows the first.
             let at = args.start_byte() + 1;
-            self.edit(&rel, at, at, text, knob, why);
+            let sep = if self
+                .edits
+                .iter()
+                .any(|e| e.file == rel && e.start == at && e.end == at)
+            {
+                ", "
+            } else {
+                ""
+            };
+            self.edit(&rel, at, at, format!("{sep}{text}"), knob, why);
             return;
         };
         let multiline = f.line_of(args.start_byte()) != f.line_of(last.start_byte())

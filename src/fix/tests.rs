@@ -933,3 +933,24 @@ fn keyword_added_before_a_closing_parenthesis_on_the_same_line() {
         assert!(new_text(&p, "train.py").contains(expected), "{}", new_text(&p, "train.py"));
     }
 }
+
+/// Several keywords added to an empty call (`L.Trainer()`) are separated.
+#[test]
+fn keywords_added_to_an_empty_call() {
+    let src = "import lightning as L\n\n\nclass M(L.LightningModule):\n    def training_step(self, b, i):\n        return self(b)\n\n\ntrainer = L.Trainer()\ntrainer.fit(M(), loader)\n";
+    let d = project(&[("train.py", src)]);
+    let t = Target {
+        precision: Some(Precision::Bf16Mixed),
+        grad_accum: Some(2),
+        ..Default::default()
+    };
+    let p = analyze(d.path(), &t).unwrap();
+    let s = new_text(&p, "train.py");
+    assert!(
+        s.contains("trainer = L.Trainer(precision=\"bf16-mixed\", accumulate_grad_batches=2)\n")
+            || s.contains(
+                "trainer = L.Trainer(accumulate_grad_batches=2, precision=\"bf16-mixed\")\n"
+            ),
+        "{s}"
+    );
+}
