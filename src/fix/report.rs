@@ -68,6 +68,7 @@ crate::catalogue! { pub enum M {
     DlOpt => ("{0} of the training DataLoader ({1}).", "训练 DataLoader（{1}）的 {0}。"),
     PersistentNoWorkers => ("{0}: persistent_workers=True needs num_workers > 0; not set.", "{0}：persistent_workers=True 需要 num_workers > 0；未设置。"),
     AccManual => ("{0}: the loop accumulates gradients itself, every `{1}` batches, and that value could not be followed to where it is set: make it {2}.", "{0}：循环自己做梯度累积（每 `{1}` 个批次），但无法追踪该值的来源：请改为 {2}。"),
+    YamlNotPlaced => ("{0}: its trainer block holds lines that are not `key: value` settings, so no line was added there; add `{1}` by hand.", "{0}：其 trainer 块中有不是 `key: value` 形式的行，因此没有在其中添加；请手动添加 `{1}`。"),
     OptArgs => ("The optimizer {0} gets {1}.", "优化器 {0} 增加参数 {1}。"),
     OptOwnArgs => ("{2} builds {0} itself (TrainingArguments.optim is ignored): it gets {1}.", "{2} 自己构建 {0}（TrainingArguments.optim 被忽略）：增加参数 {1}。"),
     OptOwn => ("{2} builds {0} itself (TrainingArguments.optim is ignored): it becomes {1}.", "{2} 自己构建 {0}（TrainingArguments.optim 被忽略）：改为 {1}。"),

@@ -954,3 +954,29 @@ fn keywords_added_to_an_empty_call() {
         "{s}"
     );
 }
+
+/// A key added to a config is read back first: where the trainer block holds lines that are not
+/// `key: value` settings, the new line would not be `trainer.<key>` and is not written.
+#[test]
+fn config_keys_are_read_back_before_they_are_written() {
+    let cli = "from lightning.pytorch.cli import LightningCLI\n\nif __name__ == \"__main__\":\n    LightningCLI(Model, DM)\n";
+    let t = Target {
+        precision: Some(Precision::Bf16Mixed),
+        ..Default::default()
+    };
+    let good = "trainer:\n  max_epochs: 3\n  callbacks:\n    - class_path: EarlyStopping\n      init_args:\n        monitor: val_loss\n";
+    let d = project(&[("main.py", cli), ("config.yaml", good)]);
+    let p = analyze(d.path(), &t).unwrap();
+    assert_eq!(
+        new_text(&p, "config.yaml"),
+        format!("{good}  precision: bf16-mixed\n")
+    );
+    // A comment after the block's header: the key goes into that block, not a second one.
+    let commented = "trainer:  # Lightning Trainer\n  max_epochs: 3\n";
+    let d = project(&[("main.py", cli), ("config.yaml", commented)]);
+    let p = analyze(d.path(), &t).unwrap();
+    assert_eq!(
+        new_text(&p, "config.yaml"),
+        format!("{commented}  precision: bf16-mixed\n")
+    );
+}

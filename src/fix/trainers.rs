@@ -765,12 +765,27 @@ fn lightning_rules<'p>(cx: &mut Cx<'p>, s: &Setup<'p>, fi: usize, call: Node<'p>
     loader_and_optimizer(cx, s);
 }
 
+/// `KEY` of a top-level YAML line `KEY:` opening a block (a comment may follow).
+fn yaml_header(line: &str) -> Option<&str> {
+    let body = line.split(" #").next()?.trim_end();
+    let key = body.strip_suffix(':')?;
+    (!key.is_empty() && !key.starts_with([' ', '\t', '#']) && !key.contains(' ')).then_some(key)
+}
+
+/// Whether `text` inserted into YAML `src` at `pos` reads back as the scalar `path` = `value`.
+fn reads_back(src: &str, pos: usize, text: &str, path: &[&str], value: &str) -> bool {
+    let new = format!("{}{text}{}", &src[..pos], &src[pos..]);
+    datafile::yaml_scalars(&new)
+        .iter()
+        .any(|k| k.path == path && k.start >= pos && k.start < pos + text.len() && k.value == value)
+}
+
 /// `LightningCLI`: the Trainer and data settings live in its YAML config (`trainer:`, `data:`).
 fn lightning_cli_rules<'p>(cx: &mut Cx<'p>, s: &Setup<'p>) {
     let p = cx.p;
     let Some(oi) = p.other.iter().position(|o| {
         o.kind == OtherKind::Yaml
-            && (o.src.lines().any(|l| l.trim_end() == "trainer:")
+            && (o.src.lines().any(|l| yaml_header(l) == Some("trainer"))
                 || datafile::yaml_scalars(&o.src)
                     .iter()
                     .any(|k| k.path.first().map(|x| x == "trainer").unwrap_or(false)))
@@ -794,11 +809,13 @@ fn lightning_cli_rules<'p>(cx: &mut Cx<'p>, s: &Setup<'p>) {
         let lines: Vec<&str> = o.src.split_inclusive('\n').collect();
         let mut off = 0;
         let mut at = None;
-        let mut indent = "  ".to_string();
+        // The block's entries are indented like its first line; deeper lines (nested
+        // mappings, list items) only move the insertion point past them.
+        let mut indent: Option<String> = None;
         let mut in_block = false;
         for l in &lines {
             let t = l.trim_end();
-            if t == "trainer:" {
+            if yaml_header(t) == Some("trainer") {
                 in_block = true;
                 at = Some(off + l.len());
             } else if in_block {
@@ -807,39 +824,46 @@ fn lightning_cli_rules<'p>(cx: &mut Cx<'p>, s: &Setup<'p>) {
                 } else if ind == 0 {
                     in_block = false;
                 } else {
-                    if at.map(|a| a == off).unwrap_or(false) && indent == "  " {
-                        indent = t[..ind].to_string();
-                    }
+                    indent.get_or_insert_with(|| t[..ind].to_string());
                     at = Some(off + l.len());
                 }
             }
             off += l.len();
         }
-        match at {
-            Some(a) => cx.edit(
-                &rel,
-                a,
-                a,
-                format!("{indent}{key}: {value}\n"),
-                knob,
-                Some(why),
-            ),
+        let indent = indent.unwrap_or_else(|| "  ".into());
+        let (pos, text) = match at {
+            Some(a) => (a, format!("{indent}{key}: {value}\n")),
             None => {
                 let sep = if o.src.ends_with('\n') || o.src.is_empty() {
                     ""
                 } else {
                     "\n"
                 };
-                let end = o.src.len();
-                cx.edit(
-                    &rel,
-                    end,
-                    end,
-                    format!("{sep}trainer:\n  {key}: {value}\n"),
-                    knob,
-                    Some(why),
-                );
+                (o.src.len(), format!("{sep}trainer:\n  {key}: {value}\n"))
             }
+        };
+        // Read back: the new line must be `trainer.<key>` to the reader that finds it next
+        // time (a block holding lines that are not `key: value` may put it elsewhere).
+        // (`Cx::finish` starts lines appended after a last line without newline on a new line.)
+        let eol = if pos == o.src.len() && !o.src.is_empty() && !o.src.ends_with('\n') {
+            "\n"
+        } else {
+            ""
+        };
+        if reads_back(
+            &o.src,
+            pos,
+            &format!("{eol}{text}"),
+            &["trainer", key],
+            value,
+        ) {
+            cx.edit(&rel, pos, pos, text, knob, Some(why));
+        } else {
+            cx.note(
+                knob,
+                M::YamlNotPlaced,
+                &[&rel, &format!("trainer.{key}: {value}")],
+            );
         }
     };
     if let Some(prec) = cx.t.precision {
@@ -1432,5 +1456,60 @@ pub fn optimizer_rewrite(cx: &mut Cx, fi: usize, call: Node, target: Optimizer, 
     }
     if target == Optimizer::Adamw8bit {
         cx.note(Knob::Optimizer, M::NeedsBnb, &[]);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn yaml_block_headers() {
+        assert_eq!(yaml_header("trainer:"), Some("trainer"));
+        assert_eq!(
+            yaml_header("trainer:  # Lightning settings"),
+            Some("trainer")
+        );
+        assert_eq!(yaml_header("  trainer:"), None);
+        assert_eq!(yaml_header("trainer: 3"), None);
+        assert_eq!(yaml_header("# trainer:"), None);
+    }
+
+    #[test]
+    fn insertions_are_read_back() {
+        let src = "trainer:\n  max_epochs: 3\n  callbacks:\n    - class_path: X\n";
+        let end = src.len();
+        let path = ["trainer", "precision"];
+        assert!(reads_back(
+            src,
+            end,
+            "  precision: bf16-mixed\n",
+            &path,
+            "bf16-mixed"
+        ));
+        // Indented like the list item's mapping, the key is not trainer's.
+        // Indented like the list item's mapping, the key is not trainer's.
+        assert!(!reads_back(
+            src,
+            end,
+            "      precision: bf16-mixed\n",
+            &path,
+            "bf16-mixed"
+        ));
+        let nested = "trainer:\n  max_epochs: 3\n  logger:\n";
+        assert!(!reads_back(
+            nested,
+            nested.len(),
+            "    precision: bf16-mixed\n",
+            &path,
+            "bf16-mixed"
+        ));
+        assert!(reads_back(
+            nested,
+            nested.len(),
+            "  precision: bf16-mixed\n",
+            &path,
+            "bf16-mixed"
+        ));
     }
 }
