@@ -392,9 +392,7 @@ fn hf_launch_script_ending_in_a_bare_flag() {
         new_text(&p, "train.sh"),
         "#!/bin/bash\ntorchrun --nproc_per_node 8 run_clm.py \\\n    --output_dir out \\\n    --fp16 False \\\n    --gradient_accumulation_steps 2 \\\n    --bf16 True\n"
     );
-    write_patch(&d, &p);
-    let again = analyze(d.path(), &t).unwrap();
-    assert!(again.files.is_empty(), "{}", again.unified_diff());
+    second_run_changes_nothing(&d, &p, &t);
 }
 
 #[test]
@@ -510,6 +508,13 @@ fn write_patch(d: &tempfile::TempDir, p: &Patch) {
     }
 }
 
+/// Applies the patch, runs fix again with the same target: nothing may be left to change.
+fn second_run_changes_nothing(d: &tempfile::TempDir, p: &Patch, t: &Target) {
+    write_patch(d, p);
+    let again = analyze(d.path(), t).unwrap();
+    assert!(again.files.is_empty(), "{}", again.unified_diff());
+}
+
 const LOOP: &str = "import torch\n\nopt = torch.optim.SGD(net.parameters(), lr=0.1)\nfor x in loader:\n    loss = net(x)\n    loss.backward()\n    opt.step()\n";
 
 fn alloc_target(conf: &str) -> Target {
@@ -526,9 +531,7 @@ fn alloc_conf_in_the_entry_script_is_set_once() {
     let p = analyze(d.path(), &t).unwrap();
     let s = new_text(&p, "train.py");
     assert!(s.starts_with("import os\n\nos.environ.setdefault(\"PYTORCH_CUDA_ALLOC_CONF\", \"expandable_segments:True\")"), "{s}");
-    write_patch(&d, &p);
-    let again = analyze(d.path(), &t).unwrap();
-    assert!(again.files.is_empty(), "{}", again.unified_diff());
+    second_run_changes_nothing(&d, &p, &t);
     // Another value later replaces the one written, in place.
     let p = analyze(d.path(), &alloc_target("max_split_size_mb:128")).unwrap();
     let s2 = new_text(&p, "train.py");
@@ -572,9 +575,7 @@ fn alloc_conf_in_the_readme_is_written_once() {
     let d = project(&[("train.py", LOOP), ("README.md", "# Project\n")]);
     let t = alloc_target("expandable_segments:True");
     let p = analyze(d.path(), &t).unwrap();
-    write_patch(&d, &p);
-    let again = analyze(d.path(), &t).unwrap();
-    assert!(again.files.is_empty(), "{}", again.unified_diff());
+    second_run_changes_nothing(&d, &p, &t);
     let p = analyze(d.path(), &alloc_target("max_split_size_mb:128")).unwrap();
     let r = new_text(&p, "README.md");
     assert_eq!(r.matches("PYTORCH_CUDA_ALLOC_CONF").count(), 1, "{r}");
@@ -599,9 +600,7 @@ fn accumulation_gates_the_step_past_other_statements() {
         s.contains("    scaler.scale(loss).backward()\n    total += loss.item()\n    if (micro_step + 1) % grad_accum_steps == 0:\n        scaler.unscale_(opt)  # clip the true gradients\n        torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)\n        scaler.step(opt)\n        scaler.update()\n        opt.zero_grad()\n    print(total)\n"),
         "{s}"
     );
-    write_patch(&d, &p);
-    let again = analyze(d.path(), &t).unwrap();
-    assert!(again.files.is_empty(), "{}", again.unified_diff());
+    second_run_changes_nothing(&d, &p, &t);
 }
 
 /// A step the loop does not call directly cannot be gated: then nothing of the accumulation or
@@ -655,9 +654,7 @@ fn training_loader_is_chosen_by_what_it_reads() {
         s.contains("val_loader = DataLoader(val_ds, batch_size=cfg[\"train\"][\"bs\"])\ntrain_loader = DataLoader(ds, batch_size=8, num_workers=4)\n"),
         "{s}"
     );
-    write_patch(&d, &p);
-    let again = analyze(d.path(), &t).unwrap();
-    assert!(again.files.is_empty(), "{}", again.unified_diff());
+    second_run_changes_nothing(&d, &p, &t);
 }
 
 /// Settings appended to a file that has no final newline go on lines of their own.
@@ -678,9 +675,7 @@ fn lines_appended_after_a_last_line_without_newline() {
         new_text(&p, "config.yaml"),
         "trainer:\n  max_epochs: 3\n  devices: 1\n  precision: bf16-mixed\n  accumulate_grad_batches: 4\n"
     );
-    write_patch(&d, &p);
-    let again = analyze(d.path(), &t).unwrap();
-    assert!(again.files.is_empty(), "{}", again.unified_diff());
+    second_run_changes_nothing(&d, &p, &t);
 }
 
 /// GPT-2-style models keep their blocks in a ModuleDict: `self.transformer.h`.
@@ -741,9 +736,7 @@ fn accumulation_over_an_inner_loop_is_set_where_its_count_is() {
     assert_eq!(s, expected);
     assert!(explains(&p, M::LoopAccumInner));
     assert!(!has_note(&p, M::LoopShape));
-    write_patch(&d, &p);
-    let again = analyze(d.path(), &t).unwrap();
-    assert!(again.files.is_empty(), "{}", again.unified_diff());
+    second_run_changes_nothing(&d, &p, &t);
     // fp16: the user's scaler is switched by a setting, which fix cannot see.
     let p = analyze(
         d.path(),
@@ -909,9 +902,7 @@ fn amp_recipe_loop_is_edited() {
     );
     assert!(has_note(&p, M::LoopAutocastSwitch));
     assert!(!has_note(&p, M::LoopShape));
-    write_patch(&d, &p);
-    let again = analyze(d.path(), &t).unwrap();
-    assert!(again.files.is_empty(), "{}", again.unified_diff());
+    second_run_changes_nothing(&d, &p, &t);
 }
 
 /// A keyword added to a multi-line call that closes on its last argument's line (`b=2,)`)
