@@ -8,9 +8,15 @@ use super::project::Project;
 use super::py::{self, PyFile};
 use super::trainers::Setup;
 use super::{Knob, Msg, M};
-use crate::knobs::{Attention, Checkpointing};
+use crate::knobs::{Attention, Checkpointing, Precision};
 
 pub fn apply_rules(cx: &mut Cx, s: &Setup) {
+    if matches!(
+        cx.t.precision,
+        Some(Precision::Bf16Mixed | Precision::Fp16Mixed)
+    ) {
+        half_weights(cx);
+    }
     if let Some(ck) = cx.t.checkpointing {
         if ck != Checkpointing::None && !s.hf_ckpt_flag.get() {
             checkpointing(cx, ck);
@@ -20,6 +26,29 @@ pub fn apply_rules(cx: &mut Cx, s: &Setup) {
         Some(Attention::Sdpa) => attention(cx),
         Some(Attention::Eager) => cx.note(Knob::Attention, M::AttnEager, &[]),
         None => {}
+    }
+}
+
+/// Mixed precision keeps fp32 weights and casts per op; a model loaded in half precision
+/// (`from_pretrained(..., torch_dtype=torch.float16)`) would be trained in half precision, and
+/// fp16's GradScaler refuses its gradients ("Attempting to unscale FP16 gradients").
+fn half_weights(cx: &mut Cx) {
+    let p = cx.p;
+    for f in &p.py {
+        for n in f.all_nodes() {
+            if n.kind() != "call" || !py::callee(f, n).ends_with("from_pretrained") {
+                continue;
+            }
+            let half = ["torch_dtype", "dtype"].iter().find_map(|k| {
+                py::kwarg_value(f, n, k)
+                    .map(|v| f.text(v))
+                    .filter(|t| t.contains("float16") || t.contains("half"))
+            });
+            if let Some(dtype) = half {
+                let at = format!("{}:{}", f.rel, f.line_of(n.start_byte()));
+                cx.note(Knob::Precision, M::HalfWeights, &[&at, &dtype]);
+            }
+        }
     }
 }
 

@@ -69,6 +69,7 @@ crate::catalogue! { pub enum M {
     PersistentNoWorkers => ("{0}: persistent_workers=True needs num_workers > 0; not set.", "{0}：persistent_workers=True 需要 num_workers > 0；未设置。"),
     AccManual => ("{0}: the loop accumulates gradients itself, every `{1}` batches, and that value could not be followed to where it is set: make it {2}.", "{0}：循环自己做梯度累积（每 `{1}` 个批次），但无法追踪该值的来源：请改为 {2}。"),
     YamlNotPlaced => ("{0}: its trainer block holds lines that are not `key: value` settings, so no line was added there; add `{1}` by hand.", "{0}：其 trainer 块中有不是 `key: value` 形式的行，因此没有在其中添加；请手动添加 `{1}`。"),
+    HalfWeights => ("{0}: the model is loaded with its weights in {1}. Mixed precision keeps fp32 weights and casts each op: with half-precision weights the optimizer updates them in half precision, and fp16's GradScaler stops with \"Attempting to unscale FP16 gradients\". Load it in fp32 (drop that argument); the memory figures of oomdoc plan assume fp32 weights.", "{0}：模型权重以 {1} 加载。混合精度保留 fp32 权重并逐个算子转换：权重为半精度时优化器以半精度更新，fp16 的 GradScaler 会报错 \"Attempting to unscale FP16 gradients\"。请以 fp32 加载（去掉该参数）；oomdoc plan 的显存数字按 fp32 权重计算。"),
     OptArgs => ("The optimizer {0} gets {1}.", "优化器 {0} 增加参数 {1}。"),
     OptOwnArgs => ("{2} builds {0} itself (TrainingArguments.optim is ignored): it gets {1}.", "{2} 自己构建 {0}（TrainingArguments.optim 被忽略）：增加参数 {1}。"),
     OptOwn => ("{2} builds {0} itself (TrainingArguments.optim is ignored): it becomes {1}.", "{2} 自己构建 {0}（TrainingArguments.optim 被忽略）：改为 {1}。"),

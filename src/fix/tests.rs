@@ -971,3 +971,32 @@ fn config_keys_are_read_back_before_they_are_written() {
         format!("{commented}  precision: bf16-mixed\n")
     );
 }
+
+/// Mixed precision asked of a model loaded in half precision: said, since its weights would be
+/// trained in half precision.
+#[test]
+fn half_precision_weights_are_noted_for_mixed_precision() {
+    let src = HF.replace(
+        "from_pretrained(\"gpt2\")",
+        "from_pretrained(\"gpt2\", torch_dtype=torch.float16)",
+    );
+    let d = project(&[("train.py", &src)]);
+    for (prec, noted) in [
+        (Precision::Bf16Mixed, true),
+        (Precision::Fp16Mixed, true),
+        (Precision::Bf16True, false),
+    ] {
+        let t = Target {
+            precision: Some(prec),
+            ..Default::default()
+        };
+        let p = analyze(d.path(), &t).unwrap();
+        assert_eq!(has_note(&p, M::HalfWeights), noted, "{prec:?}");
+    }
+    let d = project(&[("train.py", HF)]);
+    let t = Target {
+        precision: Some(Precision::Bf16Mixed),
+        ..Default::default()
+    };
+    assert!(!has_note(&analyze(d.path(), &t).unwrap(), M::HalfWeights));
+}
