@@ -396,14 +396,9 @@ impl<'p> Cx<'p> {
                 }
                 kept.push(e);
             }
-            // Whole lines inserted at the end of a file without a final newline start on a
-            // line of their own (else they would join its last line).
-            let eof = original.len();
-            if !original.is_empty() && !original.ends_with('\n') {
-                if let Some(e) = kept.iter_mut().find(|e| e.start == eof) {
-                    if e.text.ends_with('\n') && !e.text.starts_with(['\n', '\r']) {
-                        e.text.insert_str(0, if crlf { "\r\n" } else { "\n" });
-                    }
+            if let Some(e) = kept.iter_mut().find(|e| e.start == original.len()) {
+                if needs_line_break(&original, e.start, &e.text) {
+                    e.text.insert_str(0, if crlf { "\r\n" } else { "\n" });
                 }
             }
             let mut new = String::with_capacity(original.len() + 256);
@@ -631,6 +626,17 @@ pub fn alloc_conf(cx: &mut Cx, setup: &Setup) {
             Some(Msg::new(M::AllocEntry, &[&rel])),
         );
     }
+}
+
+/// Whether whole lines (`text`) inserted into `src` at `pos` need a line break first: at the end
+/// of a file without a final newline they would join its last line. `Cx::finish` adds it to the
+/// first such insertion.
+pub fn needs_line_break(src: &str, pos: usize, text: &str) -> bool {
+    pos == src.len()
+        && !src.is_empty()
+        && !src.ends_with('\n')
+        && text.ends_with('\n')
+        && !text.starts_with(['\n', '\r'])
 }
 
 /// Sets the value of `PYTORCH_CUDA_ALLOC_CONF=VALUE` (a shell line or a README's code block) in

@@ -230,12 +230,8 @@ fn loop_rules(cx: &mut Cx, fi: usize, bw: Node) {
     if prec == Some(Precision::Fp16Mixed) && has_scaler {
         // fp16 needs the scaler on: one switched by a setting may be off.
         for n in f.all_nodes() {
-            if n.kind() != "call" || !py::callee(f, n).ends_with("GradScaler") {
-                continue;
-            }
-            if let Some(v) = py::kwarg_value(f, n, "enabled").filter(|v| f.text(*v) != "True") {
-                let where_ = format!("{}:{}", f.rel, f.line_of(n.start_byte()));
-                cx.note(Knob::Precision, M::LoopScalerSwitch, &[&where_, &f.text(v)]);
+            if n.kind() == "call" && py::callee(f, n).ends_with("GradScaler") {
+                note_switch(cx, f, n, M::LoopScalerSwitch);
             }
         }
     }
@@ -246,16 +242,7 @@ fn loop_rules(cx: &mut Cx, fi: usize, bw: Node) {
                 let why = Msg::new(M::LoopAutocastDtype, &[&dtype]);
                 cx.set_kwarg(fi, call, "dtype", dtype, Knob::Precision, why);
                 // An autocast switched by a setting (`enabled=args.amp`) may be off.
-                if let Some(v) =
-                    py::kwarg_value(f, call, "enabled").filter(|v| f.text(*v) != "True")
-                {
-                    let where_ = format!("{}:{}", f.rel, f.line_of(call.start_byte()));
-                    cx.note(
-                        Knob::Precision,
-                        M::LoopAutocastSwitch,
-                        &[&where_, &f.text(v)],
-                    );
-                }
+                note_switch(cx, f, call, M::LoopAutocastSwitch);
             }
             None => {
                 match i_loss {
@@ -475,6 +462,15 @@ fn loop_rules(cx: &mut Cx, fi: usize, bw: Node) {
     }
 }
 
+/// Notes `id` (at the call, with the expression) when `call` is switched on by a setting
+/// (`enabled=args.amp`) rather than `enabled=True` or no `enabled=` at all.
+fn note_switch(cx: &mut Cx, f: &PyFile, call: Node, id: M) {
+    if let Some(v) = py::kwarg_value(f, call, "enabled").filter(|v| f.text(*v) != "True") {
+        let at = format!("{}:{}", f.rel, f.line_of(call.start_byte()));
+        cx.note(Knob::Precision, id, &[&at, &f.text(v)]);
+    }
+}
+
 /// `for micro_step in range(N):` whose block is followed, in the enclosing block, by a statement
 /// calling `X.step()` (X not a scheduler or scaler) or `scaler.step(X)`: N and X.
 fn inner_accumulation<'t>(f: &PyFile, lp: Node<'t>) -> Option<(Node<'t>, String)> {
@@ -531,16 +527,16 @@ fn steps(f: &PyFile, st: Node, opt: &str) -> bool {
 /// the name it enters (`ctx = nullcontext() if cpu else torch.autocast(...)`; `with ctx:`).
 fn autocast_call<'t>(f: &'t PyFile, with: Node<'t>) -> Option<Node<'t>> {
     let is_autocast = |n: &Node| n.kind() == "call" && py::callee(f, *n).contains("autocast");
-    let inline = py::descendants(with)
-        .into_iter()
-        .find(|n| is_autocast(n) && py::ancestor(*n, &["block"]) == py::ancestor(with, &["block"]));
-    if inline.is_some() {
-        return inline;
+    let nodes = py::descendants(with);
+    // In the statement's header, not in its body.
+    let scope = py::ancestor(with, &["block"]);
+    if let Some(inline) = nodes
+        .iter()
+        .find(|n| is_autocast(n) && py::ancestor(**n, &["block"]) == scope)
+    {
+        return Some(*inline);
     }
-    let items: Vec<Node> = py::descendants(with)
-        .into_iter()
-        .filter(|n| n.kind() == "with_item")
-        .collect();
+    let items: Vec<&Node> = nodes.iter().filter(|n| n.kind() == "with_item").collect();
     let [item] = items.as_slice() else {
         return None;
     };

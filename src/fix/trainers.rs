@@ -843,9 +843,9 @@ fn lightning_cli_rules<'p>(cx: &mut Cx<'p>, s: &Setup<'p>) {
             }
         };
         // Read back: the new line must be `trainer.<key>` to the reader that finds it next
-        // time (a block holding lines that are not `key: value` may put it elsewhere).
-        // (`Cx::finish` starts lines appended after a last line without newline on a new line.)
-        let eol = if pos == o.src.len() && !o.src.is_empty() && !o.src.ends_with('\n') {
+        // time (a block holding lines that are not `key: value` may put it elsewhere), with
+        // the line break `Cx::finish` adds.
+        let eol = if super::edit::needs_line_break(&o.src, pos, &text) {
             "\n"
         } else {
             ""
