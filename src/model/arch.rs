@@ -644,10 +644,16 @@ impl Builder<'_> {
         self.t.add(x, f)
     }
 
+    /// transformers' `apply_rotary_pos_emb`: `x * cos + rotate_half(x) * sin`. `cos` and `sin`
+    /// have the hidden states' dtype (`LlamaRotaryEmbedding.forward` returns `cos.to(x.dtype)`),
+    /// fp32 under autocast, so a bf16 q or k gives fp32 products and sum. `rotate_half` is
+    /// `cat((-x2, x1))`: a half-size negation, then the concatenation.
     fn rope(&mut self, x: T) -> T {
-        let a = self.t.scalar(x); // x * cos (cos has no grad: saves cos only, small)
-        let r = self.t.copy(x); // rotate_half: cat(-x2, x1)
-        let b = self.t.scalar(r); // * sin
+        let a = self.t.mul_const(x);
+        let (e, dt) = (self.t.elems(x), self.t.dt(x));
+        let neg = self.t.op(&[x], e / 2.0, dt, &[], 0.0, e / 2.0);
+        let r = self.t.op(&[neg, x], e, dt, &[], 0.0, 0.0);
+        let b = self.t.mul_const(r);
         self.t.add(a, b)
     }
 

@@ -676,6 +676,15 @@ impl Trace {
         }
     }
 
+    /// `a * b` with `b` a small tensor without grad held in the parameters' dtype (rotary `cos` /
+    /// `sin`, made from the fp32 hidden states under autocast): saves only `b`, and a half `a`
+    /// times an fp32 `b` gives fp32 (type promotion).
+    pub fn mul_const(&mut self, a: T) -> T {
+        let e = self.elems(a);
+        let dt = self.promote_param(a);
+        self.op(&[a], e, dt, &[], 0.0, e)
+    }
+
     /// `a * scalar`, `a + scalar`: saves nothing.
     pub fn scalar(&mut self, a: T) -> T {
         let (e, dt) = (self.elems(a), self.dt(a));

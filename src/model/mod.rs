@@ -448,6 +448,29 @@ mod tests {
     /// `resolve` traces the model in the precision and attention it is given (so that the
     /// estimate that follows does not trace it twice); what it reports and what any later
     /// estimate computes must not depend on that.
+    /// transformers' rotary embedding hands back `cos` / `sin` in the hidden states' dtype,
+    /// fp32 under autocast: `k * cos` of a bf16 k is an fp32 tensor of k's size (the CPU trace
+    /// of Qwen2.5-0.5B under autocast holds them for q and k in every layer). In bf16-true the
+    /// products keep k's dtype.
+    #[test]
+    fn rotary_products_are_fp32_under_autocast() {
+        use crate::model::graph::{Dt, Mode};
+        let w =
+            super::resolve("preset:qwen2.5-0.5b", Path::new("."), &KnobArgs::default()).unwrap();
+        // k of one sample: seq x 2 key/value heads x 64 (no other tensor has this size)
+        let k = (w.shape.seq_len * 2 * 64) as f64;
+        let count = |mode: Mode, dt: Dt| {
+            let t = w.trace(mode, crate::knobs::Attention::Sdpa);
+            t.tensors
+                .iter()
+                .filter(|x| x.elems == k && x.dt == dt)
+                .count()
+        };
+        // per layer: the two products and their sum
+        assert_eq!(count(Mode::Mixed, Dt::F32), 3 * 24);
+        assert_eq!(count(Mode::HalfTrue, Dt::F32), 0);
+    }
+
     #[test]
     fn the_precision_resolved_in_changes_no_figure() {
         for (model, args) in [
