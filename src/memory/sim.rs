@@ -323,105 +323,120 @@ pub fn simulate(t: &Trace, ck: &[bool]) -> Profile {
         nops,
     );
     let mut rel_seg: Vec<(usize, usize)> = Vec::new();
+    let saves = |i: usize, x: &crate::model::graph::T| t.tensors[t.root(*x).0].savers.contains(&i);
     for &(st, a, b) in segs.iter().rev() {
-        if ck[st] {
-            // non-reentrant checkpoint: the segment's forward runs again, keeping what its
-            // backward needs
-            let mut local = 0.0f64;
-            let mut peak_local = 0.0f64;
-            let mut kept = 0.0;
-            let mut seg_casts = 0.0;
-            let mut rec_alive: Vec<usize> = Vec::new();
-            // early stop (`torch.utils.checkpoint`'s default): recomputation ends inside the
-            // last op that saves a tensor, when that save is packed; that op's output is made
-            // only when the op saves its own output (softmax, dropout's mask)
-            let saves =
-                |i: usize, x: &crate::model::graph::T| t.tensors[t.root(*x).0].savers.contains(&i);
-            let last = (a..b)
-                .rev()
-                .find(|&i| {
-                    let op = &t.ops[i];
-                    op.inputs.iter().chain(&op.outputs).any(|x| saves(i, x))
-                })
-                .unwrap_or(b - 1);
-            let keeps_output = t.ops[last].outputs.iter().any(|x| saves(last, x));
-            for i in a..=last {
-                for o in &t.ops[i].outputs {
-                    if i == last && !keeps_output {
-                        break;
-                    }
-                    let j = o.0;
-                    if !counted(j) || t.tensors[j].producer != i {
-                        continue;
-                    }
-                    local += bytes(j);
-                    ev.push(Ev::Alloc {
-                        slot: j as u32,
-                        per_sample: bytes(j),
-                        abs: 0.0,
-                    });
-                    // what the segment's backward saves stays until its first saver's backward;
-                    // the rest are temporaries
-                    let first_saver = t.tensors[j]
-                        .savers
-                        .iter()
-                        .copied()
-                        .filter(|&s| s >= a && s < b)
-                        .min();
-                    match first_saver {
-                        Some(r) if !alive[j] => {
-                            alive[j] = true;
-                            kept += bytes(j);
-                            rel_seg.push((r, j));
+        // the last op of the segment that saves a tensor: in a checkpointed segment, the ops
+        // after it need nothing recomputed, so their backward runs before the recomputation,
+        // which the first unpack of a saved tensor starts
+        let last = (a..b)
+            .rev()
+            .find(|&i| {
+                let op = &t.ops[i];
+                op.inputs.iter().chain(&op.outputs).any(|x| saves(i, x))
+            })
+            .unwrap_or(b - 1);
+        let last = if ck[st] { last } else { b - 1 };
+        let mut rel_again = ByOp::new(Vec::new(), b - a);
+        let order = (last + 1..b)
+            .rev()
+            .map(Some)
+            .chain(std::iter::once(None))
+            .chain((a..=last).rev().map(Some));
+        for step in order {
+            let Some(i) = step else {
+                if ck[st] {
+                    // non-reentrant checkpoint: the segment's forward runs again, keeping what its
+                    // backward needs
+                    let mut local = 0.0f64;
+                    let mut peak_local = 0.0f64;
+                    let mut kept = 0.0;
+                    let mut seg_casts = 0.0;
+                    let mut rec_alive: Vec<usize> = Vec::new();
+                    // early stop (`torch.utils.checkpoint`'s default): recomputation ends inside the
+                    // last op that saves a tensor, when that save is packed; that op's output is made
+                    // only when the op saves its own output (softmax, dropout's mask)
+                    let keeps_output = t.ops[last].outputs.iter().any(|x| saves(last, x));
+                    for i in a..=last {
+                        for o in &t.ops[i].outputs {
+                            if i == last && !keeps_output {
+                                break;
+                            }
+                            let j = o.0;
+                            if !counted(j) || t.tensors[j].producer != i {
+                                continue;
+                            }
+                            local += bytes(j);
+                            ev.push(Ev::Alloc {
+                                slot: j as u32,
+                                per_sample: bytes(j),
+                                abs: 0.0,
+                            });
+                            // what the segment's backward saves stays until its first saver's backward;
+                            // the rest are temporaries
+                            let first_saver = t.tensors[j]
+                                .savers
+                                .iter()
+                                .copied()
+                                .filter(|&s| s >= a && s < b)
+                                .min();
+                            match first_saver {
+                                Some(r) if !alive[j] => {
+                                    alive[j] = true;
+                                    kept += bytes(j);
+                                    rel_seg.push((r, j));
+                                }
+                                Some(_) => {}
+                                None => rec_alive.push(j),
+                            }
                         }
-                        Some(_) => {}
-                        None => rec_alive.push(j),
+                        if t.ops[i].weight_cast_bytes > 0.0 {
+                            ev.push(Ev::Alloc {
+                                slot: s_cast(i),
+                                per_sample: 0.0,
+                                abs: t.ops[i].weight_cast_bytes,
+                            });
+                        }
+                        seg_casts += t.ops[i].weight_cast_bytes;
+                        peak_local = peak_local.max(local);
+                        // temporaries of the recomputation die at their last use inside the segment
+                        // (which need not be an op reading them: a held argument, an autocast source)
+                        let mut dead = 0.0;
+                        rec_alive.retain(|&r| {
+                            let dies = t.tensors[r].last_use <= i;
+                            if dies {
+                                dead += bytes(r);
+                                ev.push(Ev::Free { slot: r as u32 });
+                            }
+                            !dies
+                        });
+                        local -= dead;
                     }
-                }
-                if t.ops[i].weight_cast_bytes > 0.0 {
-                    ev.push(Ev::Alloc {
-                        slot: s_cast(i),
-                        per_sample: 0.0,
-                        abs: t.ops[i].weight_cast_bytes,
-                    });
-                }
-                seg_casts += t.ops[i].weight_cast_bytes;
-                peak_local = peak_local.max(local);
-                // temporaries of the recomputation die at their last use inside the segment
-                // (which need not be an op reading them: a held argument, an autocast source)
-                let mut dead = 0.0;
-                rec_alive.retain(|&r| {
-                    let dies = t.tensors[r].last_use <= i;
-                    if dies {
-                        dead += bytes(r);
-                        ev.push(Ev::Free { slot: r as u32 });
+                    for &j in &rec_alive {
+                        ev.push(Ev::Free { slot: j as u32 });
                     }
-                    !dies
-                });
-                local -= dead;
-            }
-            for &j in &rec_alive {
-                ev.push(Ev::Free { slot: j as u32 });
-            }
-            recomputed_casts[a..b].iter_mut().for_each(|r| *r = true);
-            push_point(
-                &mut pts,
-                Point {
-                    phase: Phase::Backward,
-                    saved: live_saved,
-                    transient: live_grad + peak_local,
-                    act_grads: live_grad,
-                    casts: casts_alive + seg_casts,
-                    pgrad,
-                    row_sum: None,
-                },
-            );
-            live_saved += kept;
-            casts_alive += seg_casts;
-        }
-        // by op of the segment (counted from `a`)
-        let rel_again = ByOp::new(rel_seg.drain(..).map(|(r, j)| (r - a, j)).collect(), b - a);
-        for i in (a..b).rev() {
+                    recomputed_casts[a..=last]
+                        .iter_mut()
+                        .for_each(|r| *r = true);
+                    push_point(
+                        &mut pts,
+                        Point {
+                            phase: Phase::Backward,
+                            saved: live_saved,
+                            transient: live_grad + peak_local,
+                            act_grads: live_grad,
+                            casts: casts_alive + seg_casts,
+                            pgrad,
+                            row_sum: None,
+                        },
+                    );
+                    live_saved += kept;
+                    casts_alive += seg_casts;
+                    // by op of the segment (counted from `a`)
+                    rel_again =
+                        ByOp::new(rel_seg.drain(..).map(|(r, j)| (r - a, j)).collect(), b - a);
+                }
+                continue;
+            };
             let op = &t.ops[i];
             // gradients per logical tensor: a view gets its own, which its view op hands on
             for inp in &op.inputs {
@@ -470,6 +485,27 @@ pub fn simulate(t: &Trace, ck: &[bool]) -> Profile {
                     row_sum: None,
                 },
             );
+            // A recomputed tensor is held only by the node that unpacks it (non-reentrant
+            // checkpoint's unpack hook drops its own reference), so it dies when the node's
+            // `apply` returns: before the engine reduces a broadcast gradient to its input's
+            // shape (a bias's sum and its staging buffer) and before the node's incoming
+            // gradient is freed. Saved tensors outside checkpoints go later, with the node's
+            // `release_variables` (H100 history of ViT-B/16 with checkpointing, CPU traces).
+            if ck[st] {
+                if recomputed_casts[i] {
+                    casts_alive -= op.weight_cast_bytes;
+                    if op.weight_cast_bytes > 0.0 {
+                        ev.push(Ev::Free { slot: s_cast(i) });
+                    }
+                }
+                for &j in rel_again.of(i - a) {
+                    if alive[j] {
+                        alive[j] = false;
+                        live_saved -= bytes(j);
+                        ev.push(Ev::Free { slot: j as u32 });
+                    }
+                }
+            }
             if let Some((cols, rows_per_sample)) = op.row_sum {
                 ev.push(Ev::RowSum {
                     slot: s_extra(i),
@@ -499,7 +535,7 @@ pub fn simulate(t: &Trace, ck: &[bool]) -> Profile {
                     ev.push(Ev::Free { slot: s_grad(j) });
                 }
             }
-            if !ck[st] || recomputed_casts[i] {
+            if !ck[st] {
                 casts_alive -= op.weight_cast_bytes;
                 if op.weight_cast_bytes > 0.0 {
                     ev.push(Ev::Free { slot: s_cast(i) });
@@ -772,6 +808,71 @@ mod tests {
         // without checkpointing nothing is recomputed
         let p = simulate(&t, &vec![false; t.stages.len()]);
         assert_eq!(allocs(&p, h), 1);
+    }
+
+    /// The checkpointed MLP block of `recomputation_stops_at_the_last_saved_tensor`, and the
+    /// positions after the end of forward of: the GELU output's frees, fc2's bias reduction,
+    /// the frees of fc2's output gradient, the allocations of that gradient and of fc1's output.
+    fn mlp_backward_order(checkpoint: bool) -> (Vec<usize>, usize, Vec<usize>, usize, Vec<usize>) {
+        let (mut t, x) = in_block(Mode::Fp32);
+        let h = t.linear("fc1", x, 64, 256, true, true, false);
+        let g = t.unary_save_input(h);
+        let o = t.linear("fc2", g, 256, 64, true, true, false);
+        let z = t.add(o, x);
+        t.leave();
+        t.mse_loss(z);
+        let mut ck = vec![false; t.stages.len()];
+        ck[1] = checkpoint;
+        let prof = simulate(&t, &ck);
+        let (nt, nops) = (t.tensors.len(), t.ops.len());
+        let fc2 = t.tensors[o.0].producer;
+        let end = prof
+            .events
+            .iter()
+            .position(|e| *e == Ev::EndForward)
+            .unwrap();
+        let pos = |want: &dyn Fn(&Ev) -> bool| -> Vec<usize> {
+            (end..prof.events.len())
+                .filter(|&i| want(&prof.events[i]))
+                .collect()
+        };
+        let g_slot = g.0 as u32;
+        let o_grad = Slot::Grad(o.0).id(nt, nops);
+        let sum = Slot::Workspace(fc2).id(nt, nops);
+        let g_free = pos(&|e| matches!(e, Ev::Free { slot } if *slot == g_slot));
+        let row_sum = pos(&|e| matches!(e, Ev::RowSum { slot, .. } if *slot == sum));
+        let o_grad_free = pos(&|e| matches!(e, Ev::Free { slot } if *slot == o_grad));
+        let o_grad_alloc = pos(&|e| matches!(e, Ev::Alloc { slot, .. } if *slot == o_grad));
+        let h_alloc = pos(&|e| matches!(e, Ev::Alloc { slot, .. } if *slot == h.0 as u32));
+        assert_eq!(
+            (row_sum.len(), o_grad_alloc.len()),
+            (1, 1),
+            "{:?}",
+            prof.events
+        );
+        (g_free, row_sum[0], o_grad_free, o_grad_alloc[0], h_alloc)
+    }
+
+    /// A recomputed tensor dies when the node that unpacked it returns: fc2's saved GELU output
+    /// is freed before the engine sums fc2's bias gradient (staging buffer) and before fc2's
+    /// incoming gradient is freed. Outside a checkpoint the saved tensor goes with the node's
+    /// `release_variables`, after both (H100 history of ViT-B/16 with checkpointing, CPU traces).
+    #[test]
+    fn recomputed_saved_tensors_die_before_the_bias_sum() {
+        let (g_free, sum, o_grad_free, _, _) = mlp_backward_order(true);
+        assert_eq!(g_free.len(), 1);
+        assert!(g_free[0] < sum && sum < o_grad_free[0]);
+        let (g_free, sum, o_grad_free, _, _) = mlp_backward_order(false);
+        assert!(sum < o_grad_free[0] && o_grad_free[0] < g_free[0]);
+    }
+
+    /// The residual add after fc2 saves nothing, so its backward runs before anything is
+    /// unpacked: fc2's output gradient exists before the recomputation starts.
+    #[test]
+    fn ops_after_the_last_saver_run_backward_before_the_recomputation() {
+        let (_, _, _, o_grad_alloc, h_alloc) = mlp_backward_order(true);
+        assert_eq!(h_alloc.len(), 1, "fc1 recomputed once after forward");
+        assert!(o_grad_alloc < h_alloc[0]);
     }
 
     /// In a recomputation, a tensor dies at its last use even when that op does not read it:
