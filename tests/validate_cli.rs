@@ -24,13 +24,13 @@ fn calibration_rows_are_estimated_closely() {
     assert_eq!(v["rows"].as_array().unwrap().len(), 46);
     // what docs/accuracy.md reports; a regression shows here
     assert!(v["alloc"]["median_abs"].as_f64().unwrap() < 0.005);
-    assert!(v["alloc"]["max_abs"].as_f64().unwrap() < 0.05);
+    assert!(v["alloc"]["max_abs"].as_f64().unwrap() < 0.02);
     assert!(v["reserved"]["median_abs"].as_f64().unwrap() < 0.01);
     assert!(v["reserved"]["p90_abs"].as_f64().unwrap() < 0.05);
-    assert!(v["reserved"]["max_abs"].as_f64().unwrap() < 0.09);
-    // ResNet-18 fp32 b128 and NavDP-like bf16-mixed checkpointed at batch 12 and 16
+    assert!(v["reserved"]["max_abs"].as_f64().unwrap() < 0.08);
+    // ResNet-18 fp32 b128 and NavDP-like bf16-mixed checkpointed at batch 16
     // (docs/accuracy.md: packing)
-    assert!(v["reserved"]["under_beyond_5pct"].as_u64().unwrap() <= 3);
+    assert!(v["reserved"]["under_beyond_5pct"].as_u64().unwrap() <= 2);
     // `plan` calls a configuration safe only when it fits with the worst under-estimate here
     let worst = v["rows"]
         .as_array()
@@ -70,6 +70,9 @@ fn held_out_rows_are_estimated_closely() {
     let rows = v["rows"].as_array().unwrap();
     assert_eq!(rows.len(), 19);
     assert!(v["reserved"]["median_abs"].as_f64().unwrap() < 0.02);
+    // ResNet-50 fp32 checkpointed -5.7%; Qwen2.5 LoRA and the Llama-style decoder were +13.4%
+    // and +12.3% before the rotary products were fp32 (docs/accuracy.md)
+    assert!(v["reserved"]["max_abs"].as_f64().unwrap() < 0.06);
     assert!(v["reserved"]["under_beyond_5pct"].as_u64().unwrap() <= 1);
     // the LoRA row and the full fine-tune of the same config file are different workloads
     // (validate once reused the first one's graph), and the frozen base weights' autocast
