@@ -5,9 +5,9 @@
 //! `cargo run --release --example analytic_events -- --model preset:vit-b16 --batch 64 --precision bf16-mixed`
 use clap::Parser;
 use oomdoc::knobs::KnobArgs;
-use oomdoc::memory::reduction::{row_sum_at, CALIBRATION_DEVICE};
+use oomdoc::memory::reduction::CALIBRATION_DEVICE;
 use oomdoc::memory::reserved::Allocator;
-use oomdoc::memory::sim::{Ev, Slot};
+use oomdoc::memory::sim::{SizedEv, Slot};
 
 #[derive(Parser)]
 struct Cli {
@@ -47,56 +47,39 @@ fn main() -> anyhow::Result<()> {
     let b = k.batch as f64;
     let mut alloc = Allocator::default();
     let mut ids: Vec<Option<usize>> = vec![None; p.profile.slots];
-    let mut size = vec![0u64; p.profile.slots];
+    let events = p.profile.sized_events(b, CALIBRATION_DEVICE);
     for step in 0..if cli.segments { 2 } else { 1 } {
         println!("step {step}");
-        for e in &p.profile.events {
-            let (slot, bytes, freed) = match *e {
-                Ev::Alloc {
+        for e in &events {
+            let (slot, bytes, param_grad) = match *e {
+                SizedEv::Alloc {
                     slot,
-                    per_sample,
-                    abs,
-                } => (slot, (per_sample * b + abs).max(1.0) as u64, false),
-                Ev::ParamGrad { slot, abs } => (slot, abs as u64, false),
-                Ev::RowSum {
-                    slot,
-                    cols,
-                    rows_per_sample,
-                } => (
-                    slot,
-                    row_sum_at(cols, rows_per_sample, b, CALIBRATION_DEVICE),
-                    false,
-                ),
-                Ev::Free { slot } => (slot, size[slot as usize], true),
-                Ev::EndForward => {
+                    bytes,
+                    param_grad,
+                } => (slot as usize, bytes, param_grad),
+                SizedEv::Free { slot, bytes } => {
+                    println!("F {bytes}");
+                    if let Some(id) = ids[slot as usize].take() {
+                        alloc.free(id);
+                    }
+                    continue;
+                }
+                SizedEv::EndForward => {
                     println!("E");
                     continue;
                 }
             };
-            let s = slot as usize;
-            if freed {
-                println!("F {bytes}");
-                if let Some(id) = ids[s].take() {
-                    alloc.free(id);
-                }
-                continue;
-            }
             if bytes == 0 {
                 continue;
             }
-            size[s] = bytes;
-            let kind = if matches!(e, Ev::ParamGrad { .. }) {
-                "G"
-            } else {
-                "A"
-            };
-            println!("{kind} {bytes} {}", label(p.trace, s));
+            let kind = if param_grad { "G" } else { "A" };
+            println!("{kind} {bytes} {}", label(p.trace, slot));
             if cli.segments {
-                if let Some(id) = ids[s].take() {
+                if let Some(id) = ids[slot].take() {
                     alloc.free(id);
                 }
                 let before = alloc.reserved;
-                ids[s] = Some(alloc.malloc(bytes));
+                ids[slot] = Some(alloc.malloc(bytes));
                 if alloc.reserved > before {
                     println!("S {}", alloc.reserved - before);
                 }

@@ -10,8 +10,8 @@ use std::path::Path;
 
 use oomdoc::knobs::KnobArgs;
 use oomdoc::memory::allocator::replay::{Action, Converted};
-use oomdoc::memory::reduction::{row_sum_at, CALIBRATION_DEVICE};
-use oomdoc::memory::sim::Ev;
+use oomdoc::memory::reduction::CALIBRATION_DEVICE;
+use oomdoc::memory::sim::SizedEv;
 use similar::{capture_diff_slices, Algorithm, DiffOp};
 
 /// (history file, the estimate's arguments for its configuration)
@@ -74,36 +74,16 @@ fn walk(args: &str) -> anyhow::Result<Vec<(bool, u64)>> {
     let w = oomdoc::model::resolve(&cli.model, Path::new("."), &cli.knobs)?;
     let k = w.resolve_knobs(&cli.knobs)?;
     let p = oomdoc::memory::prepare(&w, &k);
-    let b = k.batch as f64;
-    let mut size = vec![0u64; p.profile.slots];
-    let mut out = Vec::new();
-    for e in &p.profile.events {
-        let (slot, bytes, alloc) = match *e {
-            Ev::Alloc {
-                slot,
-                per_sample,
-                abs,
-            } => (slot, (per_sample * b + abs).max(1.0) as u64, true),
-            Ev::ParamGrad { slot, abs } => (slot, abs as u64, true),
-            Ev::RowSum {
-                slot,
-                cols,
-                rows_per_sample,
-            } => (
-                slot,
-                row_sum_at(cols, rows_per_sample, b, CALIBRATION_DEVICE),
-                true,
-            ),
-            Ev::Free { slot } => (slot, size[slot as usize], false),
-            Ev::EndForward => continue,
-        };
-        if alloc {
-            size[slot as usize] = bytes;
-        }
-        if bytes >= LARGE {
-            out.push((alloc, round(bytes)));
-        }
-    }
+    let out = p
+        .profile
+        .sized_events(k.batch as f64, CALIBRATION_DEVICE)
+        .into_iter()
+        .filter_map(|e| match e {
+            SizedEv::Alloc { bytes, .. } if bytes >= LARGE => Some((true, round(bytes))),
+            SizedEv::Free { bytes, .. } if bytes >= LARGE => Some((false, round(bytes))),
+            _ => None,
+        })
+        .collect();
     Ok(out)
 }
 

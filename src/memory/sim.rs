@@ -54,6 +54,66 @@ pub struct Profile {
     pub slots: usize,
 }
 
+/// An event of `Profile::events` at one batch size: bytes are known, a free carries the size of
+/// what it frees.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SizedEv {
+    /// `param_grad`: a parameter's gradient (sized by the model, not the batch).
+    Alloc {
+        slot: u32,
+        bytes: u64,
+        param_grad: bool,
+    },
+    Free {
+        slot: u32,
+        bytes: u64,
+    },
+    EndForward,
+}
+
+impl Profile {
+    /// The events at `batch`, reduction buffers sized for `device` (for tools that compare the
+    /// walk's stream with a real one).
+    pub fn sized_events(&self, batch: f64, device: super::reduction::Device) -> Vec<SizedEv> {
+        let mut size = vec![0u64; self.slots];
+        self.events
+            .iter()
+            .map(|e| {
+                let (slot, bytes, param_grad) = match *e {
+                    Ev::Alloc {
+                        slot,
+                        per_sample,
+                        abs,
+                    } => (slot, (per_sample * batch + abs).max(1.0) as u64, false),
+                    Ev::ParamGrad { slot, abs } => (slot, abs as u64, true),
+                    Ev::RowSum {
+                        slot,
+                        cols,
+                        rows_per_sample,
+                    } => (
+                        slot,
+                        super::reduction::row_sum_at(cols, rows_per_sample, batch, device),
+                        false,
+                    ),
+                    Ev::Free { slot } => {
+                        return SizedEv::Free {
+                            slot,
+                            bytes: size[slot as usize],
+                        }
+                    }
+                    Ev::EndForward => return SizedEv::EndForward,
+                };
+                size[slot as usize] = bytes;
+                SizedEv::Alloc {
+                    slot,
+                    bytes,
+                    param_grad,
+                }
+            })
+            .collect()
+    }
+}
+
 /// What an event slot of `Profile::events` stands for, for a trace of `nt` tensors and `nops` ops.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Slot {
@@ -788,15 +848,21 @@ mod tests {
 
     /// A checkpointed MLP block with a residual, as in a ViT block: fc1 saves the block's input,
     /// the GELU saves fc1's output, fc2 saves the GELU's output, the residual add saves nothing.
-    #[test]
-    fn recomputation_stops_at_the_last_saved_tensor() {
-        let (mut t, x) = in_block(Mode::Fp32);
+    /// fc1, GELU, fc2 and a residual add in block 1; (trace, fc1's, GELU's, fc2's, add's output).
+    fn mlp_block(mode: Mode) -> (Trace, T, T, T, T) {
+        let (mut t, x) = in_block(mode);
         let h = t.linear("fc1", x, 64, 256, true, true, false);
         let g = t.unary_save_input(h);
         let o = t.linear("fc2", g, 256, 64, true, true, false);
         let z = t.add(o, x);
         t.leave();
         t.mse_loss(z);
+        (t, h, g, o, z)
+    }
+
+    #[test]
+    fn recomputation_stops_at_the_last_saved_tensor() {
+        let (t, h, g, o, z) = mlp_block(Mode::Fp32);
         let p = checkpointed(&t);
         // forward, then again in the recomputation
         assert_eq!(allocs(&p, h), 2);
@@ -814,13 +880,7 @@ mod tests {
     /// positions after the end of forward of: the GELU output's frees, fc2's bias reduction,
     /// the frees of fc2's output gradient, the allocations of that gradient and of fc1's output.
     fn mlp_backward_order(checkpoint: bool) -> (Vec<usize>, usize, Vec<usize>, usize, Vec<usize>) {
-        let (mut t, x) = in_block(Mode::Fp32);
-        let h = t.linear("fc1", x, 64, 256, true, true, false);
-        let g = t.unary_save_input(h);
-        let o = t.linear("fc2", g, 256, 64, true, true, false);
-        let z = t.add(o, x);
-        t.leave();
-        t.mse_loss(z);
+        let (t, h, g, o, _) = mlp_block(Mode::Fp32);
         let mut ck = vec![false; t.stages.len()];
         ck[1] = checkpoint;
         let prof = simulate(&t, &ck);
