@@ -385,118 +385,110 @@ pub fn simulate(t: &Trace, ck: &[bool]) -> Profile {
     let mut rel_seg: Vec<(usize, usize)> = Vec::new();
     let saves = |i: usize, x: &crate::model::graph::T| t.tensors[t.root(*x).0].savers.contains(&i);
     for &(st, a, b) in segs.iter().rev() {
-        // the last op of the segment that saves a tensor: in a checkpointed segment, the ops
-        // after it need nothing recomputed, so their backward runs before the recomputation,
-        // which the first unpack of a saved tensor starts
-        let last = (a..b)
-            .rev()
-            .find(|&i| {
-                let op = &t.ops[i];
-                op.inputs.iter().chain(&op.outputs).any(|x| saves(i, x))
-            })
-            .unwrap_or(b - 1);
-        let last = if ck[st] { last } else { b - 1 };
+        // in a checkpointed segment, the op at whose backward the recomputation starts: the
+        // last op that saves a tensor (the first unpack); the ops after it need nothing
+        // recomputed, so their backward runs first
+        let recompute_at = ck[st].then(|| {
+            (a..b)
+                .rev()
+                .find(|&i| {
+                    let op = &t.ops[i];
+                    op.inputs.iter().chain(&op.outputs).any(|x| saves(i, x))
+                })
+                .unwrap_or(b - 1)
+        });
         let mut rel_again = ByOp::new(Vec::new(), b - a);
-        let order = (last + 1..b)
-            .rev()
-            .map(Some)
-            .chain(std::iter::once(None))
-            .chain((a..=last).rev().map(Some));
-        for step in order {
-            let Some(i) = step else {
-                if ck[st] {
-                    // non-reentrant checkpoint: the segment's forward runs again, keeping what its
-                    // backward needs
-                    let mut local = 0.0f64;
-                    let mut peak_local = 0.0f64;
-                    let mut kept = 0.0;
-                    let mut seg_casts = 0.0;
-                    let mut rec_alive: Vec<usize> = Vec::new();
-                    // early stop (`torch.utils.checkpoint`'s default): recomputation ends inside the
-                    // last op that saves a tensor, when that save is packed; that op's output is made
-                    // only when the op saves its own output (softmax, dropout's mask)
-                    let keeps_output = t.ops[last].outputs.iter().any(|x| saves(last, x));
-                    for i in a..=last {
-                        for o in &t.ops[i].outputs {
-                            if i == last && !keeps_output {
-                                break;
-                            }
-                            let j = o.0;
-                            if !counted(j) || t.tensors[j].producer != i {
-                                continue;
-                            }
-                            local += bytes(j);
-                            ev.push(Ev::Alloc {
-                                slot: j as u32,
-                                per_sample: bytes(j),
-                                abs: 0.0,
-                            });
-                            // what the segment's backward saves stays until its first saver's backward;
-                            // the rest are temporaries
-                            let first_saver = t.tensors[j]
-                                .savers
-                                .iter()
-                                .copied()
-                                .filter(|&s| s >= a && s < b)
-                                .min();
-                            match first_saver {
-                                Some(r) if !alive[j] => {
-                                    alive[j] = true;
-                                    kept += bytes(j);
-                                    rel_seg.push((r, j));
-                                }
-                                Some(_) => {}
-                                None => rec_alive.push(j),
-                            }
+        for i in (a..b).rev() {
+            if let Some(last) = recompute_at.filter(|&l| l == i) {
+                // non-reentrant checkpoint: the segment's forward runs again, keeping what its
+                // backward needs
+                let mut local = 0.0f64;
+                let mut peak_local = 0.0f64;
+                let mut kept = 0.0;
+                let mut seg_casts = 0.0;
+                let mut rec_alive: Vec<usize> = Vec::new();
+                // early stop (`torch.utils.checkpoint`'s default): recomputation ends inside the
+                // last op that saves a tensor, when that save is packed; that op's output is made
+                // only when the op saves its own output (softmax, dropout's mask)
+                let keeps_output = t.ops[last].outputs.iter().any(|x| saves(last, x));
+                for k in a..=last {
+                    for o in &t.ops[k].outputs {
+                        if k == last && !keeps_output {
+                            break;
                         }
-                        if t.ops[i].weight_cast_bytes > 0.0 {
-                            ev.push(Ev::Alloc {
-                                slot: s_cast(i),
-                                per_sample: 0.0,
-                                abs: t.ops[i].weight_cast_bytes,
-                            });
+                        let j = o.0;
+                        if !counted(j) || t.tensors[j].producer != k {
+                            continue;
                         }
-                        seg_casts += t.ops[i].weight_cast_bytes;
-                        peak_local = peak_local.max(local);
-                        // temporaries of the recomputation die at their last use inside the segment
-                        // (which need not be an op reading them: a held argument, an autocast source)
-                        let mut dead = 0.0;
-                        rec_alive.retain(|&r| {
-                            let dies = t.tensors[r].last_use <= i;
-                            if dies {
-                                dead += bytes(r);
-                                ev.push(Ev::Free { slot: r as u32 });
-                            }
-                            !dies
+                        local += bytes(j);
+                        ev.push(Ev::Alloc {
+                            slot: j as u32,
+                            per_sample: bytes(j),
+                            abs: 0.0,
                         });
-                        local -= dead;
+                        // what the segment's backward saves stays until its first saver's backward;
+                        // the rest are temporaries
+                        let first_saver = t.tensors[j]
+                            .savers
+                            .iter()
+                            .copied()
+                            .filter(|&s| s >= a && s < b)
+                            .min();
+                        match first_saver {
+                            Some(r) if !alive[j] => {
+                                alive[j] = true;
+                                kept += bytes(j);
+                                rel_seg.push((r, j));
+                            }
+                            Some(_) => {}
+                            None => rec_alive.push(j),
+                        }
                     }
-                    for &j in &rec_alive {
-                        ev.push(Ev::Free { slot: j as u32 });
+                    if t.ops[k].weight_cast_bytes > 0.0 {
+                        ev.push(Ev::Alloc {
+                            slot: s_cast(k),
+                            per_sample: 0.0,
+                            abs: t.ops[k].weight_cast_bytes,
+                        });
                     }
-                    recomputed_casts[a..=last]
-                        .iter_mut()
-                        .for_each(|r| *r = true);
-                    push_point(
-                        &mut pts,
-                        Point {
-                            phase: Phase::Backward,
-                            saved: live_saved,
-                            transient: live_grad + peak_local,
-                            act_grads: live_grad,
-                            casts: casts_alive + seg_casts,
-                            pgrad,
-                            row_sum: None,
-                        },
-                    );
-                    live_saved += kept;
-                    casts_alive += seg_casts;
-                    // by op of the segment (counted from `a`)
-                    rel_again =
-                        ByOp::new(rel_seg.drain(..).map(|(r, j)| (r - a, j)).collect(), b - a);
+                    seg_casts += t.ops[k].weight_cast_bytes;
+                    peak_local = peak_local.max(local);
+                    // temporaries of the recomputation die at their last use inside the segment
+                    // (which need not be an op reading them: a held argument, an autocast source)
+                    let mut dead = 0.0;
+                    rec_alive.retain(|&r| {
+                        let dies = t.tensors[r].last_use <= k;
+                        if dies {
+                            dead += bytes(r);
+                            ev.push(Ev::Free { slot: r as u32 });
+                        }
+                        !dies
+                    });
+                    local -= dead;
                 }
-                continue;
-            };
+                for &j in &rec_alive {
+                    ev.push(Ev::Free { slot: j as u32 });
+                }
+                recomputed_casts[a..=last]
+                    .iter_mut()
+                    .for_each(|r| *r = true);
+                push_point(
+                    &mut pts,
+                    Point {
+                        phase: Phase::Backward,
+                        saved: live_saved,
+                        transient: live_grad + peak_local,
+                        act_grads: live_grad,
+                        casts: casts_alive + seg_casts,
+                        pgrad,
+                        row_sum: None,
+                    },
+                );
+                live_saved += kept;
+                casts_alive += seg_casts;
+                // by op of the segment (counted from `a`)
+                rel_again = ByOp::new(rel_seg.drain(..).map(|(r, j)| (r - a, j)).collect(), b - a);
+            }
             let op = &t.ops[i];
             // gradients per logical tensor: a view gets its own, which its view op hands on
             for inp in &op.inputs {
@@ -551,20 +543,18 @@ pub fn simulate(t: &Trace, ck: &[bool]) -> Profile {
             // shape (a bias's sum and its staging buffer) and before the node's incoming
             // gradient is freed. Saved tensors outside checkpoints go later, with the node's
             // `release_variables` (H100 history of ViT-B/16 with checkpointing, CPU traces).
+            let cast = (s_cast(i), op.weight_cast_bytes);
             if ck[st] {
-                if recomputed_casts[i] {
-                    casts_alive -= op.weight_cast_bytes;
-                    if op.weight_cast_bytes > 0.0 {
-                        ev.push(Ev::Free { slot: s_cast(i) });
-                    }
-                }
-                for &j in rel_again.of(i - a) {
-                    if alive[j] {
-                        alive[j] = false;
-                        live_saved -= bytes(j);
-                        ev.push(Ev::Free { slot: j as u32 });
-                    }
-                }
+                let cast = recomputed_casts[i].then_some(cast);
+                let_go(
+                    t,
+                    &mut ev,
+                    &mut alive,
+                    &mut live_saved,
+                    &mut casts_alive,
+                    cast,
+                    rel_again.of(i - a),
+                );
             }
             if let Some((cols, rows_per_sample)) = op.row_sum {
                 ev.push(Ev::RowSum {
@@ -595,19 +585,18 @@ pub fn simulate(t: &Trace, ck: &[bool]) -> Profile {
                     ev.push(Ev::Free { slot: s_grad(j) });
                 }
             }
-            if !ck[st] {
-                casts_alive -= op.weight_cast_bytes;
-                if op.weight_cast_bytes > 0.0 {
-                    ev.push(Ev::Free { slot: s_cast(i) });
-                }
-            }
-            for &j in rel_at.of(i).iter().chain(rel_again.of(i - a)) {
-                if alive[j] {
-                    alive[j] = false;
-                    live_saved -= bytes(j);
-                    ev.push(Ev::Free { slot: j as u32 });
-                }
-            }
+            // outside checkpoints (and a checkpoint's inputs, which its frame holds): with the
+            // node's `release_variables`
+            let cast = (!ck[st]).then_some(cast);
+            let_go(
+                t,
+                &mut ev,
+                &mut alive,
+                &mut live_saved,
+                &mut casts_alive,
+                cast,
+                rel_at.of(i),
+            );
         }
     }
     let pgrad_total: f64 = t
@@ -628,6 +617,32 @@ pub fn simulate(t: &Trace, ck: &[bool]) -> Profile {
         conv_workspace_max: t.conv_workspace_max,
         events: ev,
         slots: 2 * nt + 3 * nops,
+    }
+}
+
+/// What a backward node lets go: its weight casts (`cast`: their slot and bytes) and the saved
+/// tensors of `saved` still alive.
+fn let_go(
+    t: &Trace,
+    ev: &mut Vec<Ev>,
+    alive: &mut [bool],
+    live_saved: &mut f64,
+    casts_alive: &mut f64,
+    cast: Option<(u32, f64)>,
+    saved: &[usize],
+) {
+    if let Some((slot, bytes)) = cast {
+        *casts_alive -= bytes;
+        if bytes > 0.0 {
+            ev.push(Ev::Free { slot });
+        }
+    }
+    for &j in saved {
+        if alive[j] {
+            alive[j] = false;
+            *live_saved -= t.tensors[j].bytes();
+            ev.push(Ev::Free { slot: j as u32 });
+        }
     }
 }
 

@@ -679,10 +679,10 @@ impl Trace {
     /// `a * b` with `b` a small tensor without grad held in the parameters' dtype (rotary `cos` /
     /// `sin`, made from the fp32 hidden states under autocast): saves only `b`, and a half `a`
     /// times an fp32 `b` gives fp32 (type promotion).
+    /// For memory it is `add_param` of a parameter without gradient: one output in the promoted
+    /// dtype, nothing of `a`'s size saved.
     pub fn mul_const(&mut self, a: T) -> T {
-        let e = self.elems(a);
-        let dt = self.promote_param(a);
-        self.op(&[a], e, dt, &[], 0.0, e)
+        self.add_param(a, 0, false)
     }
 
     /// `a * scalar`, `a + scalar`: saves nothing.

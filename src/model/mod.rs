@@ -445,9 +445,6 @@ mod tests {
         assert!(!has(2048 * 7 * 7), "last stage rounded down");
     }
 
-    /// `resolve` traces the model in the precision and attention it is given (so that the
-    /// estimate that follows does not trace it twice); what it reports and what any later
-    /// estimate computes must not depend on that.
     /// transformers' rotary embedding hands back `cos` / `sin` in the hidden states' dtype,
     /// fp32 under autocast: `k * cos` of a bf16 k is an fp32 tensor of k's size (the CPU trace
     /// of Qwen2.5-0.5B under autocast holds them for q and k in every layer). In bf16-true the
@@ -471,6 +468,9 @@ mod tests {
         assert_eq!(count(Mode::HalfTrue, Dt::F32), 0);
     }
 
+    /// `resolve` traces the model in the precision and attention it is given (so that the
+    /// estimate that follows does not trace it twice); what it reports and what any later
+    /// estimate computes must not depend on that.
     #[test]
     fn the_precision_resolved_in_changes_no_figure() {
         for (model, args) in [
